@@ -21,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     // Kept for reflection and tooling; `compile_fds` does not write it for us.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("strait_descriptor.bin"), descriptors.encode_to_vec())?;
+    std::fs::write(
+        out.join("strait_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,6 +1,10 @@
-//! The command line: clap types and dispatch to the commands.
+//! The command line: clap types, and dispatch to the commands.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
 
 /// Strait: a federated service mesh — one trust root, every service reachable from every zone.
 #[derive(Debug, Parser)]
@@ -11,10 +15,93 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Run the global control plane.
+    #[command(subcommand)]
+    Global(GlobalCommand),
+    /// Start a whole federation on this machine (loopback, background processes) and return.
+    Up(commands::local::UpArgs),
+    /// Stop a federation started by `strait up`.
+    Down(commands::local::DownArgs),
+    /// Global nodes (role, term, indexes) and zones (connection, last seen).
+    Status(OutputArgs),
+    /// Create, list and remove zones.
+    #[command(subcommand)]
+    Zone(ZoneCommand),
+    /// Create join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Apply policy resources from a YAML file (all or nothing).
+    Apply(commands::admin::ApplyArgs),
+    /// Show policy resources.
+    Get(commands::admin::GetArgs),
+    /// Delete a policy resource.
+    Delete(commands::admin::DeleteArgs),
+    /// Every exported service: zones, healthy endpoints, VIP.
+    Services(OutputArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum GlobalCommand {
+    /// Run one global node.
+    Run(Box<commands::global::RunArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+enum ZoneCommand {
+    /// Create a zone and print its join token.
+    Create(commands::admin::ZoneCreateArgs),
+    /// List zones.
+    List(OutputArgs),
+    /// Remove a zone: its credentials stop being renewed and other zones deny it.
+    Remove(commands::admin::ZoneRemoveArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// A join token for a new global node.
+    Node(commands::admin::NodeTokenArgs),
+}
+
+/// `--config` and `-o` shared by the commands that talk to global.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Client config (written by `strait up` as DIR/config.yaml).
+    #[arg(long, env = "STRAIT_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
 
 impl Cli {
-    pub fn run(self) -> anyhow::Result<()> {
-        match self.command {}
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Global(GlobalCommand::Run(args)) => commands::global::run(*args).await,
+            Command::Up(args) => commands::local::up(args).await,
+            Command::Down(args) => commands::local::down(args),
+            Command::Status(args) => commands::admin::status(args).await,
+            Command::Zone(ZoneCommand::Create(args)) => commands::admin::zone_create(args).await,
+            Command::Zone(ZoneCommand::List(args)) => commands::admin::zone_list(args).await,
+            Command::Zone(ZoneCommand::Remove(args)) => commands::admin::zone_remove(args).await,
+            Command::Token(TokenCommand::Node(args)) => commands::admin::node_token(args).await,
+            Command::Apply(args) => commands::admin::apply(args).await,
+            Command::Get(args) => commands::admin::get(args).await,
+            Command::Delete(args) => commands::admin::delete(args).await,
+            Command::Services(args) => commands::admin::services(args).await,
+        }
     }
 }

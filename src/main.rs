@@ -4,15 +4,32 @@
 use clap::Parser;
 
 mod cli;
+#[macro_use]
+mod output;
+mod commands;
+mod local;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     // One crypto provider for the whole process (ring); libraries never pick one themselves.
-    if rustls::crypto::ring::default_provider().install_default().is_err() {
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
         eprintln!("error: a rustls crypto provider was already installed");
         return std::process::ExitCode::FAILURE;
     }
-    match cli.run() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -87,8 +87,7 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// An error from a Raft API call; `E` is the API-specific part.
 pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
 /// An error from sending an RPC to a peer; `E` is the remote API-specific part.
-pub type RpcError<E = openraft::error::Infallible> =
-    openraft::error::RPCError<NodeId, NodeInfo, E>;
+pub type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, NodeInfo, E>;
 /// A streaming snapshot transfer failed.
 pub type StreamingError<E = openraft::error::Infallible> =
     openraft::error::StreamingError<TypeConfig, E>;

@@ -12,7 +12,12 @@
 //! The `.proto` sources live in `proto/strait/v1/`; `build.rs` compiles them with protox.
 
 /// Generated code for package `strait.v1`.
-#[allow(clippy::all, clippy::pedantic, missing_debug_implementations, missing_docs)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations,
+    missing_docs
+)]
 pub mod v1 {
     tonic::include_proto!("strait.v1");
 
@@ -21,6 +26,8 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod transport;
 
 #[cfg(test)]
 mod tests {
@@ -31,11 +38,17 @@ mod tests {
     fn tunnel_header_round_trips() {
         let header = TunnelHeader {
             version: 1,
-            service: Some(ServiceRef { namespace: "demo".into(), name: "echo".into() }),
+            service: Some(ServiceRef {
+                namespace: "demo".into(),
+                name: "echo".into(),
+            }),
             port: 8080,
             source_zone: "a".into(),
             target_zone: "b".into(),
-            trace: Some(TraceContext { traceparent: "00-abc-def-01".into(), tracestate: String::new() }),
+            trace: Some(TraceContext {
+                traceparent: "00-abc-def-01".into(),
+                tracestate: String::new(),
+            }),
         };
         let bytes = header.encode_to_vec();
         let decoded = TunnelHeader::decode(bytes.as_slice()).map_err(|e| e.to_string());
@@ -50,10 +63,25 @@ mod tests {
 
     #[test]
     fn descriptor_set_names_every_service() {
-        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).map_err(|e| e.to_string());
-        let Ok(set) = set else { panic!("descriptor set does not decode: {set:?}") };
-        let services: Vec<&str> = set.file.iter().flat_map(|f| f.service.iter()).filter_map(|s| s.name.as_deref()).collect();
-        for name in ["Admin", "ZoneSync", "Discovery", "Identity", "Raft", "NodeJoin"] {
+        let set =
+            prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).map_err(|e| e.to_string());
+        let Ok(set) = set else {
+            panic!("descriptor set does not decode: {set:?}")
+        };
+        let services: Vec<&str> = set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter())
+            .filter_map(|s| s.name.as_deref())
+            .collect();
+        for name in [
+            "Admin",
+            "ZoneSync",
+            "Discovery",
+            "Identity",
+            "Raft",
+            "NodeJoin",
+        ] {
             assert!(services.contains(&name), "{name} missing from {services:?}");
         }
     }

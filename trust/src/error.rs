@@ -91,15 +91,23 @@ pub enum Error {
     CsrUnparsable { reason: String },
     #[error("the certificate signing request's signature does not verify")]
     CsrBadSignature,
-    #[error("the certificate signing request uses an unsupported key ({found}); Strait needs ECDSA P-256")]
+    #[error(
+        "the certificate signing request uses an unsupported key ({found}); Strait needs ECDSA P-256"
+    )]
     CsrUnsupportedKey { found: String },
-    #[error("the certificate signing request asks for a CA certificate; only leaf certificates are issued here")]
+    #[error(
+        "the certificate signing request asks for a CA certificate; only leaf certificates are issued here"
+    )]
     CsrRequestsCa,
     #[error("the certificate signing request must carry exactly one URI SAN, it has {count}")]
     CsrUriSanCount { count: usize },
-    #[error("the certificate signing request carries a non-URI subject alternative name ({found}); SPIFFE certificates carry the URI SAN only")]
+    #[error(
+        "the certificate signing request carries a non-URI subject alternative name ({found}); SPIFFE certificates carry the URI SAN only"
+    )]
     CsrUnexpectedSan { found: String },
-    #[error("the certificate signing request asks for {requested} but the caller is authorized for {authorized}")]
+    #[error(
+        "the certificate signing request asks for {requested} but the caller is authorized for {authorized}"
+    )]
     CsrIdentityMismatch {
         requested: String,
         authorized: String,
@@ -110,9 +118,9 @@ pub enum Error {
         found: String,
         expected: String,
     },
-    #[error("the CA of zone {zone:?} may not issue {id}: {reason}")]
+    #[error("{issuer} may not issue {id}: {reason}")]
     OutsideIssuerScope {
-        zone: String,
+        issuer: String,
         id: String,
         reason: &'static str,
     },
@@ -146,6 +154,12 @@ pub enum Error {
     Unauthorized { id: String, reason: String },
     #[error("no certificate in the server's chain matches pin {pin}")]
     PinMismatch { pin: String },
+    #[error("invalid certificate validity: {reason}")]
+    InvalidValidity { reason: String },
+    #[error("the system random number generator failed")]
+    Random,
+    #[error("root CA {what} has pathLen 0 and so can not sign zone intermediate CAs")]
+    RootPathLenZero { what: String },
     #[error("building the TLS configuration failed: {0}")]
     Tls(#[from] rustls::Error),
 
@@ -157,7 +171,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("key file {path} has mode {mode:04o}, which lets other users read it; run `chmod 600 {path}`")]
+    #[error(
+        "key file {path} has mode {mode:04o}, which lets other users read it; run `chmod 600 {path}`"
+    )]
     KeyFileTooOpen { path: PathBuf, mode: u32 },
 }
 

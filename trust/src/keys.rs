@@ -70,7 +70,7 @@ impl KeyPair {
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, format!("Strait zone {zone} CA"));
+            .push(DnType::CommonName, format!("Strait zone {zone} CA request"));
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
         params.subject_alt_names = vec![uri_san(&id)?];
         self.csr(params, &id.to_string())

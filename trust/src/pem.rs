@@ -65,7 +65,10 @@ mod tests {
             Err(Error::NoCertificate { .. })
         ));
         assert!(matches!(
-            parse_certs("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n", "x"),
+            parse_certs(
+                "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+                "x"
+            ),
             Err(Error::InvalidPem { .. })
         ));
     }

@@ -62,6 +62,8 @@ pub enum IdentityKind<'a> {
 
 impl SpiffeId {
     /// Builds `spiffe://TD/seg1/seg2/...`, validating every part.
+    /// Each part must be one segment: a `/` inside a part (say, a zone named `a/gateway`)
+    /// is refused rather than read as two segments.
     pub fn from_segments(trust_domain: &str, segments: &[&str]) -> Result<Self, Error> {
         let mut s = String::with_capacity(SCHEME.len() + trust_domain.len() + 32);
         s.push_str(SCHEME);
@@ -70,11 +72,22 @@ impl SpiffeId {
             s.push('/');
             s.push_str(seg);
         }
-        s.parse().map_err(|source| Error::InvalidSpiffeId { input: s, source })
+        if segments.iter().any(|seg| seg.contains('/')) {
+            return Err(Error::InvalidSpiffeId {
+                input: s,
+                source: SpiffeIdError::BadPathChar { found: '/' },
+            });
+        }
+        s.parse()
+            .map_err(|source| Error::InvalidSpiffeId { input: s, source })
     }
 
     /// `spiffe://TD/ns/NS/sa/SA`.
-    pub fn workload(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, Error> {
+    pub fn workload(
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, Error> {
         Self::from_segments(trust_domain, &["ns", namespace, "sa", service_account])
     }
 
@@ -263,7 +276,10 @@ mod tests {
         assert_eq!(td.segments().count(), 0);
 
         let mixed = parse("spiffe://td/Foo.Bar/x-y_z/..a").unwrap();
-        assert_eq!(mixed.segments().collect::<Vec<_>>(), ["Foo.Bar", "x-y_z", "..a"]);
+        assert_eq!(
+            mixed.segments().collect::<Vec<_>>(),
+            ["Foo.Bar", "x-y_z", "..a"]
+        );
     }
 
     #[test]
@@ -296,7 +312,10 @@ mod tests {
         let long = format!("spiffe://td/{}", "a".repeat(MAX_SPIFFE_ID_LEN));
         assert!(matches!(parse(&long), Err(TooLong { .. })));
         let long_td = format!("spiffe://{}/a", "a".repeat(256));
-        assert!(matches!(parse(&long_td), Err(TrustDomainTooLong { len: 256 })));
+        assert!(matches!(
+            parse(&long_td),
+            Err(TrustDomainTooLong { len: 256 })
+        ));
     }
 
     #[test]

@@ -1,0 +1,528 @@
+//! The `strait.v1.Admin` gRPC service: what operators (and `strait` commands) do to the
+//! federation. Only the admin identity may call it. Writes go through Raft
+//! ([`Cluster::write`]); reads the CLI shows as current are linearizable
+//! ([`Cluster::read_barrier`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strait_policy::Kind;
+use strait_proto as pb;
+use strait_trust::join_token::JoinToken;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::auth::require_admin;
+use crate::cluster::MembershipChange;
+use crate::context::{NodeContext, cluster_status, now_ms};
+use crate::state::{Command, Detail, PolicyKey, Port, TokenPurpose, Zone};
+use crate::types::NodeInfo;
+
+/// Default lifetime of a join token (DESIGN: 24 h).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long `ClusterStatus` waits for each peer before calling it unreachable.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Serves `strait.v1.Admin`.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    ctx: Arc<NodeContext>,
+}
+
+impl AdminService {
+    pub fn new(ctx: Arc<NodeContext>) -> Self {
+        Self { ctx }
+    }
+
+    /// Commits `cmd`, recording its latency; a rejection becomes the given gRPC status kind.
+    async fn write(&self, cmd: Command) -> Result<(u64, Detail), Status> {
+        let started = Instant::now();
+        let result = self.ctx.cluster.write(cmd).await;
+        match result {
+            Ok(result) => {
+                self.ctx
+                    .metrics
+                    .write_latency
+                    .observe(started.elapsed().as_secs_f64());
+                result.into_result().map_err(|r| rejection_status(&r))
+            }
+            Err(err) => {
+                self.ctx.metrics.write_failures.inc();
+                Err(cluster_status(err))
+            }
+        }
+    }
+
+    async fn fresh(&self) -> Result<(), Status> {
+        self.ctx
+            .cluster
+            .read_barrier()
+            .await
+            .map_err(cluster_status)
+    }
+
+    /// Creates and stores a join token for `purpose`; returns it with its expiry.
+    async fn new_token(
+        &self,
+        purpose: TokenPurpose,
+        ttl_seconds: u64,
+    ) -> Result<(String, i64), Status> {
+        let pin = self
+            .ctx
+            .read(|s| {
+                s.ca.as_ref()
+                    .and_then(|ca| strait_trust::pem::parse_cert(&ca.root_cert_pem, "root CA").ok())
+            })
+            .map(|der| strait_trust::bundle::pin(&der))
+            .ok_or_else(|| Status::unavailable("the federation is not initialized yet"))?;
+        let token = JoinToken::generate(&pin).map_err(|e| Status::internal(e.to_string()))?;
+        let ttl = if ttl_seconds == 0 {
+            DEFAULT_TOKEN_TTL
+        } else {
+            Duration::from_secs(ttl_seconds)
+        };
+        let now = now_ms();
+        let expires_at_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self.write(Command::CreateJoinToken {
+            token_id: token.id().to_owned(),
+            secret_sha256: token.secret_sha256(),
+            purpose,
+            expires_at_ms,
+            now_ms: now,
+        })
+        .await?;
+        Ok((
+            token.to_string(),
+            i64::try_from(expires_at_ms).unwrap_or(i64::MAX),
+        ))
+    }
+
+    async fn status(&self) -> pb::ClusterStatusResponse {
+        let ctx = &self.ctx;
+        let own = ctx.cluster.node_view();
+        let members = ctx.cluster.members();
+        let views = futures::future::join_all(
+            members
+                .iter()
+                .map(|(id, info, _)| ctx.cluster.peer_view(*id, info, PEER_STATUS_TIMEOUT)),
+        )
+        .await;
+        let nodes = members
+            .iter()
+            .zip(views)
+            .map(|((id, info, _), view)| {
+                let role = match view.as_ref().map(|v| v.role.as_str()) {
+                    None => pb::NodeRole::Unreachable,
+                    Some("leader") => pb::NodeRole::Leader,
+                    Some("candidate") => pb::NodeRole::Candidate,
+                    Some("learner") => pb::NodeRole::Learner,
+                    Some(_) => pb::NodeRole::Follower,
+                };
+                pb::NodeStatus {
+                    id: *id,
+                    address: info.api.clone(),
+                    admin_address: info.admin.clone(),
+                    role: role.into(),
+                    term: view.as_ref().map_or(0, |v| v.term),
+                    commit_index: view.as_ref().map_or(0, |v| v.last_log_index),
+                    applied_index: view.as_ref().map_or(0, |v| v.applied_index),
+                }
+            })
+            .collect();
+        let (zones, trust_domain) = ctx.read(|s| {
+            (
+                s.zones.values().map(zone_pb).collect(),
+                s.ca.as_ref().map(|c| c.trust_domain.clone()),
+            )
+        });
+        pb::ClusterStatusResponse {
+            nodes,
+            leader_id: own.leader.unwrap_or(0),
+            term: own.term,
+            zones,
+            trust_domain: trust_domain.unwrap_or_default(),
+        }
+    }
+}
+
+/// A state machine refusal as the gRPC status a user reads.
+fn rejection_status(r: &crate::state::Rejection) -> Status {
+    use crate::state::Rejection as R;
+    let message = r.to_string();
+    match r {
+        R::ZoneNotFound { .. } | R::PolicyNotFound { .. } => Status::not_found(message),
+        R::ZoneExists { .. }
+        | R::ZoneNameRetired { .. }
+        | R::TokenExists { .. }
+        | R::DuplicatePolicy { .. } => Status::already_exists(message),
+        R::Token(_) => Status::permission_denied(message),
+        R::InvalidArgument { .. } => Status::invalid_argument(message),
+        _ => Status::failed_precondition(message),
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn zone_pb(z: &Zone) -> pb::Zone {
+    let connection = z.connection.as_ref();
+    pb::Zone {
+        name: z.name.clone(),
+        region: z.region.clone(),
+        labels: z.labels.clone().into_iter().collect(),
+        removed: !z.is_active(),
+        connected: z.is_connected(),
+        last_seen_unix_ms: connection.map_or(0, |c| to_i64(c.last_seen_ms)),
+        created_unix_ms: to_i64(z.created_at_ms),
+        connected_node: connection.map_or(0, |c| c.node_id),
+    }
+}
+
+fn port_pb(p: &Port) -> pb::Port {
+    let protocol = match p.protocol.as_str() {
+        "tcp" => pb::Protocol::Tcp,
+        "http" => pb::Protocol::Http,
+        "http2" => pb::Protocol::Http2,
+        "grpc" => pb::Protocol::Grpc,
+        _ => pb::Protocol::Unspecified,
+    };
+    pb::Port {
+        name: p.name.clone(),
+        port: u32::from(p.port),
+        protocol: protocol.into(),
+    }
+}
+
+fn kind_arg(kind: &str) -> Result<Kind, Status> {
+    Kind::from_str_case_insensitive(kind).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn create_zone(
+        &self,
+        request: Request<pb::CreateZoneRequest>,
+    ) -> Result<Response<pb::CreateZoneResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        crate::state::validate_zone_name(&req.name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let region = if req.region.is_empty() {
+            "default".to_owned()
+        } else {
+            req.region
+        };
+        self.write(Command::CreateZone {
+            name: req.name.clone(),
+            region,
+            labels: req.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            now_ms: now_ms(),
+        })
+        .await?;
+        let (join_token, expires) = self
+            .new_token(
+                TokenPurpose::Zone {
+                    zone: req.name.clone(),
+                },
+                req.token_ttl_seconds,
+            )
+            .await?;
+        let zone = self.ctx.read(|s| s.zone(&req.name).map(zone_pb));
+        Ok(Response::new(pb::CreateZoneResponse {
+            zone,
+            join_token,
+            token_expires_unix_ms: expires,
+        }))
+    }
+
+    async fn list_zones(
+        &self,
+        request: Request<pb::ListZonesRequest>,
+    ) -> Result<Response<pb::ListZonesResponse>, Status> {
+        require_admin(&request)?;
+        self.fresh().await?;
+        let zones = self.ctx.read(|s| s.zones.values().map(zone_pb).collect());
+        Ok(Response::new(pb::ListZonesResponse { zones }))
+    }
+
+    async fn remove_zone(
+        &self,
+        request: Request<pb::RemoveZoneRequest>,
+    ) -> Result<Response<pb::RemoveZoneResponse>, Status> {
+        require_admin(&request)?;
+        let name = request.into_inner().name;
+        self.write(Command::RemoveZone {
+            name: name.clone(),
+            now_ms: now_ms(),
+        })
+        .await?;
+        let zone = self.ctx.read(|s| s.zone(&name).map(zone_pb));
+        Ok(Response::new(pb::RemoveZoneResponse { zone }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let purpose = match req.purpose {
+            Some(pb::create_join_token_request::Purpose::Zone(zone)) => TokenPurpose::Zone { zone },
+            Some(pb::create_join_token_request::Purpose::NodeId(0)) | None => {
+                return Err(Status::invalid_argument(
+                    "say what the token is for: a zone name or a node id (1 or more)",
+                ));
+            }
+            Some(pb::create_join_token_request::Purpose::NodeId(node_id)) => {
+                if self.ctx.raft_members().contains(&node_id) {
+                    return Err(Status::already_exists(format!(
+                        "node {node_id} is already a member"
+                    )));
+                }
+                TokenPurpose::Node { node_id }
+            }
+        };
+        let (join_token, expires_unix_ms) = self.new_token(purpose, req.ttl_seconds).await?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            join_token,
+            expires_unix_ms,
+        }))
+    }
+
+    async fn create_workload_token(
+        &self,
+        request: Request<pb::CreateWorkloadTokenRequest>,
+    ) -> Result<Response<pb::CreateWorkloadTokenResponse>, Status> {
+        require_admin(&request)?;
+        // Workload bootstrap tokens are verified by zone control planes, which arrive with the
+        // zone step; until then no zone could accept one.
+        Err(Status::unimplemented(
+            "workload tokens need a zone control plane (not built yet)",
+        ))
+    }
+
+    async fn apply_policies(
+        &self,
+        request: Request<pb::ApplyPoliciesRequest>,
+    ) -> Result<Response<pb::ApplyPoliciesResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let source = if req.source.is_empty() {
+            "(request)"
+        } else {
+            req.source.as_str()
+        };
+        let resources = strait_policy::parse_documents(&req.yaml, source)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut policies = Vec::with_capacity(resources.len());
+        for resource in &resources {
+            let key = resource.key();
+            let json = resource
+                .to_json()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            policies.push((
+                PolicyKey {
+                    kind: key.kind.as_str().to_owned(),
+                    namespace: key.namespace,
+                    name: key.name,
+                },
+                json,
+            ));
+        }
+        // Outcomes are computed against the state this node has; the write itself is atomic.
+        let results = self.ctx.read(|s| {
+            policies
+                .iter()
+                .map(|(key, json)| pb::PolicyResult {
+                    kind: key.kind.clone(),
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    outcome: match s.policies.get(key) {
+                        None => "created",
+                        Some(stored) if &stored.json == json => "unchanged",
+                        Some(_) => "configured",
+                    }
+                    .to_owned(),
+                })
+                .collect::<Vec<_>>()
+        });
+        let revision = if req.dry_run {
+            0
+        } else {
+            self.write(Command::ApplyPolicies { policies }).await?.0
+        };
+        Ok(Response::new(pb::ApplyPoliciesResponse {
+            results,
+            revision,
+        }))
+    }
+
+    async fn get_policies(
+        &self,
+        request: Request<pb::GetPoliciesRequest>,
+    ) -> Result<Response<pb::GetPoliciesResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let kind = if req.kind.is_empty() {
+            None
+        } else {
+            Some(kind_arg(&req.kind)?.as_str())
+        };
+        self.fresh().await?;
+        let resources = self.ctx.read(|s| {
+            s.policies
+                .values()
+                .filter(|p| kind.is_none_or(|k| p.key.kind == k))
+                .filter(|p| req.namespace.is_empty() || p.key.namespace == req.namespace)
+                .filter(|p| req.name.is_empty() || p.key.name == req.name)
+                .map(|p| pb::PolicyResource {
+                    kind: p.key.kind.clone(),
+                    namespace: p.key.namespace.clone(),
+                    name: p.key.name.clone(),
+                    json: p.json.clone(),
+                    revision: p.revision,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::GetPoliciesResponse { resources }))
+    }
+
+    async fn delete_policy(
+        &self,
+        request: Request<pb::DeletePolicyRequest>,
+    ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let kind = kind_arg(&req.kind)?;
+        let namespace = if req.namespace.is_empty() {
+            strait_policy::DEFAULT_NAMESPACE.to_owned()
+        } else {
+            req.namespace
+        };
+        let key = PolicyKey {
+            kind: kind.as_str().to_owned(),
+            namespace,
+            name: req.name,
+        };
+        let (revision, _) = self.write(Command::DeletePolicy { key }).await?;
+        Ok(Response::new(pb::DeletePolicyResponse { revision }))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        require_admin(&request)?;
+        self.fresh().await?;
+        let services = self.ctx.read(|s| {
+            s.services()
+                .into_iter()
+                .map(|view| pb::ServiceStatus {
+                    service: Some(pb::ServiceRef {
+                        namespace: view.service.namespace.clone(),
+                        name: view.service.name.clone(),
+                    }),
+                    ports: view
+                        .zones
+                        .first()
+                        .map(|z| z.ports.iter().map(port_pb).collect())
+                        .unwrap_or_default(),
+                    vip_index: view.vip.unwrap_or(0),
+                    vips: Default::default(),
+                    zones: view
+                        .zones
+                        .iter()
+                        .map(|z| pb::ServiceZone {
+                            zone: z.zone.clone(),
+                            healthy: u32::try_from(z.healthy).unwrap_or(u32::MAX),
+                            total: u32::try_from(z.total).unwrap_or(u32::MAX),
+                            drained: z.drained,
+                            stale: !z.connected,
+                        })
+                        .collect(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn set_drain(
+        &self,
+        request: Request<pb::SetDrainRequest>,
+    ) -> Result<Response<pb::SetDrainResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        let service = req
+            .service
+            .ok_or_else(|| Status::invalid_argument("service is required"))?;
+        let (revision, _) = self
+            .write(Command::SetDrain {
+                namespace: service.namespace,
+                service: service.name,
+                zone: req.zone,
+                drained: req.drained,
+            })
+            .await?;
+        Ok(Response::new(pb::SetDrainResponse { revision }))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        require_admin(&request)?;
+        Ok(Response::new(self.status().await))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::AddNodeResponse>, Status> {
+        require_admin(&request)?;
+        let req = request.into_inner();
+        if req.node_id == 0 || req.address.is_empty() {
+            return Err(Status::invalid_argument(
+                "node_id (1 or more) and address are required",
+            ));
+        }
+        let info = NodeInfo {
+            api: req.address,
+            admin: req.admin_address,
+        };
+        self.ctx
+            .cluster
+            .change_membership(MembershipChange::Add {
+                id: req.node_id,
+                info,
+                learner_only: req.learner_only,
+            })
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::AddNodeResponse {
+            status: Some(self.status().await),
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        require_admin(&request)?;
+        let id = request.into_inner().node_id;
+        if !self.ctx.raft_members().contains(&id) {
+            return Err(Status::not_found(format!(
+                "node {id} is not a member of the cluster"
+            )));
+        }
+        self.ctx
+            .cluster
+            .change_membership(MembershipChange::Remove { id })
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(pb::RemoveNodeResponse {
+            status: Some(self.status().await),
+        }))
+    }
+}

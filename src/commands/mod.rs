@@ -1,0 +1,6 @@
+//! One module per group of commands; each turns parsed arguments into library calls and
+//! prints the result.
+
+pub mod admin;
+pub mod global;
+pub mod local;

@@ -1,0 +1,92 @@
+//! Loopback addresses for a local federation: free TCP ports, and per-zone VIP ranges.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+/// The first octet pair of zone VIP ranges: zone 0 gets `127.240.0.0/16`, zone 1
+/// `127.241.0.0/16`, and so on up to `127.255.0.0/16`.
+const FIRST_ZONE_OCTET: u8 = 240;
+
+/// Ports could not be found, or a zone index has no range.
+#[derive(Debug, thiserror::Error)]
+pub enum PortsError {
+    #[error("cannot find a free port on 127.0.0.1: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error("zone index {index} has no loopback range: a local federation has at most {max} zones")]
+    ZoneIndexOutOfRange { index: usize, max: usize },
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1, as socket addresses.
+///
+/// Each comes from binding `127.0.0.1:0`; all are held until the last is bound (so they are
+/// distinct) and then released for the processes to bind. Between that release and a process
+/// binding its port, another program may take it: a small race. Callers therefore confirm
+/// every process is listening (`supervisor::wait_ready`), which turns a lost race into a clear
+/// "address in use" in that process's log rather than a silent misrouting.
+pub fn free_loopback_ports(n: usize) -> Result<Vec<SocketAddr>, PortsError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PortsError::Bind)?;
+    listeners
+        .iter()
+        .map(TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PortsError::Bind)
+}
+
+/// The loopback range for zone VIPs of the zone at `zone_index` (0-based, in creation order):
+/// `127.240.0.0/16` for the first zone, `127.241.0.0/16` for the second, up to
+/// `127.255.0.0/16` for the sixteenth.
+///
+/// Linux routes all of `127.0.0.0/8` to loopback, so these addresses work without setup;
+/// other systems route only `127.0.0.1` unless aliases are added.
+pub fn loopback_range(zone_index: usize) -> Result<String, PortsError> {
+    let max = usize::from(u8::MAX - FIRST_ZONE_OCTET) + 1;
+    u8::try_from(zone_index)
+        .ok()
+        .and_then(|index| FIRST_ZONE_OCTET.checked_add(index))
+        .map(|octet| format!("127.{octet}.0.0/16"))
+        .ok_or(PortsError::ZoneIndexOutOfRange {
+            index: zone_index,
+            max,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_distinct_loopback_and_bindable() -> Result<(), Box<dyn std::error::Error>> {
+        let addrs = free_loopback_ports(8)?;
+        assert_eq!(addrs.len(), 8);
+        let distinct: std::collections::BTreeSet<_> = addrs.iter().map(SocketAddr::port).collect();
+        assert_eq!(distinct.len(), 8, "{addrs:?}");
+        for addr in &addrs {
+            assert!(addr.ip().is_loopback());
+            assert_ne!(addr.port(), 0);
+        }
+        // Released: a process can bind one straight away.
+        let first = addrs.first().ok_or("no port")?;
+        TcpListener::bind(first)?;
+        assert!(free_loopback_ports(0)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn zone_ranges() -> Result<(), PortsError> {
+        assert_eq!(loopback_range(0)?, "127.240.0.0/16");
+        assert_eq!(loopback_range(1)?, "127.241.0.0/16");
+        assert_eq!(loopback_range(15)?, "127.255.0.0/16");
+        let err = loopback_range(16).err();
+        assert!(
+            matches!(
+                err,
+                Some(PortsError::ZoneIndexOutOfRange { index: 16, max: 16 })
+            ),
+            "{err:?}"
+        );
+        assert!(loopback_range(300).is_err());
+        Ok(())
+    }
+}

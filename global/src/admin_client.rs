@@ -138,12 +138,7 @@ impl AdminClient {
                     );
                     tried.push(format!("{addr}: no quorum"));
                 }
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) =>
-                {
+                Err(status) if node_unreachable(&status) => {
                     tried.push(format!("{addr}: {}", status.message()));
                 }
                 Err(status) => return Err(ClientError::Rejected(status)),
@@ -153,5 +148,20 @@ impl AdminClient {
             Some(message) => ClientError::NoQuorum(message),
             None => ClientError::Unreachable(tried.join("; ")),
         })
+    }
+}
+
+/// Whether `status` means "this node did not answer" rather than "this node said no".
+///
+/// A connection that breaks mid-call (the node died) surfaces as `Unknown` with the transport
+/// error as its source; statuses decoded from a server's reply never carry a source. Retrying
+/// such a call on another node can repeat a write that did commit: Admin writes are safe to
+/// repeat (applying the same policy is "unchanged"; creating an existing zone says so).
+fn node_unreachable(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => true,
+        tonic::Code::Unknown => status.source().is_some(),
+        _ => false,
     }
 }

@@ -1,0 +1,244 @@
+//! Harness for the end-to-end suites: runs the real `strait` binary as processes on loopback.
+//!
+//! A [`Federation`] is started with `strait up` in a temp directory and torn down on drop
+//! (`strait down`, then SIGKILL for anything a test restarted by hand), so a failing test
+//! leaves no process behind.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // A harness failure should stop the test loudly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+use strait_global::admin_client::{AdminClient, ClientConfig};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_strait");
+
+/// Installs ring as the process-wide provider (once per test binary).
+pub fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A federation started by `strait up`.
+pub struct Federation {
+    pub dir: tempfile::TempDir,
+    /// Processes (re)started by the test itself, killed on drop.
+    restarted: Vec<u32>,
+}
+
+impl Federation {
+    /// `strait up --dir TMP ARGS...`; panics with the output if it fails.
+    pub fn up(args: &[&str]) -> Self {
+        crypto();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(BIN)
+            .arg("up")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .expect("run strait up");
+        let fed = Self {
+            dir,
+            restarted: Vec::new(),
+        };
+        assert!(
+            out.status.success(),
+            "strait up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fed
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::load(&self.config_path()).expect("client config")
+    }
+
+    /// An Admin client over every global node.
+    pub fn client(&self) -> AdminClient {
+        AdminClient::new(&self.client_config()).expect("admin client")
+    }
+
+    /// An Admin client that talks to `node` only (to see what that node has applied).
+    pub fn node_client(&self, node: &str) -> AdminClient {
+        let mut config = self.client_config();
+        config.global = vec![self.address(node, "api")];
+        AdminClient::new(&config).expect("admin client")
+    }
+
+    /// Runs `strait ARGS` with this federation's config.
+    pub fn strait(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("STRAIT_CONFIG", self.config_path())
+            .output()
+            .expect("run strait")
+    }
+
+    pub fn processes(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("processes.json"))
+            .expect("processes.json");
+        serde_json::from_str(&text).expect("processes.json is JSON")
+    }
+
+    pub fn process(&self, name: &str) -> Value {
+        self.processes()
+            .into_iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no process {name}"))
+    }
+
+    pub fn address(&self, name: &str, which: &str) -> String {
+        self.process(name)["addresses"][which]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no {which}"))
+            .to_owned()
+    }
+
+    fn pid_of(&self, name: &str) -> u32 {
+        let recorded = self.process(name)["pid"].as_u64().expect("pid") as u32;
+        // A restarted process has a new pid; the harness keeps it in a side file.
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.pid")))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(recorded)
+    }
+
+    /// SIGKILL, the way a machine dies: no shutdown path runs.
+    pub fn kill(&self, name: &str) {
+        let pid = self.pid_of(name);
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+
+    /// Starts `name` again with the command line `strait up` used (its data dir makes it the
+    /// same node).
+    pub fn restart(&mut self, name: &str) {
+        let process = self.process(name);
+        let argv: Vec<String> = process["command"]
+            .as_array()
+            .expect("command")
+            .iter()
+            .map(|a| a.as_str().unwrap_or_default().to_owned())
+            .collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(process["log"].as_str().expect("log path"))
+            .expect("open log");
+        let child = {
+            use std::os::unix::process::CommandExt;
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .expect("restart process")
+        };
+        std::fs::write(
+            self.dir.path().join(format!("{name}.pid")),
+            child.id().to_string(),
+        )
+        .expect("pid file");
+        self.restarted.push(child.id());
+        // The child is reaped by nobody in particular; the federation owns it now.
+        std::mem::forget(child);
+    }
+
+    /// Waits for `GET /ready` on `name`'s admin address to answer 200.
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) {
+        let admin = self.address(name, "admin");
+        eventually(&format!("{name} ready"), timeout, async || {
+            (http_get(&admin, "/ready").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// The global node names with their node ids.
+    pub fn global_nodes(&self) -> BTreeMap<u64, String> {
+        self.processes()
+            .into_iter()
+            .filter(|p| p["kind"] == "global")
+            .map(|p| {
+                (
+                    p["node_id"].as_u64().expect("node_id"),
+                    p["name"].as_str().expect("name").to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN)
+            .arg("down")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .output();
+        for pid in &self.restarted {
+            let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status, body). (0, "") when nothing answers.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await
+    else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Reads a file the harness expects to exist.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

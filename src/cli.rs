@@ -25,7 +25,7 @@ enum Command {
     Down(commands::local::DownArgs),
     /// Global nodes (role, term, indexes) and zones (connection, last seen).
     Status(OutputArgs),
-    /// Create, list and remove zones.
+    /// Run, create, list and remove zones.
     #[command(subcommand)]
     Zone(ZoneCommand),
     /// Create join tokens.
@@ -49,6 +49,8 @@ enum GlobalCommand {
 
 #[derive(Debug, Subcommand)]
 enum ZoneCommand {
+    /// Run a zone control plane.
+    Run(Box<commands::zone::RunArgs>),
     /// Create a zone and print its join token.
     Create(commands::admin::ZoneCreateArgs),
     /// List zones.
@@ -61,6 +63,9 @@ enum ZoneCommand {
 enum TokenCommand {
     /// A join token for a new global node.
     Node(commands::admin::NodeTokenArgs),
+    /// A bootstrap token for a sidecar (or, with `--service gateway` and no namespace, a
+    /// gateway), verified offline by its zone.
+    Workload(commands::admin::WorkloadTokenArgs),
 }
 
 /// `--config` and `-o` shared by the commands that talk to global.
@@ -94,10 +99,14 @@ impl Cli {
             Command::Up(args) => commands::local::up(args).await,
             Command::Down(args) => commands::local::down(args),
             Command::Status(args) => commands::admin::status(args).await,
+            Command::Zone(ZoneCommand::Run(args)) => commands::zone::run(*args).await,
             Command::Zone(ZoneCommand::Create(args)) => commands::admin::zone_create(args).await,
             Command::Zone(ZoneCommand::List(args)) => commands::admin::zone_list(args).await,
             Command::Zone(ZoneCommand::Remove(args)) => commands::admin::zone_remove(args).await,
             Command::Token(TokenCommand::Node(args)) => commands::admin::node_token(args).await,
+            Command::Token(TokenCommand::Workload(args)) => {
+                commands::admin::workload_token(args).await
+            }
             Command::Apply(args) => commands::admin::apply(args).await,
             Command::Get(args) => commands::admin::get(args).await,
             Command::Delete(args) => commands::admin::delete(args).await,

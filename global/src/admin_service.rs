@@ -180,6 +180,25 @@ fn zone_pb(z: &Zone) -> pb::Zone {
     }
 }
 
+/// The VIP of a service index in every zone that reported its VIP range.
+fn zone_vips(
+    state: &crate::state::FederationState,
+    index: Option<u32>,
+) -> std::collections::HashMap<String, String> {
+    let Some(index) = index else {
+        return Default::default();
+    };
+    state
+        .zones
+        .values()
+        .filter(|z| z.is_active())
+        .filter_map(|z| {
+            let cidr: strait_proto::vip::VipCidr = z.vip_cidr.as_deref()?.parse().ok()?;
+            Some((z.name.clone(), cidr.address(index).ok()?.to_string()))
+        })
+        .collect()
+}
+
 fn port_pb(p: &Port) -> pb::Port {
     let protocol = match p.protocol.as_str() {
         "tcp" => pb::Protocol::Tcp,
@@ -295,12 +314,109 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateWorkloadTokenRequest>,
     ) -> Result<Response<pb::CreateWorkloadTokenResponse>, Status> {
-        require_admin(&request)?;
-        // Workload bootstrap tokens are verified by zone control planes, which arrive with the
-        // zone step; until then no zone could accept one.
-        Err(Status::unimplemented(
-            "workload tokens need a zone control plane (not built yet)",
-        ))
+        use strait_trust::workload_token::{
+            Claims, DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, WorkloadToken, WorkloadTokenError,
+        };
+        use strait_trust::{RootCa, SpiffeId};
+
+        /// Namespaces, services and service accounts become SPIFFE path segments and DNS
+        /// labels: RFC 1123 labels, the same rule as zone names.
+        fn dns_label(field: &str, value: &str) -> Result<(), Status> {
+            crate::state::validate_zone_name(value).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "{field} {value:?} must be a DNS label: 1 to 63 lowercase letters, digits \
+                     and '-', not starting or ending with '-'"
+                ))
+            })
+        }
+
+        let admin = require_admin(&request)?;
+        let req = request.into_inner();
+        crate::state::validate_zone_name(&req.zone)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            secs if secs > MAX_TOKEN_TTL.as_secs() => {
+                return Err(Status::invalid_argument(format!(
+                    "ttl_seconds {secs} is too long: a workload token can not be revoked before \
+                     it expires, so the maximum is {} seconds (30 days)",
+                    MAX_TOKEN_TTL.as_secs()
+                )));
+            }
+            secs => Duration::from_secs(secs),
+        };
+
+        // Fresh reads: a zone removed a moment ago must not get new tokens from a lagging node.
+        self.fresh().await?;
+        let (zone, ca) = self
+            .ctx
+            .read(|s| (s.zone(&req.zone).cloned(), s.ca.clone()));
+        match zone {
+            None => {
+                return Err(Status::not_found(format!(
+                    "zone {:?} does not exist",
+                    req.zone
+                )));
+            }
+            Some(z) if !z.is_active() => {
+                return Err(Status::failed_precondition(format!(
+                    "zone {:?} has been removed; it can not accept workloads",
+                    req.zone
+                )));
+            }
+            Some(_) => {}
+        }
+        let ca = ca.ok_or_else(|| Status::unavailable("the federation is not initialized yet"))?;
+
+        // The identity. A gateway is asked for explicitly as service `gateway` with no
+        // namespace, and gets `spiffe://TD/zone/ZONE/gateway`; anything else is a workload,
+        // `spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT` (service account defaulting to the
+        // service name), the identity it keeps in every zone.
+        let id = if req.namespace.is_empty() && req.service == "gateway" {
+            if !req.service_account.is_empty() {
+                return Err(Status::invalid_argument(
+                    "a gateway token (service \"gateway\", no namespace) takes no service_account",
+                ));
+            }
+            SpiffeId::gateway(&ca.trust_domain, &req.zone)
+        } else {
+            dns_label("namespace", &req.namespace)?;
+            dns_label("service", &req.service)?;
+            let sa = if req.service_account.is_empty() {
+                &req.service
+            } else {
+                dns_label("service_account", &req.service_account)?;
+                &req.service_account
+            };
+            SpiffeId::workload(&ca.trust_domain, &req.namespace, sa)
+        }
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+
+        let root = RootCa::from_pem(&ca.trust_domain, &ca.root_cert_pem, &ca.root_key_pem.0)
+            .map_err(|e| {
+                Status::internal(format!("root CA in the replicated state is unusable: {e}"))
+            })?;
+        let claims = Claims::new(id, &req.zone, std::time::SystemTime::now(), ttl);
+        let token = WorkloadToken::issue(&root, &claims).map_err(|e| match e {
+            WorkloadTokenError::RootKey { .. } | WorkloadTokenError::Signing => {
+                Status::failed_precondition(e.to_string())
+            }
+            other => Status::invalid_argument(other.to_string()),
+        })?;
+        // The token itself is a bearer credential and is never logged; its id is.
+        tracing::info!(
+            admin = %admin,
+            token_id = %claims.id,
+            spiffe_id = %claims.spiffe_id,
+            zone = %claims.zone,
+            expires_at_ms = claims.expires_at_ms,
+            "issued a workload token"
+        );
+        Ok(Response::new(pb::CreateWorkloadTokenResponse {
+            token,
+            spiffe_id: claims.spiffe_id.to_string(),
+            expires_unix_ms: to_i64(claims.expires_at_ms),
+        }))
     }
 
     async fn apply_policies(
@@ -430,7 +546,7 @@ impl pb::admin_server::Admin for AdminService {
                         .map(|z| z.ports.iter().map(port_pb).collect())
                         .unwrap_or_default(),
                     vip_index: view.vip.unwrap_or(0),
-                    vips: Default::default(),
+                    vips: zone_vips(s, view.vip),
                     zones: view
                         .zones
                         .iter()

@@ -50,6 +50,21 @@ pub struct GlobalConfig {
     /// How long a write or a fresh read may wait for a quorum before failing with "no quorum".
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Lifetime of a zone's intermediate CA (renewed by the zone at 2/3 of it). A global outage
+    /// shorter than what is left of it breaks nothing.
+    #[serde(default = "default_zone_ca_validity", with = "humantime_serde")]
+    pub zone_ca_validity: Duration,
+    /// Lifetime of a zone control plane's own certificate (renewed at 2/3 of it).
+    #[serde(default = "default_zone_cp_validity", with = "humantime_serde")]
+    pub zone_cp_validity: Duration,
+}
+
+fn default_zone_ca_validity() -> Duration {
+    strait_trust::ca::DEFAULT_INTERMEDIATE_VALIDITY
+}
+
+fn default_zone_cp_validity() -> Duration {
+    strait_trust::ca::DEFAULT_LEAF_VALIDITY
 }
 
 /// Raft timing and log bounds. The defaults suit a LAN or loopback; raise the timeouts for
@@ -128,6 +143,8 @@ impl GlobalConfig {
             admin_credentials_dir: None,
             raft: RaftTuning::default(),
             request_timeout: default_request_timeout(),
+            zone_ca_validity: default_zone_ca_validity(),
+            zone_cp_validity: default_zone_cp_validity(),
         }
     }
 
@@ -188,6 +205,14 @@ impl GlobalConfig {
             return Err(invalid(
                 "request_timeout",
                 "must exceed raft.election_timeout_max, or no write survives an election",
+            ));
+        }
+        if self.zone_ca_validity < Duration::from_secs(10)
+            || self.zone_cp_validity < Duration::from_secs(10)
+        {
+            return Err(invalid(
+                "zone_ca_validity",
+                "zone certificate lifetimes must be at least 10s",
             ));
         }
         Ok(())

@@ -4,10 +4,9 @@
 //! pin in the token before sending anything (see `strait_trust::tls::pinned_client_config`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use strait_proto::{JoinRequest, JoinResponse, NodeJoinRequest, NodeJoinResponse};
-use strait_trust::ca::{DEFAULT_INTERMEDIATE_VALIDITY, RootCa};
+use strait_trust::ca::RootCa;
 use strait_trust::join_token::{JoinToken, hash_secret};
 use strait_trust::spiffe::SpiffeId;
 use tonic::{Request, Response, Status};
@@ -16,10 +15,6 @@ use crate::context::NodeContext;
 use crate::credentials::NODE_CERT_VALIDITY;
 use crate::state::{Command, CommandResult, TokenPurpose};
 use crate::types::NodeInfo;
-
-/// Lifetime of the zone control plane's own leaf certificate, signed by the root at join and
-/// renewed over the sync stream.
-pub const ZONE_CP_VALIDITY: Duration = strait_trust::ca::DEFAULT_LEAF_VALIDITY;
 
 /// Consumes `token` for `purpose` through Raft; a refusal becomes `PermissionDenied` with the
 /// state machine's reason (expired, already used, another zone...).
@@ -143,10 +138,10 @@ pub async fn zone_join(
     let cp_id =
         SpiffeId::zone_cp(&td, &req.zone).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let intermediate = root
-        .sign_intermediate(&req.ca_csr_pem, &req.zone, DEFAULT_INTERMEDIATE_VALIDITY)
+        .sign_intermediate(&req.ca_csr_pem, &req.zone, ctx.config.zone_ca_validity)
         .map_err(|e| Status::invalid_argument(format!("intermediate CA request refused: {e}")))?;
     let cp = root
-        .sign_leaf(&req.cp_csr_pem, &cp_id, ZONE_CP_VALIDITY)
+        .sign_leaf(&req.cp_csr_pem, &cp_id, ctx.config.zone_cp_validity)
         .map_err(|e| {
             Status::invalid_argument(format!("control plane certificate request refused: {e}"))
         })?;

@@ -184,7 +184,10 @@ pub async fn run(
     ));
 
     let request_timeout = config.request_timeout;
+    // Keepalives find a zone or peer whose host vanished without closing its connection.
     let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(
             strait_proto::raft_server::RaftServer::new(RaftService::new(
                 cluster.clone(),

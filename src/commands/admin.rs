@@ -283,6 +283,50 @@ pub async fn node_token(args: NodeTokenArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
+pub struct WorkloadTokenArgs {
+    /// The zone whose control plane will honour the token.
+    #[arg(long)]
+    zone: String,
+    /// The workload's namespace (empty with `--service gateway` for a gateway token).
+    #[arg(long, default_value = "")]
+    namespace: String,
+    #[arg(long)]
+    service: String,
+    /// Defaults to the service name.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// Lifetime of the token (e.g. 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<std::time::Duration>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub async fn workload_token(args: WorkloadTokenArgs) -> anyhow::Result<()> {
+    let client = client(&args.client)?;
+    let request = pb::CreateWorkloadTokenRequest {
+        zone: args.zone,
+        namespace: args.namespace,
+        service: args.service,
+        service_account: args.service_account.unwrap_or_default(),
+        ttl_seconds: args.ttl.map_or(0, |d| d.as_secs().max(1)),
+    };
+    let reply = client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.create_workload_token(r).await }
+        })
+        .await?;
+    eprintln!(
+        "bootstrap token for {} (expires {}):",
+        reply.spiffe_id,
+        rfc3339(reply.expires_unix_ms).unwrap_or_default()
+    );
+    outln!("{}", reply.token);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// YAML file with one or more resources (`-` for standard input).
     #[arg(short = 'f', long = "filename")]

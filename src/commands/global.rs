@@ -56,6 +56,12 @@ pub struct RunArgs {
     /// Snapshot after this many log entries.
     #[arg(long)]
     snapshot_after_entries: Option<u64>,
+    /// Lifetime of zone intermediate CAs (default 7 days; short values are for tests).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    zone_ca_validity: Option<Duration>,
+    /// Lifetime of zone control plane certificates (default 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    zone_cp_validity: Option<Duration>,
 }
 
 impl RunArgs {

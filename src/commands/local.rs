@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,12 +29,24 @@ pub struct UpArgs {
     /// Global control plane nodes (1, 3 or 5).
     #[arg(long, default_value_t = 1, value_parser = parse_node_count)]
     global_nodes: u64,
-    /// Zones to create, comma-separated (`none` for no zone).
+    /// Zones to start, comma-separated (`none` for no zone).
     #[arg(long, default_value = "a,b")]
     zones: String,
-    /// Region of every zone (NAME=REGION pairs, comma-separated; others get `region-NAME`).
+    /// Regions of zones (ZONE=REGION pairs, comma-separated; others get `region-ZONE`).
     #[arg(long, value_delimiter = ',')]
     regions: Vec<String>,
+    /// Lifetime of zone intermediate CAs (default 7 days; short values exercise renewal).
+    #[arg(long)]
+    zone_ca_validity: Option<String>,
+    /// Lifetime of zone control plane certificates (default 24h).
+    #[arg(long)]
+    zone_cp_validity: Option<String>,
+    /// Lifetime of workload certificates (default 24h).
+    #[arg(long)]
+    workload_cert_validity: Option<String>,
+    /// How long a disconnected sidecar keeps its endpoints (default 10s).
+    #[arg(long)]
+    registration_grace: Option<String>,
 }
 
 fn parse_node_count(s: &str) -> Result<u64, String> {
@@ -52,6 +65,43 @@ pub struct DownArgs {
     dir: PathBuf,
 }
 
+/// Flags `strait up` passes through to the processes it starts.
+#[derive(Debug, Default)]
+struct Tuning {
+    global: Vec<String>,
+    zone: Vec<String>,
+}
+
+impl Tuning {
+    fn from_args(args: &UpArgs) -> Self {
+        let flag = |name: &str, value: &Option<String>| {
+            value
+                .iter()
+                .flat_map(|v| [name.to_owned(), v.clone()])
+                .collect::<Vec<_>>()
+        };
+        Tuning {
+            global: [
+                flag("--zone-ca-validity", &args.zone_ca_validity),
+                flag("--zone-cp-validity", &args.zone_cp_validity),
+            ]
+            .concat(),
+            zone: [
+                flag("--workload-cert-validity", &args.workload_cert_validity),
+                flag("--registration-grace", &args.registration_grace),
+            ]
+            .concat(),
+        }
+    }
+}
+
+/// The plan for one federation directory.
+struct Plan<'a> {
+    dir: &'a Path,
+    program: PathBuf,
+    tuning: Tuning,
+}
+
 fn progress(p: Progress<'_>) {
     match p {
         Progress::Starting { .. } | Progress::Stopping { .. } => {
@@ -62,7 +112,7 @@ fn progress(p: Progress<'_>) {
     }
 }
 
-/// The zones to create, validated; `none` means no zone.
+/// The zones to start, validated; `none` means no zone.
 fn zone_list(zones: &str) -> anyhow::Result<Vec<String>> {
     if zones.trim() == "none" {
         return Ok(Vec::new());
@@ -82,6 +132,10 @@ fn zone_list(zones: &str) -> anyhow::Result<Vec<String>> {
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     strait_trust::store::write_key(path, text)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+fn flag(name: &str, value: impl ToString) -> [String; 2] {
+    [name.to_owned(), value.to_string()]
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -110,67 +164,102 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))?;
     strait_global::credentials::create_private_dir(&dir.join("tokens"))?;
 
+    let plan = Plan {
+        dir: &dir,
+        program: std::env::current_exe().context("locating the strait binary")?,
+        tuning: Tuning::from_args(&args),
+    };
     let mut records = Vec::new();
-    let result = start_federation(&dir, args.global_nodes, &zones, &regions, &mut records).await;
+    let result = async {
+        let api_addrs = start_global(&plan, args.global_nodes, &mut records).await?;
+        start_zones(&plan, &api_addrs, &zones, &regions, &mut records).await
+    }
+    .await;
     if let Err(err) = result {
         eprintln!("start failed; stopping what was started");
         let _ = supervisor::stop_all(&records, STOP_GRACE, &progress);
         let _ = processes::write(&dir, &[]);
         return Err(err);
     }
-    let config_path = dir.join("config.yaml");
+    let zones_text = if zones.is_empty() {
+        "none".to_owned()
+    } else {
+        zones.join(", ")
+    };
     eprintln!(
-        "\nFederation up: {} global node(s), zones: {}",
-        args.global_nodes,
-        if zones.is_empty() {
-            "none".to_owned()
-        } else {
-            zones.join(", ")
-        }
+        "\nFederation up: {} global node(s), zones: {zones_text}",
+        args.global_nodes
     );
-    if !zones.is_empty() {
-        eprintln!(
-            "Zones are registered in global; their join tokens are in {}/tokens/ (zone control planes are not part of this build yet).",
-            dir.display()
-        );
-    }
     eprintln!(
         "Try:\n  export STRAIT_CONFIG={}\n  strait status",
-        config_path.display()
+        dir.join("config.yaml").display()
     );
     Ok(())
 }
 
-async fn start_federation(
-    dir: &Path,
-    nodes: u64,
-    zones: &[String],
-    regions: &BTreeMap<String, String>,
+/// Starts `plan`'s process `spec` and records it (processes.json is rewritten after each start,
+/// so `down` can clean up after a partial failure).
+fn start(
+    plan: &Plan<'_>,
+    spec: ProcessSpec,
     records: &mut Vec<ProcessRecord>,
 ) -> anyhow::Result<()> {
-    let program = std::env::current_exe().context("locating the strait binary")?;
+    // Polling /ready blocks: keep it off the async workers.
+    let record = tokio::task::block_in_place(|| {
+        supervisor::start(&spec, Instant::now() + READY_TIMEOUT, &progress)
+    })?;
+    records.push(record);
+    processes::write(plan.dir, records)?;
+    Ok(())
+}
+
+fn spec(
+    plan: &Plan<'_>,
+    name: String,
+    kind: ProcessKind,
+    zone: Option<String>,
+    args: Vec<String>,
+    addresses: &[(&str, String)],
+) -> ProcessSpec {
+    ProcessSpec {
+        name,
+        kind,
+        zone,
+        node_id: None,
+        program: plan.program.clone(),
+        args,
+        env: BTreeMap::new(),
+        addresses: addresses
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        log_dir: plan.dir.join("logs"),
+    }
+}
+
+/// Starts the global nodes one by one (each later one joins with a node token); returns their
+/// gRPC addresses.
+async fn start_global(
+    plan: &Plan<'_>,
+    nodes: u64,
+    records: &mut Vec<ProcessRecord>,
+) -> anyhow::Result<Vec<String>> {
+    let dir = plan.dir;
     let ports = crate::local::ports::free_loopback_ports(usize::try_from(nodes * 2).unwrap_or(2))?;
-    let admin_dir = dir.join("admin");
-    let mut api_addrs = Vec::new();
-    for id in 1..=nodes {
-        let index = usize::try_from((id - 1) * 2).unwrap_or(0);
-        let (api, admin) = (ports[index], ports[index + 1]);
-        let mut cmd = vec![
-            "global".to_owned(),
-            "run".to_owned(),
-            "--node-id".to_owned(),
-            id.to_string(),
-            "--data-dir".to_owned(),
-            dir.join(format!("global-{id}")).display().to_string(),
-            "--listen".to_owned(),
-            api.to_string(),
-            "--admin-listen".to_owned(),
-            admin.to_string(),
-            "--trust-domain".to_owned(),
-            TRUST_DOMAIN.to_owned(),
-            "--admin-credentials-dir".to_owned(),
-            admin_dir.display().to_string(),
-        ];
+    let mut api_addrs: Vec<String> = Vec::new();
+    for (id, pair) in (1..=nodes).zip(ports.chunks(2)) {
+        let [api, admin]: [SocketAddr; 2] = pair.try_into().context("port allocation")?;
+        let mut args: Vec<String> = ["global", "run"].map(str::to_owned).to_vec();
+        args.extend(flag("--node-id", id));
+        args.extend(flag(
+            "--data-dir",
+            dir.join(format!("global-{id}")).display(),
+        ));
+        args.extend(flag("--listen", api));
+        args.extend(flag("--admin-listen", admin));
+        args.extend(flag("--trust-domain", TRUST_DOMAIN));
+        args.extend(flag("--admin-credentials-dir", dir.join("admin").display()));
+        args.extend(plan.tuning.global.iter().cloned());
         if id > 1 {
             let client = AdminClient::new(&client_config(dir, &api_addrs))?;
             let request = pb::CreateJoinTokenRequest {
@@ -185,65 +274,92 @@ async fn start_federation(
                 .await?;
             let token_file = dir.join("tokens").join(format!("global-{id}.token"));
             write_private(&token_file, &token.join_token)?;
-            cmd.extend([
-                "--join".to_owned(),
-                api_addrs.join(","),
-                "--token-file".to_owned(),
-                token_file.display().to_string(),
-            ]);
+            args.extend(flag("--join", api_addrs.join(",")));
+            args.extend(flag("--token-file", token_file.display()));
         }
-        let spec = ProcessSpec {
-            name: format!("global-{id}"),
-            kind: ProcessKind::Global,
-            zone: None,
-            node_id: Some(id),
-            program: program.clone(),
-            args: cmd,
-            env: BTreeMap::new(),
-            addresses: BTreeMap::from([
-                ("api".to_owned(), api.to_string()),
-                ("admin".to_owned(), admin.to_string()),
-            ]),
-            log_dir: dir.join("logs"),
-        };
-        // Blocking waits (polling /ready) off the async runtime's worker.
-        let record = tokio::task::block_in_place(|| {
-            supervisor::start(&spec, Instant::now() + READY_TIMEOUT, &progress)
-        })?;
-        records.push(record);
-        processes::write(dir, records)?;
+        let mut spec = spec(
+            plan,
+            format!("global-{id}"),
+            ProcessKind::Global,
+            None,
+            args,
+            &[("api", api.to_string()), ("admin", admin.to_string())],
+        );
+        spec.node_id = Some(id);
+        start(plan, spec, records)?;
         api_addrs.push(api.to_string());
-        let config = client_config(dir, &api_addrs);
-        std::fs::write(
-            dir.join("config.yaml"),
-            config.to_yaml().map_err(|e| anyhow::anyhow!(e))?,
-        )?;
+        let config = client_config(dir, &api_addrs)
+            .to_yaml()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        std::fs::write(dir.join("config.yaml"), config)?;
     }
-    if !zones.is_empty() {
-        let client = AdminClient::new(&client_config(dir, &api_addrs))?;
-        for zone in zones {
-            let region = regions
-                .get(zone)
-                .cloned()
-                .unwrap_or_else(|| format!("region-{zone}"));
-            let request = pb::CreateZoneRequest {
-                name: zone.clone(),
-                region,
-                labels: Default::default(),
-                token_ttl_seconds: 0,
-            };
-            let reply = client
-                .call(|mut c| {
-                    let r = request.clone();
-                    async move { c.create_zone(r).await }
-                })
-                .await?;
-            write_private(
-                &dir.join("tokens").join(format!("zone-{zone}.token")),
-                &reply.join_token,
-            )?;
-            eprintln!("zone {zone} registered");
-        }
+    Ok(api_addrs)
+}
+
+/// Creates each zone in global and starts its control plane with its join token, each zone on
+/// its own loopback VIP range.
+async fn start_zones(
+    plan: &Plan<'_>,
+    api_addrs: &[String],
+    zones: &[String],
+    regions: &BTreeMap<String, String>,
+    records: &mut Vec<ProcessRecord>,
+) -> anyhow::Result<()> {
+    let dir = plan.dir;
+    let client = AdminClient::new(&client_config(dir, api_addrs))?;
+    let ports = crate::local::ports::free_loopback_ports(zones.len() * 2)?;
+    for ((index, zone), pair) in zones.iter().enumerate().zip(ports.chunks(2)) {
+        let [api, admin]: [SocketAddr; 2] = pair.try_into().context("port allocation")?;
+        let region = regions
+            .get(zone)
+            .cloned()
+            .unwrap_or_else(|| format!("region-{zone}"));
+        let request = pb::CreateZoneRequest {
+            name: zone.clone(),
+            region: region.clone(),
+            labels: Default::default(),
+            token_ttl_seconds: 0,
+        };
+        let reply = client
+            .call(|mut c| {
+                let r = request.clone();
+                async move { c.create_zone(r).await }
+            })
+            .await?;
+        let token_file = dir.join("tokens").join(format!("zone-{zone}.token"));
+        write_private(&token_file, &reply.join_token)?;
+        let vip_cidr = crate::local::ports::loopback_range(index)?;
+        let mut args: Vec<String> = ["zone", "run"].map(str::to_owned).to_vec();
+        args.extend(flag("--name", zone));
+        args.extend(flag("--region", &region));
+        args.extend(flag("--global", api_addrs.join(",")));
+        args.extend(flag("--token-file", token_file.display()));
+        args.extend(flag(
+            "--data-dir",
+            dir.join(format!("zone-{zone}")).display(),
+        ));
+        args.extend(flag("--vip-cidr", &vip_cidr));
+        args.extend(flag("--trust-domain", TRUST_DOMAIN));
+        args.extend(flag("--listen", api));
+        args.extend(flag("--admin-listen", admin));
+        args.extend(plan.tuning.zone.iter().cloned());
+        let addresses = [
+            ("api", api.to_string()),
+            ("admin", admin.to_string()),
+            ("vip_cidr", vip_cidr),
+        ];
+        start(
+            plan,
+            spec(
+                plan,
+                format!("zone-{zone}"),
+                ProcessKind::Zone,
+                Some(zone.clone()),
+                args,
+                &addresses,
+            ),
+            records,
+        )?;
     }
     Ok(())
 }

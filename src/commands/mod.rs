@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod global;
 pub mod local;
+pub mod zone;

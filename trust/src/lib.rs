@@ -7,6 +7,8 @@
 //! - [`bundle`]: trust bundles (several roots, for rotation) and certificate pins;
 //! - [`cert_info`]: reading a certificate's identity and validity;
 //! - [`join_token`]: join tokens (`stj1.<id>.<secret>.<root-pin>`), which carry the root pin;
+//! - [`workload_token`]: workload bootstrap tokens (`stw1.<claims>.<signature>`), signed by the
+//!   root and verified by a zone offline;
 //! - [`rotation`]: when to renew (pure functions);
 //! - [`store`]: keys and certificates on disk (0600 keys, atomic writes);
 //! - [`tls`]: rustls server and client configs with SPIFFE peer checks and live rotation.
@@ -102,6 +104,7 @@ pub mod rotation;
 pub mod spiffe;
 pub mod store;
 pub mod tls;
+pub mod workload_token;
 
 pub use bundle::{TrustBundle, pin};
 pub use ca::{IntermediateCa, IssuedCert, Issuer, RootCa};

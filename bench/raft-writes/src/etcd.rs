@@ -23,9 +23,9 @@ const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct EtcdCluster {
-    /// Client addresses (`127.0.0.1:PORT`), one per member.
-    clients: Vec<String>,
+    /// The leader's client address (`127.0.0.1:PORT`).
     leader: String,
+    pids: Vec<u32>,
 }
 
 impl EtcdCluster {
@@ -38,6 +38,7 @@ impl EtcdCluster {
             .map(|i| format!("e{i}={}", peer(i)))
             .collect::<Vec<_>>()
             .join(",");
+        let mut pids = Vec::with_capacity(MEMBERS);
         for i in 0..MEMBERS {
             let log = std::fs::File::create(dir.join(format!("e{i}.log")))?;
             let data: PathBuf = dir.join(format!("e{i}"));
@@ -57,7 +58,7 @@ impl EtcdCluster {
                 .arg("--log-outputs=stderr")
                 .stdout(Stdio::null())
                 .stderr(log);
-            cleanup.spawn_group(&format!("etcd e{i}"), &mut command)?;
+            pids.push(cleanup.spawn_group(&format!("etcd e{i}"), &mut command)?);
         }
         let clients: Vec<String> = (0..MEMBERS).map(client).collect();
 
@@ -78,11 +79,16 @@ impl EtcdCluster {
                 }
             }
         };
-        Ok(EtcdCluster { clients, leader })
+        Ok(EtcdCluster { leader, pids })
     }
 
     pub fn leader_address(&self) -> &str {
         &self.leader
+    }
+
+    /// The member processes, for CPU accounting.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
     }
 
     /// `n` writers, each with its own connection to the leader.

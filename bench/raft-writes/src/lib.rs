@@ -6,8 +6,9 @@
 //! - [`report`]: percentiles and the markdown table (pure).
 //! - [`strait`], [`etcd`]: starting each cluster, finding its leader, one writer per connection.
 //! - [`procs`]: the guard that stops every process this run started, also on error or signal.
-//! - [`fsync`]: the disk's own fsync latency, for context.
+//! - [`fsync`]: the disk's own fsync latency, and [`cpu`]: CPU time per process, for context.
 
+pub mod cpu;
 pub mod etcd;
 pub mod fsync;
 pub mod http1;
@@ -172,24 +173,28 @@ async fn measure(
     }
 
     let mut runs = Vec::new();
-    for &n in &args.writers {
-        let label = format!("c{n}");
+    for (round, &n) in args.writers.iter().enumerate() {
+        // Unique per round, so a repeated writer count creates new policies, not "unchanged".
+        let label = format!("r{round}-c{n}");
 
         let before = strait.write_metric().await.ok();
         let writers = strait.writers(&label, n)?;
+        let meter = cpu::Meter::start(strait.pids());
         let outcome = load::run(writers, args.duration, args.request_timeout).await;
+        let usage = meter.stop();
         let after = strait.write_metric().await.ok();
         let server_mean = match (before, after) {
             (Some(b), Some(a)) => a.mean_since(&b),
             _ => None,
         };
-        let run = Run::new(System::Strait, n, outcome, server_mean);
+        let run = Run::new(System::Strait, n, outcome, server_mean, usage);
         eprintln!("{}", run.line());
         runs.push(run);
 
         let writers = etcd.writers(&label, n).await?;
+        let meter = cpu::Meter::start(etcd.pids());
         let outcome = load::run(writers, args.duration, args.request_timeout).await;
-        let run = Run::new(System::Etcd, n, outcome, None);
+        let run = Run::new(System::Etcd, n, outcome, None, meter.stop());
         eprintln!("{}", run.line());
         runs.push(run);
     }

@@ -112,7 +112,7 @@ fn stop_federation(bin: &Path, dir: &Path) {
 }
 
 /// Pids in `DIR/processes.json` (each the leader of its group); none if there is no file.
-fn recorded_pids(dir: &Path) -> Vec<u32> {
+pub fn recorded_pids(dir: &Path) -> Vec<u32> {
     let Ok(text) = std::fs::read_to_string(dir.join("processes.json")) else {
         return Vec::new();
     };

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::Args;
+use crate::cpu::Usage;
 use crate::fsync::FsyncLatency;
 use crate::load::Outcome;
 
@@ -36,6 +37,7 @@ pub struct Run {
     /// Strait only: mean time the leader's Admin API spent on a write (parse, commit, apply),
     /// from its `strait_global_write_latency_seconds` histogram.
     pub server_mean: Option<Duration>,
+    pub cpu: Usage,
 }
 
 impl Run {
@@ -44,6 +46,7 @@ impl Run {
         writers: usize,
         mut outcome: Outcome,
         server_mean: Option<Duration>,
+        cpu: Usage,
     ) -> Self {
         outcome.latencies.sort_unstable();
         Run {
@@ -56,7 +59,27 @@ impl Run {
             p50: percentile(&outcome.latencies, 50.0),
             p99: percentile(&outcome.latencies, 99.0),
             server_mean,
+            cpu,
         }
+    }
+
+    /// CPU time per acknowledged write, in ms: (all server processes, this client).
+    pub fn cpu_per_write_ms(&self) -> (f64, f64) {
+        if self.writes == 0 {
+            return (0.0, 0.0);
+        }
+        let n = self.writes as f64;
+        (ms(self.cpu.servers) / n, ms(self.cpu.client) / n)
+    }
+
+    /// Cores busy on average during the run: (this benchmark's processes, the whole machine).
+    pub fn cores(&self) -> (f64, f64) {
+        let secs = self.elapsed.as_secs_f64();
+        if secs <= 0.0 {
+            return (0.0, 0.0);
+        }
+        let ours = (self.cpu.servers + self.cpu.client).as_secs_f64() / secs;
+        (ours, self.cpu.machine.as_secs_f64() / secs)
     }
 
     pub fn writes_per_sec(&self) -> f64 {
@@ -71,14 +94,16 @@ impl Run {
     /// A progress line for stderr.
     pub fn line(&self) -> String {
         let mut line = format!(
-            "{:>6} {:>3} writers: {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} writes, {} errors)",
+            "{:>6} {:>3} writers: {:>8.0} writes/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} writes, {} errors; CPU/write: servers {:.3} ms, client {:.3} ms)",
             self.system.name(),
             self.writers,
             self.writes_per_sec(),
             ms(self.p50),
             ms(self.p99),
             self.writes,
-            self.errors
+            self.errors,
+            self.cpu_per_write_ms().0,
+            self.cpu_per_write_ms().1,
         );
         if let Some(err) = &self.first_error {
             let _ = write!(line, " first error: {err}");
@@ -125,16 +150,21 @@ pub fn markdown(runs: &[Run], args: &Args, fsync: &FsyncLatency) -> String {
     );
     let _ = writeln!(
         out,
-        "| system | writers | writes | writes/s | p50 ms | p99 ms | errors | server-side mean ms |"
+        "| system | writers | writes | writes/s | p50 ms | p99 ms | errors | server-side mean ms | server CPU ms/write | client CPU ms/write | cores busy: bench / machine |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for run in runs {
         let server = run
             .server_mean
             .map_or_else(|| "–".to_owned(), |d| format!("{:.2}", ms(d)));
+        let (server_cpu, client_cpu) = run.cpu_per_write_ms();
+        let (ours, machine) = run.cores();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.3} | {:.3} | {:.2} / {:.2} |",
             run.system.name(),
             run.writers,
             run.writes,
@@ -142,7 +172,11 @@ pub fn markdown(runs: &[Run], args: &Args, fsync: &FsyncLatency) -> String {
             ms(run.p50),
             ms(run.p99),
             run.errors,
-            server
+            server,
+            server_cpu,
+            client_cpu,
+            ours,
+            machine
         );
     }
     let _ = writeln!(
@@ -204,7 +238,7 @@ mod tests {
             first_error: None,
             elapsed: Duration::from_millis(500),
         };
-        let run = Run::new(System::Strait, 1, outcome, None);
+        let run = Run::new(System::Strait, 1, outcome, None, Usage::default());
         assert_eq!(run.writes, 5);
         assert_eq!(run.p50, Duration::from_millis(3));
         assert_eq!(run.p99, Duration::from_millis(5));
@@ -224,6 +258,11 @@ mod tests {
                     elapsed: Duration::from_millis(elapsed),
                 },
                 None,
+                Usage {
+                    servers: Duration::from_millis(20),
+                    client: Duration::from_millis(10),
+                    machine: Duration::from_millis(40),
+                },
             )
         };
         let runs = vec![run(System::Strait, 4, 1000), run(System::Etcd, 2, 500)];
@@ -235,11 +274,15 @@ mod tests {
         };
         let text = markdown(&runs, &args, &fsync);
         assert!(
-            text.contains("| Strait | 16 | 10 | 10 | 4.00 | 4.00 | 0 | – |"),
+            text.contains(
+                "| Strait | 16 | 10 | 10 | 4.00 | 4.00 | 0 | – | 2.000 | 1.000 | 0.03 / 0.04 |"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("| etcd | 16 | 10 | 20 | 2.00 | 2.00 | 0 | – |"),
+            text.contains(
+                "| etcd | 16 | 10 | 20 | 2.00 | 2.00 | 0 | – | 2.000 | 1.000 | 0.06 / 0.08 |"
+            ),
             "{text}"
         );
         assert!(text.contains("| 16 | 0.50 | 2.00 | 2.00 |"), "{text}");

@@ -25,6 +25,8 @@ pub struct StraitCluster {
     config: ClientConfig,
     /// The leader's HTTP admin address (`/metrics`).
     leader_admin: String,
+    /// The node processes from `DIR/processes.json`, for CPU accounting.
+    pids: Vec<u32>,
 }
 
 /// The policy written as item `seq` of writer `prefix`; also the value etcd stores, so both
@@ -93,7 +95,12 @@ impl StraitCluster {
         Ok(StraitCluster {
             config: ClientConfig { global, ..config },
             leader_admin: leader.admin_address.clone(),
+            pids: crate::procs::recorded_pids(dir),
         })
+    }
+
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
     }
 
     pub fn leader_address(&self) -> &str {

@@ -86,6 +86,12 @@ pub enum Command {
         node_id: u64,
         now_ms: u64,
     },
+    /// Record the VIP range a zone maps service indexes into (it reports it when it connects),
+    /// so global can show every zone's VIPs.
+    SetZoneVipCidr {
+        zone: String,
+        vip_cidr: String,
+    },
     /// Take a zone out of (or back into) the endpoints of one service.
     SetDrain {
         namespace: String,
@@ -110,6 +116,7 @@ impl Command {
             Command::DeletePolicy { .. } => "delete_policy",
             Command::ReportInventory { .. } => "report_inventory",
             Command::SetZoneConnection { .. } => "set_zone_connection",
+            Command::SetZoneVipCidr { .. } => "set_zone_vip_cidr",
             Command::SetDrain { .. } => "set_drain",
         }
     }

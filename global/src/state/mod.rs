@@ -140,6 +140,7 @@ impl FederationState {
                 node_id,
                 now_ms,
             } => self.set_zone_connection(zone, *connected, *node_id, *now_ms),
+            Command::SetZoneVipCidr { zone, vip_cidr } => self.set_zone_vip_cidr(zone, vip_cidr),
             Command::SetDrain {
                 namespace,
                 service,
@@ -247,6 +248,7 @@ impl FederationState {
                 created_at_ms: now_ms,
                 removed_at_ms: None,
                 connection: None,
+                vip_cidr: None,
             },
         );
         Ok(Applied::Changed(Detail::Done))
@@ -308,6 +310,20 @@ impl FederationState {
             node_id,
             last_seen_ms: now_ms,
         });
+        Ok(Applied::Changed(Detail::Done))
+    }
+
+    fn set_zone_vip_cidr(&mut self, name: &str, vip_cidr: &str) -> Result<Applied, Rejection> {
+        self.active_zone(name)?;
+        let Some(zone) = self.zones.get_mut(name) else {
+            return Err(Rejection::ZoneNotFound {
+                zone: name.to_owned(),
+            });
+        };
+        if zone.vip_cidr.as_deref() == Some(vip_cidr) {
+            return Ok(Applied::Unchanged(Detail::Unchanged));
+        }
+        zone.vip_cidr = Some(vip_cidr.to_owned());
         Ok(Applied::Changed(Detail::Done))
     }
 

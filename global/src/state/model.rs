@@ -63,6 +63,9 @@ pub struct Zone {
     pub removed_at_ms: Option<u64>,
     /// `None` until the zone's control plane first connects.
     pub connection: Option<Connection>,
+    /// The zone's VIP range as it last reported it (`None` before its first connection).
+    #[serde(default)]
+    pub vip_cidr: Option<String>,
 }
 
 impl Zone {

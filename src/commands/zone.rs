@@ -1,0 +1,119 @@
+//! `strait zone run`: one zone control plane (universal mode).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use strait_zone::config::ZoneConfig;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// YAML config file (fields as in `strait_zone::config::ZoneConfig`); flags override it.
+    #[arg(long = "config-file")]
+    config_file: Option<PathBuf>,
+    /// Zone name (a DNS label; must match the join token).
+    #[arg(long)]
+    name: Option<String>,
+    /// Global control plane nodes (host:port, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    global: Vec<String>,
+    /// Join token (`strait zone create` prints it); first start only.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Credentials and the persisted federation state.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    region: Option<String>,
+    /// Range this zone maps service VIP indexes into.
+    #[arg(long)]
+    vip_cidr: Option<String>,
+    /// The federation's trust domain.
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// gRPC address for sidecars and gateways (Identity, Discovery), TLS.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP address for /metrics, /ready, /healthz, /config.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// How long a sidecar that disconnected keeps its endpoints (e.g. 10s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    registration_grace: Option<Duration>,
+    /// Lifetime of the workload certificates this zone signs (e.g. 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    workload_cert_validity: Option<Duration>,
+    /// How often to check whether certificates need renewing.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    renew_check_interval: Option<Duration>,
+}
+
+impl RunArgs {
+    fn config(self) -> anyhow::Result<ZoneConfig> {
+        let mut config = match &self.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                ZoneConfig::from_yaml(&text, &path.display().to_string())?
+            }
+            None => {
+                let (Some(name), Some(data_dir)) = (self.name.clone(), self.data_dir.clone())
+                else {
+                    anyhow::bail!("--name and --data-dir are required (or --config-file)");
+                };
+                if self.global.is_empty() {
+                    anyhow::bail!("--global is required: the address of at least one global node");
+                }
+                let listen = self
+                    .listen
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7500)));
+                let admin = self
+                    .admin_listen
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7501)));
+                ZoneConfig::new(name, self.global.clone(), data_dir, listen, admin)
+            }
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v; } )* };
+        }
+        set!(
+            name,
+            data_dir,
+            region,
+            trust_domain,
+            listen,
+            admin_listen,
+            registration_grace,
+            workload_cert_validity,
+            renew_check_interval
+        );
+        if self.token_file.is_some() {
+            config.token_file = self.token_file;
+        }
+        if !self.global.is_empty() {
+            config.global = self.global;
+        }
+        if let Some(cidr) = self.vip_cidr {
+            config.vip_cidr = cidr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--vip-cidr: {e}"))?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    strait_observe::init_tracing("zone");
+    let config = args.config()?;
+    let grpc = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", config.admin_listen))?;
+    strait_zone::node::run(config, grpc, admin, super::global::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! Configuration of a zone control plane: typed, validated once at start (errors name the
+//! field), dumped at the admin `/config` endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use strait_proto::vip::VipCidr;
+
+/// Everything `strait zone run` needs. Read from flags or a YAML file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ZoneConfig {
+    /// The zone's name, as given to `strait zone create NAME` (the join token is bound to it).
+    pub name: String,
+    /// Region of this zone (locality of its workloads unless they say otherwise).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Global nodes' gRPC addresses (`host:port`), tried in order; the addresses global
+    /// returns at join are tried after these.
+    pub global: Vec<String>,
+    /// The join token (`strait zone create` output). Needed on the first start only: later
+    /// starts load the credentials from `data_dir`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Credentials (`zone.json`, `tls/`) and the state database (`state/`), mode 0700.
+    pub data_dir: PathBuf,
+    /// gRPC listener for sidecars and gateways: Identity and Discovery, over TLS.
+    pub listen: SocketAddr,
+    /// HTTP listener for `/metrics`, `/ready`, `/healthz` and `/config`.
+    pub admin_listen: SocketAddr,
+    /// The range this zone maps service VIPs into (`base + index`).
+    #[serde(default = "default_vip_cidr", with = "vip_cidr_serde")]
+    pub vip_cidr: VipCidr,
+    /// The federation's trust domain: checked against global's certificate when joining.
+    /// After the join, the trust domain global returned (recorded in `zone.json`) is used.
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// After a restart, how long registrations restored from disk are kept (and the zone
+    /// refrains from reporting a smaller inventory to global) while sidecars reconnect.
+    #[serde(default = "default_registration_grace", with = "humantime_serde")]
+    pub registration_grace: Duration,
+    /// Lifetime of the workload and gateway certificates this zone signs.
+    #[serde(default = "default_workload_cert_validity", with = "humantime_serde")]
+    pub workload_cert_validity: Duration,
+    /// How often the zone checks whether its intermediate CA or its own certificate is due
+    /// for renewal (at 2/3 of its life).
+    #[serde(default = "default_renew_check_interval", with = "humantime_serde")]
+    pub renew_check_interval: Duration,
+}
+
+fn default_region() -> String {
+    "default".to_owned()
+}
+
+/// The VIP range of a zone unless configured otherwise.
+#[allow(clippy::expect_used)] // a constant, checked by the unit tests
+pub fn default_vip_cidr() -> VipCidr {
+    DEFAULT_VIP_CIDR
+        .parse()
+        .expect("DEFAULT_VIP_CIDR is a valid CIDR")
+}
+
+/// The VIP range of the first zone on a laptop; `strait up` gives further zones
+/// `127.241.0.0/16`, `127.242.0.0/16`, ...
+pub const DEFAULT_VIP_CIDR: &str = "127.240.0.0/16";
+
+fn default_trust_domain() -> String {
+    strait_trust::DEFAULT_TRUST_DOMAIN.to_owned()
+}
+
+fn default_registration_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_workload_cert_validity() -> Duration {
+    strait_trust::ca::DEFAULT_LEAF_VALIDITY
+}
+
+fn default_renew_check_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `VipCidr` has no serde support of its own; it is written as its `a.b.c.d/len` text.
+mod vip_cidr_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use strait_proto::vip::VipCidr;
+
+    pub fn serialize<S: Serializer>(cidr: &VipCidr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(cidr)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VipCidr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A configuration that cannot work, with the field to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid zone config: {field}: {reason}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl ZoneConfig {
+    /// A config with defaults for everything but the essentials.
+    pub fn new(
+        name: impl Into<String>,
+        global: Vec<String>,
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        admin_listen: SocketAddr,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            region: default_region(),
+            global,
+            token_file: None,
+            data_dir,
+            listen,
+            admin_listen,
+            vip_cidr: default_vip_cidr(),
+            trust_domain: default_trust_domain(),
+            registration_grace: default_registration_grace(),
+            workload_cert_validity: default_workload_cert_validity(),
+            renew_check_interval: default_renew_check_interval(),
+        }
+    }
+
+    /// Parses a YAML config file's text; `source` names it in errors.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {
+        serde_saphyr::from_str(text).map_err(|e| invalid("(file)", format!("{source}: {e}")))
+    }
+
+    /// Checks everything that can be checked before touching the disk or the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_zone_name(&self.name).map_err(|reason| invalid("name", reason))?;
+        if self.region.trim().is_empty() {
+            return Err(invalid("region", "must not be empty"));
+        }
+        strait_trust::spiffe::validate_trust_domain(&self.trust_domain)
+            .map_err(|e| invalid("trust_domain", e.to_string()))?;
+        if self.global.is_empty() {
+            return Err(invalid(
+                "global",
+                "at least one global node address (host:port) is needed",
+            ));
+        }
+        for addr in &self.global {
+            let valid = addr.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+            if !valid {
+                return Err(invalid(
+                    "global",
+                    format!("{addr:?} is not a host:port address"),
+                ));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(invalid("admin_listen", "must differ from listen"));
+        }
+        if self.registration_grace > Duration::from_secs(3600) {
+            return Err(invalid("registration_grace", "must be at most 1h"));
+        }
+        if self.workload_cert_validity < Duration::from_secs(60) {
+            return Err(invalid("workload_cert_validity", "must be at least 1m"));
+        }
+        if self.renew_check_interval.is_zero() {
+            return Err(invalid("renew_check_interval", "must be above zero"));
+        }
+        Ok(())
+    }
+}
+
+/// A zone name: what `spiffe://TD/zone/NAME/cp` and DNS labels (`SVC.NS.svc.NAME.mesh.local`)
+/// accept — lowercase letters, digits and `-`, starting with a letter, at most 63 characters.
+pub fn validate_zone_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > 63 {
+        return Err(format!("{name:?} is longer than 63 characters"));
+    }
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let starts = name.starts_with(|c: char| c.is_ascii_lowercase());
+    if !ok_chars || !starts || name.ends_with('-') {
+        return Err(format!(
+            "{name:?} must be lowercase letters, digits and '-', start with a letter and not end with '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ZoneConfig {
+        ZoneConfig::new(
+            "eu-1",
+            vec!["127.0.0.1:7400".into()],
+            "/tmp/zone".into(),
+            "127.0.0.1:7500".parse().unwrap(),
+            "127.0.0.1:7501".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn default_cidr_parses() {
+        assert_eq!(default_vip_cidr().to_string(), "127.240.0.0/16");
+        assert!(config().validate().is_ok());
+    }
+
+    #[test]
+    fn yaml_with_defaults_and_unknown_fields() {
+        let yaml = "name: a\nglobal: [\"127.0.0.1:7400\"]\ndata_dir: /tmp/a\nlisten: 127.0.0.1:1\nadmin_listen: 127.0.0.1:2\nvip_cidr: 127.241.0.0/16\nregistration_grace: 3s\n";
+        let c = ZoneConfig::from_yaml(yaml, "zone.yaml").unwrap();
+        assert_eq!(c.region, "default");
+        assert_eq!(c.vip_cidr.to_string(), "127.241.0.0/16");
+        assert_eq!(c.registration_grace, Duration::from_secs(3));
+        assert_eq!(c.trust_domain, "strait.local");
+        c.validate().unwrap();
+
+        let err = ZoneConfig::from_yaml(&format!("{yaml}bogus: 1\n"), "zone.yaml").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = ZoneConfig::from_yaml(&yaml.replace("127.241.0.0/16", "127.241.0.1/16"), "z")
+            .unwrap_err();
+        assert!(err.to_string().contains("host bits"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut c = config();
+        c.name = "EU_1".into();
+        assert_eq!(c.validate().unwrap_err().field, "name");
+        let mut c = config();
+        c.global = vec![];
+        assert_eq!(c.validate().unwrap_err().field, "global");
+        let mut c = config();
+        c.global = vec!["nohost".into()];
+        assert_eq!(c.validate().unwrap_err().field, "global");
+        let mut c = config();
+        c.admin_listen = c.listen;
+        assert_eq!(c.validate().unwrap_err().field, "admin_listen");
+        let mut c = config();
+        c.trust_domain = "Bad Domain".into();
+        assert_eq!(c.validate().unwrap_err().field, "trust_domain");
+        let mut c = config();
+        c.renew_check_interval = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().field, "renew_check_interval");
+    }
+}

@@ -1,0 +1,164 @@
+//! This zone's own inventory (universal mode): the instances its sidecars registered over the
+//! discovery stream. The discovery server owns it and publishes it through an
+//! [`InventoryWatch`]; the sync client reports it to global.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use strait_proto as pb;
+use tokio::sync::watch;
+
+/// A service's name, the same in every zone.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One registered workload instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub service: ServiceKey,
+    /// Unique within the service (the sidecar chooses it, e.g. `echo-v1-a`).
+    pub instance: String,
+    pub ports: Vec<pb::Port>,
+    pub labels: BTreeMap<String, String>,
+    pub locality: pb::Locality,
+    /// Where other sidecars and the local gateway reach it (mTLS).
+    pub inbound_address: String,
+    /// The SPIFFE ID from its certificate.
+    pub identity: String,
+    /// The app's health as its sidecar reports it.
+    pub healthy: bool,
+}
+
+/// Every instance registered in this zone, by service then instance name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalInventory {
+    pub instances: BTreeMap<ServiceKey, BTreeMap<String, Instance>>,
+}
+
+/// Receives every change of the [`LocalInventory`].
+pub type InventoryWatch = watch::Receiver<Arc<LocalInventory>>;
+
+impl LocalInventory {
+    /// What this zone exports to the federation: every service with at least one instance,
+    /// with healthy/total counts per locality. Universal mode exports every registered service.
+    pub fn exported_services(&self) -> Vec<pb::ExportedService> {
+        self.instances
+            .iter()
+            .filter(|(_, instances)| !instances.is_empty())
+            .map(|(key, instances)| {
+                let mut localities: BTreeMap<(String, String, String), (u32, u32)> =
+                    BTreeMap::new();
+                let mut ports: Vec<pb::Port> = Vec::new();
+                for instance in instances.values() {
+                    let l = &instance.locality;
+                    let counts = localities
+                        .entry((l.region.clone(), l.zone.clone(), l.subzone.clone()))
+                        .or_default();
+                    counts.1 += 1;
+                    if instance.healthy {
+                        counts.0 += 1;
+                    }
+                    for port in &instance.ports {
+                        if !ports.iter().any(|p| p.port == port.port) {
+                            ports.push(port.clone());
+                        }
+                    }
+                }
+                ports.sort_by_key(|p| p.port);
+                pb::ExportedService {
+                    service: Some(pb::ServiceRef {
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                    }),
+                    ports,
+                    localities: localities
+                        .into_iter()
+                        .map(
+                            |((region, zone, subzone), (healthy, total))| pb::LocalityEndpoints {
+                                locality: Some(pb::Locality {
+                                    region,
+                                    zone,
+                                    subzone,
+                                }),
+                                healthy,
+                                total,
+                            },
+                        )
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Option<&BTreeMap<String, Instance>> {
+        self.instances.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(name: &str, healthy: bool) -> Instance {
+        Instance {
+            service: ServiceKey {
+                namespace: "demo".into(),
+                name: "echo".into(),
+            },
+            instance: name.into(),
+            ports: vec![pb::Port {
+                name: "http".into(),
+                port: 8080,
+                protocol: pb::Protocol::Http as i32,
+            }],
+            labels: BTreeMap::new(),
+            locality: pb::Locality {
+                region: "r1".into(),
+                zone: "a".into(),
+                subzone: String::new(),
+            },
+            inbound_address: "127.0.0.1:1".into(),
+            identity: "spiffe://strait.local/ns/demo/sa/echo".into(),
+            healthy,
+        }
+    }
+
+    #[test]
+    fn exports_counts_per_locality() {
+        let mut inv = LocalInventory::default();
+        let key = ServiceKey {
+            namespace: "demo".into(),
+            name: "echo".into(),
+        };
+        let entry = inv.instances.entry(key).or_default();
+        entry.insert("v1".into(), instance("v1", true));
+        entry.insert("v2".into(), instance("v2", false));
+        let exported = inv.exported_services();
+        assert_eq!(exported.len(), 1);
+        assert_eq!(exported[0].localities.len(), 1);
+        assert_eq!(
+            (
+                exported[0].localities[0].healthy,
+                exported[0].localities[0].total
+            ),
+            (1, 2)
+        );
+        assert_eq!(exported[0].ports.len(), 1);
+    }
+
+    #[test]
+    fn a_service_without_instances_is_not_exported() {
+        let mut inv = LocalInventory::default();
+        inv.instances.insert(
+            ServiceKey {
+                namespace: "demo".into(),
+                name: "gone".into(),
+            },
+            BTreeMap::new(),
+        );
+        assert!(inv.exported_services().is_empty());
+    }
+}

@@ -6,6 +6,11 @@
 //! read index from the leader (`ensure_linearizable`) and for this node to have applied it.
 //! When no majority is reachable both fail within `request_timeout` with
 //! [`ClusterError::NoQuorum`] instead of hanging.
+//!
+//! Writes proposed on this node go through the [`batcher`]: while one Raft entry is being
+//! committed, the writes that arrive are queued and proposed together as the next one.
+
+mod batcher;
 
 use std::time::Duration;
 
@@ -14,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use strait_proto::RaftPayload;
 use tokio::time::Instant;
 
+pub use self::batcher::BatchStats;
+use self::batcher::{BatchLimits, Batcher, Missed, Propose};
 use crate::network::Network;
 use crate::state::{Command, CommandResult};
 use crate::types::{NodeId, NodeInfo, Raft};
@@ -51,6 +58,8 @@ pub struct Cluster {
     raft: Raft,
     network: Network,
     request_timeout: Duration,
+    /// Batches the writes proposed on this node (its own and forwarded ones).
+    batcher: Batcher<RaftProposer>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -66,10 +75,22 @@ impl Cluster {
     pub fn new(id: NodeId, raft: Raft, network: Network, request_timeout: Duration) -> Self {
         Self {
             id,
-            raft,
             network,
             request_timeout,
+            batcher: Batcher::new(
+                RaftProposer {
+                    raft: raft.clone(),
+                    request_timeout,
+                },
+                BatchLimits::default(),
+            ),
+            raft,
         }
+    }
+
+    /// Raft entries proposed for writes on this node and the writes they carried.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher.stats()
     }
 
     pub fn id(&self) -> NodeId {
@@ -133,30 +154,19 @@ impl Cluster {
     }
 
     /// Proposes on this node, which believes it leads. Used by [`Cluster::write`] and by the
-    /// `Raft.Propose` handler for forwarded writes.
+    /// `Raft.Propose` handler for forwarded writes. The write is batched with the others
+    /// proposed here meanwhile; the answer is this command's own result.
     pub async fn write_local(
         &self,
         cmd: Command,
         deadline: Instant,
     ) -> ForwardReply<CommandResult> {
-        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
-            Ok(Ok(response)) => ForwardReply::Done(response.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                ForwardReply::NotLeader {
-                    leader: f.leader_id,
-                }
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                ForwardReply::Fatal(format!("unexpected membership error: {e}"))
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => ForwardReply::Fatal(fatal.to_string()),
-            // A leader cut off from its followers keeps believing it leads; the timeout is what
-            // turns that into an answer.
-            Err(_) => ForwardReply::NoQuorum(format!(
-                "the write was not committed within {:?}: fewer than a majority of global nodes are reachable \
-                 (it may still be applied if they return)",
-                self.request_timeout
-            )),
+        match self.batcher.submit(cmd, deadline).await {
+            Ok(reply) => reply,
+            Err(Missed::Deadline) => ForwardReply::NoQuorum(not_committed(self.request_timeout)),
+            Err(Missed::Stopped) => ForwardReply::Fatal(
+                "this node's write batcher stopped (the node is shutting down)".to_owned(),
+            ),
         }
     }
 
@@ -276,6 +286,40 @@ impl Cluster {
             self.request_timeout, self.id
         ))
     }
+}
+
+/// Proposes entries on the local Raft node, for the [`Batcher`].
+struct RaftProposer {
+    raft: Raft,
+    request_timeout: Duration,
+}
+
+impl Propose for RaftProposer {
+    async fn propose(&self, command: Command, deadline: Instant) -> ForwardReply<CommandResult> {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(command)).await {
+            Ok(Ok(response)) => ForwardReply::Done(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                ForwardReply::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                ForwardReply::Fatal(format!("unexpected membership error: {e}"))
+            }
+            Ok(Err(RaftError::Fatal(fatal))) => ForwardReply::Fatal(fatal.to_string()),
+            // A leader cut off from its followers keeps believing it leads; the timeout is what
+            // turns that into an answer.
+            Err(_) => ForwardReply::NoQuorum(not_committed(self.request_timeout)),
+        }
+    }
+}
+
+/// What a caller is told when its write was not committed in time.
+fn not_committed(request_timeout: Duration) -> String {
+    format!(
+        "the write was not committed within {request_timeout:?}: fewer than a majority of global nodes are reachable \
+         (it may still be applied if they return)"
+    )
 }
 
 /// A membership change, run by the leader (forwarded there by any node).

@@ -2,7 +2,8 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 
-use crate::cluster::NodeView;
+use crate::cluster::{BatchStats, NodeView};
+use crate::store::StoreStats;
 
 /// Every metric a global node exports. Label sets are fixed (no per-request labels), so the
 /// series count stays bounded.
@@ -22,6 +23,26 @@ pub struct Metrics {
     pub services: IntGauge,
     pub write_latency: Histogram,
     pub write_failures: IntCounter,
+    pub log_flushes: IntCounter,
+    pub log_entries_appended: IntCounter,
+    pub snapshot_builds: IntCounter,
+    pub snapshot_bytes: IntGauge,
+    pub write_batches: IntCounter,
+    pub write_batch_commands: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::with_opts(Opts::new(name, help))?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// Raises `counter` to `total`, a count kept elsewhere since this process started.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let current = counter.get();
+    if total > current {
+        counter.inc_by(total - current);
+    }
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
@@ -98,6 +119,36 @@ impl Metrics {
                 "strait_global_services",
                 "Exported services across the federation.",
             )?,
+            log_flushes: counter(
+                &registry,
+                "strait_global_log_flushes_total",
+                "Flushes of the Raft log for appends; one flush covers every append queued behind it.",
+            )?,
+            log_entries_appended: counter(
+                &registry,
+                "strait_global_log_entries_appended_total",
+                "Raft log entries appended on this node (a batch of writes is one entry).",
+            )?,
+            snapshot_builds: counter(
+                &registry,
+                "strait_global_snapshot_builds_total",
+                "Snapshots of the state this node has built since it started.",
+            )?,
+            snapshot_bytes: gauge(
+                &registry,
+                "strait_global_snapshot_bytes",
+                "Size of the state in the last snapshot built or installed (0: none since start).",
+            )?,
+            write_batches: counter(
+                &registry,
+                "strait_global_write_batches_total",
+                "Raft entries this node proposed for writes while leading.",
+            )?,
+            write_batch_commands: counter(
+                &registry,
+                "strait_global_write_batch_commands_total",
+                "Writes carried by those entries (divide by write_batches for the mean batch size).",
+            )?,
             snapshots,
             write_latency,
             write_failures,
@@ -118,5 +169,16 @@ impl Metrics {
         }
         self.snapshot_index.set(to_i64(view.snapshot_index));
         self.voters.set(i64::try_from(voters).unwrap_or(i64::MAX));
+    }
+
+    /// Updates the storage and write batching figures from their counters.
+    pub fn observe_store(&self, store: &StoreStats, batches: BatchStats) {
+        catch_up(&self.log_flushes, store.log_flushes);
+        catch_up(&self.log_entries_appended, store.entries_appended);
+        catch_up(&self.snapshot_builds, store.snapshots_built);
+        self.snapshot_bytes
+            .set(i64::try_from(store.last_snapshot_bytes).unwrap_or(i64::MAX));
+        catch_up(&self.write_batches, batches.proposals);
+        catch_up(&self.write_batch_commands, batches.commands);
     }
 }

@@ -202,17 +202,24 @@ pub async fn run(
         .add_service(strait_proto::admin_server::AdminServer::new(
             AdminService::new(ctx.clone()),
         ))
-        .add_service(strait_proto::zone_sync_server::ZoneSyncServer::new(
-            ZoneSyncService::new(ctx.clone()),
-        ))
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+        .add_service(
+            strait_proto::zone_sync_server::ZoneSyncServer::new(ZoneSyncService::new(ctx.clone()))
+                .max_decoding_message_size(strait_proto::transport::MAX_CONTROL_MESSAGE)
+                .max_encoding_message_size(strait_proto::transport::MAX_CONTROL_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
     tracing::info!(node_id = config.node_id, api = %config.listen, admin = %config.admin_listen, "global node serving");
     let shutdown_watch = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let served = grpc.await;
+    let served = strait_proto::transport::serve_with_drain(
+        grpc,
+        stopped(stop_rx),
+        strait_proto::transport::DRAIN_TIMEOUT,
+    )
+    .await;
     shutdown_watch.abort();
     admin_state.readiness.set_not_ready("shutting down");
     if let Err(err) = raft.shutdown().await {
@@ -249,6 +256,8 @@ async fn background(
         let members = ctx.cluster.members();
         let voters = members.iter().filter(|(_, _, voter)| *voter).count();
         ctx.metrics.observe_raft(&view, voters);
+        ctx.metrics
+            .observe_store(&ctx.state.stats(), ctx.cluster.batch_stats());
         let (initialized, zones, policies, services) = ctx.read(|s| {
             (
                 s.is_initialized(),

@@ -292,6 +292,19 @@ impl ZoneStream {
         let mut first = true;
         loop {
             // Send what changed since the last snapshot, if anything the zone sees did.
+            // A zone removed while connected is cut off at once, not at its next reconnect.
+            if !self
+                .ctx
+                .read(|s| s.zone(&self.zone).is_some_and(|z| z.is_active()))
+            {
+                let removed = Status::permission_denied(format!(
+                    "zone {} was removed from the federation",
+                    self.zone
+                ));
+                let _ = self.out.send(Err(removed)).await;
+                tracing::info!(zone = %self.zone, "zone removed: sync stream closed");
+                return;
+            }
             let mut current = self.ctx.read(snapshot);
             let resume = first && current.version == known_version;
             first = false;

@@ -181,3 +181,54 @@ async fn single_node_commits_snapshots_purges_and_restarts() -> anyhow::Result<(
     raft.shutdown().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_entry_answers_per_command_and_replays_the_same_after_restart() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let node = NodeInfo {
+        api: "127.0.0.1:1".into(),
+        admin: "127.0.0.1:2".into(),
+    };
+    let batch = Command::Batch(vec![create_zone("a"), create_zone("a"), create_zone("b")]);
+
+    let state_before_restart = {
+        let (log, sm, handle) = open(dir.path(), StoreOptions::default())?;
+        let raft = Raft::new(1, config()?, NoPeers, log, sm).await?;
+        raft.initialize(BTreeMap::from([(1, node.clone())])).await?;
+        raft.wait(Some(TIMEOUT))
+            .state(ServerState::Leader, "leader")
+            .await?;
+        let response = raft.client_write(batch).await?;
+        let index = response.log_id.index;
+        let CommandResult::Ok {
+            detail: strait_global::state::Detail::Batch(results),
+            revision,
+        } = response.data
+        else {
+            anyhow::bail!("a batch entry answers per command: {:?}", response.data);
+        };
+        ensure!(revision == index, "revision {revision}, entry {index}");
+        let verdicts: Vec<bool> = results.iter().map(CommandResult::is_ok).collect();
+        ensure!(verdicts == [true, false, true], "{results:?}");
+        ensure!(
+            results[1].rejection() == Some(&Rejection::ZoneExists { zone: "a".into() }),
+            "{results:?}"
+        );
+        let stats = handle.stats();
+        ensure!(stats.entries_appended >= 2, "{stats:?}"); // membership + the batch
+        let state = handle.read(Clone::clone);
+        raft.shutdown().await?;
+        state
+    };
+
+    // No snapshot yet: the batch entry is re-applied from the log at open.
+    let (_log, _sm, handle) = open(dir.path(), StoreOptions::default())?;
+    ensure!(handle.stats().snapshots_built == 0);
+    ensure!(
+        handle.read(|s| *s == state_before_restart),
+        "replay differs"
+    );
+    ensure!(handle.read(|s| s.zone("a").is_some() && s.zone("b").is_some()));
+    Ok(())
+}

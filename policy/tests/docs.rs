@@ -78,3 +78,21 @@ fn documented_errors_are_the_real_ones() {
     };
     assert_eq!(got.trim_end(), expected.text.trim_end());
 }
+
+/// The example files the README points at must be valid too.
+#[test]
+fn example_files_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+            if let Err(err) = parse_documents(&text, &path.display().to_string()) {
+                panic!("{err}");
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no example in {}", dir.display());
+}

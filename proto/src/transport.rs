@@ -134,3 +134,33 @@ pub fn peer_address<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {
         .get::<TlsConnectInfo<TcpConnectInfo>>()
         .and_then(|info| info.get_ref().remote_addr())
 }
+
+/// Largest control-plane message accepted or sent (federation snapshots, inventories, sidecar
+/// configs). tonic's 4 MiB default is reached at about 60,000 services across a federation;
+/// this leaves room for ten times that while still bounding what a peer can make us buffer.
+pub const MAX_CONTROL_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// How long a stopping server lets in-flight requests finish before it closes what is left.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs `serve` (a tonic server with graceful shutdown on `stopping`) to completion, but once
+/// `stopping` has resolved, waits at most `drain` for it.
+///
+/// Graceful shutdown waits for every in-flight request, and Strait's long-lived streams (zone
+/// sync, sidecar discovery) never finish on their own: without a bound a stopping process
+/// would hang until killed. Dropping the server closes those streams; their clients reconnect
+/// elsewhere, which is what they do for any broken stream.
+pub async fn serve_with_drain<E>(
+    serve: impl std::future::Future<Output = Result<(), E>>,
+    stopping: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) -> Result<(), E> {
+    tokio::pin!(serve);
+    tokio::select! {
+        result = &mut serve => result,
+        () = async { stopping.await; tokio::time::sleep(drain).await } => {
+            tracing::info!(?drain, "closing streams still open after the drain period");
+            Ok(())
+        }
+    }
+}

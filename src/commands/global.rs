@@ -94,7 +94,9 @@ impl RunArgs {
             listen,
             admin_listen,
             trust_domain,
-            request_timeout
+            request_timeout,
+            zone_ca_validity,
+            zone_cp_validity
         );
         macro_rules! set_opt {
             ($($field:ident),*) => { $( if self.$field.is_some() { config.$field = self.$field; } )* };

@@ -47,6 +47,9 @@ pub struct UpArgs {
     /// How long a disconnected sidecar keeps its endpoints (default 10s).
     #[arg(long)]
     registration_grace: Option<String>,
+    /// How often zones check whether their certificates need renewing (default 30s).
+    #[arg(long)]
+    renew_check_interval: Option<String>,
 }
 
 fn parse_node_count(s: &str) -> Result<u64, String> {
@@ -89,6 +92,7 @@ impl Tuning {
             zone: [
                 flag("--workload-cert-validity", &args.workload_cert_validity),
                 flag("--registration-grace", &args.registration_grace),
+                flag("--renew-check-interval", &args.renew_check_interval),
             ]
             .concat(),
         }

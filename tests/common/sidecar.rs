@@ -20,19 +20,28 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::Federation;
 
 /// TLS to a zone control plane as `zone/Z/cp`, presenting `creds` if any.
-pub fn zone_tls(bundle: &TrustBundle, zone: &str, creds: Option<&CredentialStore>) -> Arc<rustls::ClientConfig> {
+pub fn zone_tls(
+    bundle: &TrustBundle,
+    zone: &str,
+    creds: Option<&CredentialStore>,
+) -> Arc<rustls::ClientConfig> {
     let trust = TrustStore::new(bundle.clone());
-    let expect = Arc::new(AllowExactly(vec![SpiffeId::zone_cp(bundle.trust_domain(), zone).unwrap()]));
+    let expect = Arc::new(AllowExactly(vec![
+        SpiffeId::zone_cp(bundle.trust_domain(), zone).unwrap(),
+    ]));
     let config = match creds {
-        Some(creds) => strait_trust::tls::client_config(creds, &trust, expect, vec![b"h2".to_vec()]).unwrap(),
+        Some(creds) => {
+            strait_trust::tls::client_config(creds, &trust, expect, vec![b"h2".to_vec()]).unwrap()
+        }
         None => {
             let verifier = Arc::new(SpiffeServerVerifier::new(trust, expect));
-            let mut config = rustls::ClientConfig::builder_with_provider(strait_trust::tls::crypto_provider())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
+            let mut config =
+                rustls::ClientConfig::builder_with_provider(strait_trust::tls::crypto_provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_no_client_auth();
             config.alpn_protocols = vec![b"h2".to_vec()];
             config
         }
@@ -41,7 +50,11 @@ pub fn zone_tls(bundle: &TrustBundle, zone: &str, creds: Option<&CredentialStore
 }
 
 pub fn bundle(fed: &Federation) -> TrustBundle {
-    TrustBundle::from_pem("strait.local", &super::read(&fed.dir.path().join("admin/bundle.pem"))).unwrap()
+    TrustBundle::from_pem(
+        "strait.local",
+        &super::read(&fed.dir.path().join("admin/bundle.pem")),
+    )
+    .unwrap()
 }
 
 /// A workload's certificate, as a sidecar holds it.
@@ -53,9 +66,27 @@ pub struct Workload {
 }
 
 /// `strait token workload ...` then `Identity.SignCertificate` on zone `zone`.
-pub async fn bootstrap(fed: &Federation, zone: &str, namespace: &str, service: &str) -> Result<Workload, tonic::Status> {
-    let out = fed.strait(&["token", "workload", "--zone", zone, "--namespace", namespace, "--service", service]);
-    assert!(out.status.success(), "token workload: {}", String::from_utf8_lossy(&out.stderr));
+pub async fn bootstrap(
+    fed: &Federation,
+    zone: &str,
+    namespace: &str,
+    service: &str,
+) -> Result<Workload, tonic::Status> {
+    let out = fed.strait(&[
+        "token",
+        "workload",
+        "--zone",
+        zone,
+        "--namespace",
+        namespace,
+        "--service",
+        service,
+    ]);
+    assert!(
+        out.status.success(),
+        "token workload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     sign(fed, zone, namespace, service, Some(token), None).await
 }
@@ -73,7 +104,11 @@ pub async fn sign(
     let bundle = bundle(fed);
     let id = SpiffeId::workload("strait.local", namespace, service).unwrap();
     let key = KeyPair::generate().unwrap();
-    let channel = strait_proto::transport::channel(&fed.address(&format!("zone-{zone}"), "api"), zone_tls(&bundle, zone, current), Duration::from_secs(3));
+    let channel = strait_proto::transport::channel(
+        &fed.address(&format!("zone-{zone}"), "api"),
+        zone_tls(&bundle, zone, current),
+        Duration::from_secs(3),
+    );
     let reply = pb::identity_client::IdentityClient::new(channel)
         .sign_certificate(pb::SignCertificateRequest {
             csr_pem: key.leaf_csr(&id).unwrap(),
@@ -83,7 +118,12 @@ pub async fn sign(
         .await?
         .into_inner();
     let creds = CredentialStore::from_pem(&reply.cert_chain_pem, &key.to_pem()).unwrap();
-    Ok(Workload { id, creds, key_pem: key.to_pem(), chain_pem: reply.cert_chain_pem })
+    Ok(Workload {
+        id,
+        creds,
+        key_pem: key.to_pem(),
+        chain_pem: reply.cert_chain_pem,
+    })
 }
 
 /// A discovery stream: the configs the zone pushes, in order.
@@ -118,11 +158,25 @@ impl Discovery {
         };
         up.send(pb::SidecarMessage {
             msg: Some(pb::sidecar_message::Msg::Register(pb::Register {
-                service: Some(pb::ServiceRef { namespace, name: service.to_owned() }),
+                service: Some(pb::ServiceRef {
+                    namespace,
+                    name: service.to_owned(),
+                }),
                 instance: instance.to_owned(),
-                ports: vec![pb::Port { name: "http".into(), port: 8080, protocol: pb::Protocol::Http.into() }],
-                labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<HashMap<_, _>>(),
-                locality: Some(pb::Locality { region: String::new(), zone: zone.to_owned(), subzone: String::new() }),
+                ports: vec![pb::Port {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: pb::Protocol::Http.into(),
+                }],
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<HashMap<_, _>>(),
+                locality: Some(pb::Locality {
+                    region: String::new(),
+                    zone: zone.to_owned(),
+                    subzone: String::new(),
+                }),
                 inbound_address: inbound.to_owned(),
                 outbound_vips: false,
                 known_version: 0,
@@ -157,7 +211,12 @@ impl Discovery {
     }
 
     /// Waits for a config that satisfies `check`, up to `timeout`.
-    pub async fn wait_for(&mut self, what: &str, timeout: Duration, check: impl Fn(&pb::SidecarConfig) -> bool) -> pb::SidecarConfig {
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&pb::SidecarConfig) -> bool,
+    ) -> pb::SidecarConfig {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.configs.recv()).await {
@@ -177,13 +236,27 @@ impl Discovery {
 }
 
 /// The endpoints of `service` in `zone`'s locality group of a config, and the zones present.
-pub fn service<'a>(config: &'a pb::SidecarConfig, namespace: &str, name: &str) -> Option<&'a pb::OutboundService> {
-    config.services.iter().find(|s| s.service.as_ref().is_some_and(|r| r.namespace == namespace && r.name == name))
+pub fn service<'a>(
+    config: &'a pb::SidecarConfig,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a pb::OutboundService> {
+    config.services.iter().find(|s| {
+        s.service
+            .as_ref()
+            .is_some_and(|r| r.namespace == namespace && r.name == name)
+    })
 }
 
 /// The zones that serve `service` in a config (with a healthy weight or local endpoints).
 pub fn zones_serving(config: &pb::SidecarConfig, namespace: &str, name: &str) -> Vec<String> {
     service(config, namespace, name)
-        .map(|s| s.localities.iter().filter(|l| l.weight > 0 || !l.endpoints.is_empty()).map(|l| l.zone.clone()).collect())
+        .map(|s| {
+            s.localities
+                .iter()
+                .filter(|l| l.weight > 0 || !l.endpoints.is_empty())
+                .map(|l| l.zone.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }

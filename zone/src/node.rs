@@ -181,7 +181,12 @@ pub async fn run(
             let _ = stop_tx.send(true);
         });
     tracing::info!(zone = %config.name, listen = %config.listen, admin = %config.admin_listen, "zone control plane serving");
-    let served = served.await;
+    let served = strait_proto::transport::serve_with_drain(
+        served,
+        stopped(stop_rx.clone()),
+        strait_proto::transport::DRAIN_TIMEOUT,
+    )
+    .await;
 
     admin_state.readiness.set_not_ready("shutting down");
     // If the server failed rather than being stopped, the other tasks still need stopping.

@@ -64,7 +64,7 @@ pub const RENEW_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a refused or failed renewal, wait this long before asking again.
 pub const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// Snapshots carry the whole federation; allow far more than tonic's 4 MiB default.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+const MAX_MESSAGE_BYTES: usize = strait_proto::transport::MAX_CONTROL_MESSAGE;
 /// Store key of the last inventory report sent (protobuf `InventoryReport`).
 const LAST_REPORT_KEY: &str = "sync/last_inventory_report";
 

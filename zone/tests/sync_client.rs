@@ -489,8 +489,8 @@ async fn no_smaller_inventory_is_reported_during_the_grace_after_a_restart() {
 #[tokio::test]
 async fn renewal_swaps_the_ca_without_a_restart_and_persists_it() {
     let mut g = Global::start().await;
-    // So short that it is due at once (2/3 of a life that starts 60 s back for clock skew).
-    g.set_intermediate_validity(Duration::from_secs(30));
+    // So short that it is due about 2 s after issuance (2/3 of its life).
+    g.set_intermediate_validity(Duration::from_secs(3));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("zone-a");
     let creds = join(&g, &dir).await;

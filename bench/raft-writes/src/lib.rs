@@ -183,11 +183,12 @@ async fn measure(
         let outcome = load::run(writers, args.duration, args.request_timeout).await;
         let usage = meter.stop();
         let after = strait.write_metric().await.ok();
-        let server_mean = match (before, after) {
-            (Some(b), Some(a)) => a.mean_since(&b),
-            _ => None,
+        let (server_mean, leader_log) = match (before, after) {
+            (Some(b), Some(a)) => (a.mean_since(&b), a.log_since(&b)),
+            _ => (None, None),
         };
-        let run = Run::new(System::Strait, n, outcome, server_mean, usage);
+        let mut run = Run::new(System::Strait, n, outcome, server_mean, usage);
+        run.leader_log = leader_log;
         eprintln!("{}", run.line());
         runs.push(run);
 

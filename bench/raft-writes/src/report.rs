@@ -7,6 +7,7 @@ use crate::Args;
 use crate::cpu::Usage;
 use crate::fsync::FsyncLatency;
 use crate::load::Outcome;
+use crate::strait::LogCounts;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum System {
@@ -38,6 +39,9 @@ pub struct Run {
     /// from its `strait_global_write_latency_seconds` histogram.
     pub server_mean: Option<Duration>,
     pub cpu: Usage,
+    /// Strait only: the leader's log flushes and appended entries during the run, from
+    /// `strait_global_log_flushes_total` and `strait_global_log_entries_appended_total`.
+    pub leader_log: Option<LogCounts>,
 }
 
 impl Run {
@@ -60,7 +64,16 @@ impl Run {
             p99: percentile(&outcome.latencies, 99.0),
             server_mean,
             cpu,
+            leader_log: None,
         }
+    }
+
+    /// On the leader: log flushes per appended entry, and acknowledged writes per entry (the
+    /// mean batch size).
+    pub fn leader_log_ratios(&self) -> Option<(f64, f64)> {
+        let log = self.leader_log.filter(|l| l.entries > 0)?;
+        let entries = log.entries as f64;
+        Some((log.flushes as f64 / entries, self.writes as f64 / entries))
     }
 
     /// CPU time per acknowledged write, in ms: (all server processes, this client).
@@ -150,11 +163,11 @@ pub fn markdown(runs: &[Run], args: &Args, fsync: &FsyncLatency) -> String {
     );
     let _ = writeln!(
         out,
-        "| system | writers | writes | writes/s | p50 ms | p99 ms | errors | server-side mean ms | server CPU ms/write | client CPU ms/write | cores busy: bench / machine |"
+        "| system | writers | writes | writes/s | p50 ms | p99 ms | errors | server-side mean ms | server CPU ms/write | client CPU ms/write | cores busy: bench / machine | leader flushes/entry | writes/entry |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for run in runs {
         let server = run
@@ -162,9 +175,13 @@ pub fn markdown(runs: &[Run], args: &Args, fsync: &FsyncLatency) -> String {
             .map_or_else(|| "–".to_owned(), |d| format!("{:.2}", ms(d)));
         let (server_cpu, client_cpu) = run.cpu_per_write_ms();
         let (ours, machine) = run.cores();
+        let (flushes_per_entry, writes_per_entry) = run.leader_log_ratios().map_or_else(
+            || ("–".to_owned(), "–".to_owned()),
+            |(f, w)| (format!("{f:.2}"), format!("{w:.1}")),
+        );
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.3} | {:.3} | {:.2} / {:.2} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {:.3} | {:.3} | {:.2} / {:.2} | {} | {} |",
             run.system.name(),
             run.writers,
             run.writes,
@@ -176,7 +193,9 @@ pub fn markdown(runs: &[Run], args: &Args, fsync: &FsyncLatency) -> String {
             server_cpu,
             client_cpu,
             ours,
-            machine
+            machine,
+            flushes_per_entry,
+            writes_per_entry
         );
     }
     let _ = writeln!(
@@ -265,7 +284,12 @@ mod tests {
                 },
             )
         };
-        let runs = vec![run(System::Strait, 4, 1000), run(System::Etcd, 2, 500)];
+        let mut strait = run(System::Strait, 4, 1000);
+        strait.leader_log = Some(LogCounts {
+            flushes: 2,
+            entries: 4,
+        });
+        let runs = vec![strait, run(System::Etcd, 2, 500)];
         let args = <Args as clap::Parser>::parse_from(["bench"]);
         let fsync = FsyncLatency {
             samples: 1,
@@ -275,13 +299,13 @@ mod tests {
         let text = markdown(&runs, &args, &fsync);
         assert!(
             text.contains(
-                "| Strait | 16 | 10 | 10 | 4.00 | 4.00 | 0 | – | 2.000 | 1.000 | 0.03 / 0.04 |"
+                "| Strait | 16 | 10 | 10 | 4.00 | 4.00 | 0 | – | 2.000 | 1.000 | 0.03 / 0.04 | 0.50 | 2.5 |"
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                "| etcd | 16 | 10 | 20 | 2.00 | 2.00 | 0 | – | 2.000 | 1.000 | 0.06 / 0.08 |"
+                "| etcd | 16 | 10 | 20 | 2.00 | 2.00 | 0 | – | 2.000 | 1.000 | 0.06 / 0.08 | – | – |"
             ),
             "{text}"
         );

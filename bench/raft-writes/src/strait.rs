@@ -129,11 +129,22 @@ impl StraitCluster {
     }
 }
 
-/// A reading of the leader's write latency histogram.
+/// A reading of the leader's write latency histogram and its Raft log counters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WriteMetric {
     pub sum_seconds: f64,
     pub count: u64,
+    /// `strait_global_log_flushes_total` (absent from builds before the metric existed).
+    pub log_flushes: Option<u64>,
+    /// `strait_global_log_entries_appended_total`.
+    pub entries_appended: Option<u64>,
+}
+
+/// What the leader's log did between two readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogCounts {
+    pub flushes: u64,
+    pub entries: u64,
 }
 
 impl WriteMetric {
@@ -146,6 +157,8 @@ impl WriteMetric {
         Some(WriteMetric {
             sum_seconds: value("strait_global_write_latency_seconds_sum")?,
             count: value("strait_global_write_latency_seconds_count")? as u64,
+            log_flushes: value("strait_global_log_flushes_total").map(|v| v as u64),
+            entries_appended: value("strait_global_log_entries_appended_total").map(|v| v as u64),
         })
     }
 
@@ -154,6 +167,16 @@ impl WriteMetric {
         let count = self.count.checked_sub(earlier.count).filter(|&c| c > 0)?;
         let sum = self.sum_seconds - earlier.sum_seconds;
         Duration::try_from_secs_f64(sum / count as f64).ok()
+    }
+
+    /// Log flushes and appended entries between `earlier` and this reading.
+    pub fn log_since(&self, earlier: &WriteMetric) -> Option<LogCounts> {
+        Some(LogCounts {
+            flushes: self.log_flushes?.checked_sub(earlier.log_flushes?)?,
+            entries: self
+                .entries_appended?
+                .checked_sub(earlier.entries_appended?)?,
+        })
     }
 }
 
@@ -197,9 +220,35 @@ mod tests {
         let earlier = WriteMetric {
             sum_seconds: 0.05,
             count: 5,
+            log_flushes: None,
+            entries_appended: None,
         };
         assert_eq!(later.mean_since(&earlier), Some(Duration::from_millis(40)));
         assert_eq!(later.mean_since(&later), None);
+        assert_eq!(
+            later.log_since(&earlier),
+            None,
+            "no log counters in this text"
+        );
+    }
+
+    #[test]
+    fn the_log_counters_are_read_from_the_exposition() {
+        let text = "strait_global_write_latency_seconds_sum 1\nstrait_global_write_latency_seconds_count 100\nstrait_global_log_flushes_total 40\nstrait_global_log_entries_appended_total 50\n";
+        let later = WriteMetric::parse(text).expect("parsed");
+        let earlier = WriteMetric {
+            sum_seconds: 0.0,
+            count: 0,
+            log_flushes: Some(10),
+            entries_appended: Some(20),
+        };
+        assert_eq!(
+            later.log_since(&earlier),
+            Some(LogCounts {
+                flushes: 30,
+                entries: 30
+            })
+        );
     }
 
     #[test]

@@ -99,6 +99,11 @@ pub enum Command {
         zone: String,
         drained: bool,
     },
+    /// Several commands in one log entry, applied in order as if each were its own entry at
+    /// this entry's index: each one is all or nothing on its own (a rejected one changes
+    /// nothing and does not stop the rest). The leader's write batcher proposes these so that
+    /// concurrent writes share one append, one flush and one replication round.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -118,6 +123,7 @@ impl Command {
             Command::SetZoneConnection { .. } => "set_zone_connection",
             Command::SetZoneVipCidr { .. } => "set_zone_vip_cidr",
             Command::SetDrain { .. } => "set_drain",
+            Command::Batch(_) => "batch",
         }
     }
 }
@@ -136,12 +142,26 @@ pub enum CommandResult {
 }
 
 impl CommandResult {
+    /// Whether the command was accepted; for a [`Command::Batch`], whether every command in it
+    /// was.
     pub fn is_ok(&self) -> bool {
-        matches!(self, CommandResult::Ok { .. })
+        match self {
+            CommandResult::Ok {
+                detail: Detail::Batch(results),
+                ..
+            } => results.iter().all(CommandResult::is_ok),
+            CommandResult::Ok { .. } => true,
+            CommandResult::Rejected(_) => false,
+        }
     }
 
+    /// Why the command was refused; for a [`Command::Batch`], the first refusal in it.
     pub fn rejection(&self) -> Option<&Rejection> {
         match self {
+            CommandResult::Ok {
+                detail: Detail::Batch(results),
+                ..
+            } => results.iter().find_map(CommandResult::rejection),
             CommandResult::Ok { .. } => None,
             CommandResult::Rejected(r) => Some(r),
         }
@@ -184,4 +204,8 @@ pub enum Detail {
         vips_allocated: Vec<(ServiceKey, u32)>,
         vips_released: Vec<(ServiceKey, u32)>,
     },
+    /// The results of a [`Command::Batch`], one per command, in order. The entry itself is
+    /// always `Ok` (with the revision after its last command); each command's own verdict is
+    /// in here.
+    Batch(Vec<CommandResult>),
 }

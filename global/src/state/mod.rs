@@ -96,6 +96,18 @@ impl FederationState {
         max_vip: u32,
     ) -> CommandResult {
         let outcome = match command {
+            Command::Batch(commands) => {
+                // Each command is checked and applied on its own, at this entry's index, so
+                // the revision rules are those of separate entries.
+                let results = commands
+                    .iter()
+                    .map(|command| self.apply_with_vip_limit(log_index, command, max_vip))
+                    .collect();
+                return CommandResult::Ok {
+                    revision: self.revision,
+                    detail: Detail::Batch(results),
+                };
+            }
             Command::InitFederation {
                 trust_domain,
                 root_cert_pem,

@@ -1000,3 +1000,124 @@ fn revision_is_index_of_last_change() {
         r => panic!("{r:?}"),
     }
 }
+
+// === Batches ===
+
+/// Applies every command at the same log index, each as its own entry would be.
+fn apply_each_at(
+    state: &mut FederationState,
+    index: u64,
+    commands: &[Command],
+) -> Vec<CommandResult> {
+    commands.iter().map(|c| state.apply(index, c)).collect()
+}
+
+#[test]
+fn a_batch_applies_in_order_with_a_verdict_per_command() {
+    let mut h = two_zones();
+    let before = h.state.clone();
+    let commands = vec![
+        create_zone("a"), // exists: rejected
+        create_zone("d"),
+        create_zone("d"), // sees the one before it: rejected
+        Command::ApplyPolicies {
+            // all or nothing on its own: the duplicate rejects both policies
+            policies: vec![policy("Retry", "r", "{}"), policy("Retry", "r", "{}")],
+        },
+        Command::ApplyPolicies {
+            policies: vec![policy("Retry", "r2", "{\"n\":2}")],
+        },
+    ];
+    let result = h.apply(Command::Batch(commands.clone()));
+    let index = h.index;
+    let CommandResult::Ok {
+        revision,
+        detail: Detail::Batch(results),
+    } = &result
+    else {
+        panic!("a batch answers with one result per command: {result:?}");
+    };
+    assert_eq!(*revision, index);
+    assert_eq!(results.len(), commands.len());
+    let verdicts: Vec<bool> = results.iter().map(CommandResult::is_ok).collect();
+    assert_eq!(verdicts, [false, true, false, false, true]);
+    assert!(matches!(
+        results[0].rejection(),
+        Some(Rejection::ZoneExists { zone }) if zone == "a"
+    ));
+    assert!(matches!(
+        results[3].rejection(),
+        Some(Rejection::DuplicatePolicy { .. })
+    ));
+    assert!(!result.is_ok(), "one refusal makes the batch not all ok");
+    assert_eq!(result.rejection(), results[0].rejection());
+    assert!(!h.state.policies.contains_key(&policy("Retry", "r", "").0));
+    assert_eq!(
+        h.state
+            .policies
+            .get(&policy("Retry", "r2", "").0)
+            .map(|p| p.revision),
+        Some(index)
+    );
+
+    // Exactly what the same commands do one by one at that index.
+    let mut separately = before;
+    let expected = apply_each_at(&mut separately, index, &commands);
+    assert_eq!(*results, expected);
+    assert_eq!(h.state, separately);
+}
+
+#[test]
+fn a_batch_of_refusals_changes_nothing() {
+    let mut h = two_zones();
+    let before = h.state.clone();
+    let result = h.apply(Command::Batch(vec![create_zone("a"), create_zone("b")]));
+    match result {
+        CommandResult::Ok {
+            revision,
+            detail: Detail::Batch(results),
+        } => {
+            assert_eq!(revision, before.revision, "no change, no new revision");
+            assert!(results.iter().all(|r| !r.is_ok()));
+        }
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(h.state, before);
+    assert!(h.apply(Command::Batch(Vec::new())).is_ok());
+    assert_eq!(h.state, before);
+}
+
+#[test]
+fn the_whole_scenario_as_one_batch_matches_one_entry_per_command_at_that_index() {
+    let mut batched = Harness::default();
+    let result = batched.apply(Command::Batch(scenario()));
+    let mut separately = FederationState::default();
+    let expected = apply_each_at(&mut separately, batched.index, &scenario());
+    assert_eq!(
+        result,
+        CommandResult::Ok {
+            revision: separately.revision,
+            detail: Detail::Batch(expected),
+        }
+    );
+    assert_eq!(batched.state, separately);
+}
+
+#[test]
+fn batches_leave_the_existing_log_format_alone() {
+    // An entry written before batches existed still decodes, and encodes the same way.
+    let old = r#"{"create_zone":{"name":"a","region":"eu","labels":{},"now_ms":1}}"#;
+    let command: Command = match serde_json::from_str(old) {
+        Ok(c) => c,
+        Err(e) => panic!("pre-batch entry does not decode: {e}"),
+    };
+    assert_eq!(serde_json::to_string(&command).unwrap_or_default(), old);
+
+    let batch = Command::Batch(vec![command, Command::PurgeExpiredTokens { now_ms: 2 }]);
+    let json = serde_json::to_string(&batch).unwrap_or_default();
+    assert_eq!(
+        json,
+        format!(r#"{{"batch":[{old},{{"purge_expired_tokens":{{"now_ms":2}}}}]}}"#)
+    );
+    assert_eq!(serde_json::from_str::<Command>(&json).ok(), Some(batch));
+}

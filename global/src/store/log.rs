@@ -3,8 +3,14 @@
 //! Durability: an append is readable as soon as `append` returns and acknowledged (the
 //! `LogFlushed` callback) only after `Db::flush_async` has returned successfully. The flush
 //! runs in a background task that takes every append queued behind the one it is flushing
-//! and acknowledges them all after one fsync: group commit, so the Raft core is not blocked
-//! on the disk and a burst of appends costs one flush, not one each.
+//! and acknowledges them all after one flush: group commit, so the Raft core is not blocked
+//! on the disk and a burst of appends costs one flush, not one each. On the leader openraft
+//! appends one entry at a time, so there group commit comes from the write batcher
+//! (`cluster::batcher`) putting many writes in one entry.
+//!
+//! A sled flush is `pwrite` + `sync_file_range` of its log buffers, not `fdatasync`: it does
+//! not persist file metadata or flush the disk's cache; sled's background flusher `fsync`s
+//! every `flush_every_ms` (see `docs/global.md`, Guarantees).
 
 use std::fmt::Debug;
 use std::io;

@@ -141,7 +141,8 @@ pub struct StoreStats {
     pub snapshots_installed: u64,
     /// Size of the state in the last snapshot built or installed since start (0 if none).
     pub last_snapshot_bytes: u64,
-    /// Log flushes (fsyncs) for appends; compare with `entries_appended` to see group commit.
+    /// Log flushes for appends (sled flushes, see `log`); compare with `entries_appended` to
+    /// see group commit.
     pub log_flushes: u64,
     pub entries_appended: u64,
     /// Size of the sled database on disk, if sled could tell.

@@ -7,6 +7,8 @@
 
 use std::io::Cursor;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::sync::PoisonError;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
@@ -24,6 +26,7 @@ use tokio::sync::watch;
 
 use super::Stats;
 use super::codec;
+use crate::state::Command;
 use crate::state::CommandResult;
 use crate::state::Detail;
 use crate::state::FederationState;
@@ -55,14 +58,7 @@ impl AppliedState {
             },
             EntryPayload::Normal(command) => {
                 let result = self.state.apply(entry.log_id.index, command);
-                if let CommandResult::Rejected(rejection) = &result {
-                    tracing::debug!(
-                        index = entry.log_id.index,
-                        command = command.name(),
-                        %rejection,
-                        "command rejected"
-                    );
-                }
+                log_rejections(entry.log_id.index, command, &result);
                 result
             }
             EntryPayload::Membership(membership) => {
@@ -77,6 +73,27 @@ impl AppliedState {
     }
 }
 
+/// Logs every refused command of an entry, the commands of a batch one by one.
+fn log_rejections(index: u64, command: &Command, result: &CommandResult) {
+    match (command, result) {
+        (
+            Command::Batch(commands),
+            CommandResult::Ok {
+                detail: Detail::Batch(results),
+                ..
+            },
+        ) => {
+            for (command, result) in commands.iter().zip(results) {
+                log_rejections(index, command, result);
+            }
+        }
+        (_, CommandResult::Rejected(rejection)) => {
+            tracing::debug!(index, command = command.name(), %rejection, "command rejected");
+        }
+        _ => {}
+    }
+}
+
 /// What the state machine shares with its snapshot builders and the [`super::StateReader`].
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -87,7 +104,30 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     /// Distinguishes snapshots built at the same log id within one process.
     snapshot_seq: AtomicU64,
+    /// The snapshot builder's own copy of the state, as of the last snapshot it built. Held
+    /// by the builder while it catches up and encodes, never by `apply`.
+    replica: Mutex<Option<FederationState>>,
+    /// What `apply` did since then, for the builder to replay on its replica.
+    backlog: Mutex<Backlog>,
 }
+
+/// Commands applied since the replica's point, in order, with their log index. Replaying
+/// them on the replica (apply is deterministic) yields the applied state without copying it
+/// under the lock: building a snapshot never makes `apply` wait for more than moving this
+/// list out.
+#[derive(Debug, Default)]
+struct Backlog {
+    commands: Vec<(u64, Command)>,
+    /// The state was replaced by an installed snapshot: the replica restarts from this copy.
+    reset: Option<FederationState>,
+    /// More than [`MAX_BACKLOG`] commands piled up (no snapshot for that long): the list was
+    /// dropped and the next build copies the state under the lock instead.
+    overflowed: bool,
+}
+
+/// Bound of the backlog, far above what the snapshot policy lets accumulate, so that a node
+/// that never builds a snapshot does not keep every command in memory a second time.
+const MAX_BACKLOG: usize = 100_000;
 
 impl Shared {
     pub(crate) fn new(
@@ -100,11 +140,55 @@ impl Shared {
         Shared {
             db,
             snapshots,
-            applied: RwLock::new(applied),
             revision,
             stats,
             snapshot_seq: AtomicU64::new(0),
+            replica: Mutex::new(Some(applied.state.clone())),
+            backlog: Mutex::new(Backlog::default()),
+            applied: RwLock::new(applied),
         }
+    }
+
+    fn backlog(&self) -> MutexGuard<'_, Backlog> {
+        self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Brings the replica up to the applied state and encodes it: the snapshot's meta and
+    /// bytes, plus how long catching up took. Blocking; run it off the runtime's workers.
+    fn encode_snapshot_state(
+        &self,
+    ) -> Result<(Option<LogId>, StoredMembership, Vec<u8>, usize), serde_json::Error> {
+        // One builder at a time: the replica is the builder's.
+        let mut replica = self.replica.lock().unwrap_or_else(PoisonError::into_inner);
+        let (last_log_id, last_membership, commands) = {
+            let applied = self.read();
+            let mut backlog = self.backlog();
+            let commands = std::mem::take(&mut backlog.commands);
+            if let Some(reset) = backlog.reset.take() {
+                *replica = Some(reset);
+            }
+            if std::mem::take(&mut backlog.overflowed) || replica.is_none() {
+                // Rare fallback (see `Backlog::overflowed`): copy under the lock.
+                *replica = Some(applied.state.clone());
+                (
+                    applied.last_applied,
+                    applied.last_membership.clone(),
+                    Vec::new(),
+                )
+            } else {
+                (
+                    applied.last_applied,
+                    applied.last_membership.clone(),
+                    commands,
+                )
+            }
+        };
+        let state = replica.get_or_insert_with(FederationState::default);
+        for (index, command) in &commands {
+            state.apply(*index, command);
+        }
+        let data = codec::to_json(&*state)?;
+        Ok((last_log_id, last_membership, data, commands.len()))
     }
 
     // A panic while the lock is held cannot leave the state half-changed in a way that a
@@ -187,12 +271,18 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (last_log_id, last_membership, data) = {
-            let applied = self.shared.read();
-            let data = codec::to_json(&applied.state)
+        // Not from the live state: `apply` needs its lock for writing, and encoding a large
+        // state (tens of MB of JSON) takes ~100 ms, as does even copying it. The builder keeps
+        // its own replica and replays the commands applied since its last snapshot on it, on
+        // the blocking pool, so `apply` only ever waits for a list to be moved out.
+        let started = std::time::Instant::now();
+        let shared = self.shared.clone();
+        let (last_log_id, last_membership, data, replayed) =
+            tokio::task::spawn_blocking(move || shared.encode_snapshot_state())
+                .await
+                .map_err(|e| codec::sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?
                 .map_err(|e| codec::sto_err(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
-            (applied.last_applied, applied.last_membership.clone(), data)
-        };
+        let encoded = started.elapsed();
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let snapshot_id = match &last_log_id {
             Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id, log_id.index),
@@ -208,7 +298,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .stats
             .snapshots_built
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(snapshot = %meta, bytes = data.len(), "built snapshot");
+        tracing::info!(
+            snapshot = %meta,
+            bytes = data.len(),
+            replayed,
+            encode_ms = encoded.as_millis(),
+            total_ms = started.elapsed().as_millis(),
+            "built snapshot"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -231,10 +328,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let (results, revision) = {
             let mut applied = self.shared.write();
-            let results: Vec<CommandResult> = entries
-                .into_iter()
-                .map(|entry| applied.apply_entry(&entry))
-                .collect();
+            let mut backlog = self.shared.backlog();
+            let mut results = Vec::new();
+            for entry in entries {
+                results.push(applied.apply_entry(&entry));
+                if let EntryPayload::Normal(command) = entry.payload {
+                    backlog.commands.push((entry.log_id.index, command));
+                }
+            }
+            if backlog.commands.len() > MAX_BACKLOG {
+                backlog.commands = Vec::new();
+                backlog.overflowed = true;
+            }
             (results, applied.state.revision)
         };
         self.shared.publish(revision);
@@ -259,12 +364,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Persist before swapping: if the write fails, the old state stays in force.
         self.shared.persist_snapshot(meta, &data).await?;
         let revision = state.revision;
+        let replica = state.clone();
         {
             let mut applied = self.shared.write();
             *applied = AppliedState {
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
                 state,
+            };
+            let mut backlog = self.shared.backlog();
+            *backlog = Backlog {
+                reset: Some(replica),
+                ..Backlog::default()
             };
         }
         self.shared.publish(revision);

@@ -148,9 +148,22 @@ pub fn outbound_services(ctx: &ZoneContext<'_>) -> Vec<pb::OutboundService> {
             }
         }
     }
+    // Indexed once per pass: a lookup per service in the snapshot's VIP list would make a
+    // compile quadratic in the number of services (seconds at 30,000).
+    let vips: HashMap<(&str, &str), u32> = ctx
+        .federation
+        .snapshot
+        .vips
+        .iter()
+        .filter_map(|v| {
+            v.service
+                .as_ref()
+                .map(|s| ((s.namespace.as_str(), s.name.as_str()), v.index))
+        })
+        .collect();
     services
         .iter()
-        .map(|(key, sources)| outbound_service(ctx, key, sources))
+        .map(|(key, sources)| outbound_service(ctx, &vips, key, sources))
         .collect()
 }
 
@@ -170,6 +183,7 @@ fn remote_zones<'a>(ctx: &ZoneContext<'a>) -> Vec<&'a pb::RemoteZone> {
 
 fn outbound_service(
     ctx: &ZoneContext<'_>,
+    vips: &HashMap<(&str, &str), u32>,
     key: &ServiceKey,
     sources: &Sources<'_>,
 ) -> pb::OutboundService {
@@ -188,7 +202,7 @@ fn outbound_service(
             name: key.name.clone(),
         }),
         ports,
-        vip: vip(ctx, key),
+        vip: vip(ctx, vips, key),
         // Zone-pinned VIPs come with the gateways, in a later step.
         zone_vips: HashMap::new(),
         localities: locality_groups(ctx, key, sources, failover),
@@ -217,10 +231,9 @@ fn merged_ports(sources: &Sources<'_>) -> Vec<pb::Port> {
 
 /// The service's locality-aware VIP in this zone's range; empty until global allocated an
 /// index (or when the index does not fit the range, which IPAM should have prevented).
-fn vip(ctx: &ZoneContext<'_>, key: &ServiceKey) -> String {
-    ctx.federation
-        .vip_index(&key.namespace, &key.name)
-        .and_then(|index| ctx.vip_cidr.address(index).ok())
+fn vip(ctx: &ZoneContext<'_>, vips: &HashMap<(&str, &str), u32>, key: &ServiceKey) -> String {
+    vips.get(&(key.namespace.as_str(), key.name.as_str()))
+        .and_then(|index| ctx.vip_cidr.address(*index).ok())
         .map(|ip| ip.to_string())
         .unwrap_or_default()
 }

@@ -241,6 +241,8 @@ impl DiscoveryServer {
     /// The tonic service, to mount on a server.
     pub fn into_service(self) -> pb::discovery_server::DiscoveryServer<Self> {
         pb::discovery_server::DiscoveryServer::new(self)
+            .max_decoding_message_size(strait_proto::transport::MAX_CONTROL_MESSAGE)
+            .max_encoding_message_size(strait_proto::transport::MAX_CONTROL_MESSAGE)
     }
 
     /// The discovery metrics (see the module docs); the node exposes or merges them.

@@ -1,0 +1,797 @@
+//! The inbound side: the sidecar's mutual TLS listener, where other sidecars (directly, or
+//! through the east-west gateways, which pass TLS through untouched) reach this instance's
+//! app.
+//!
+//! Per connection:
+//!
+//! 1. TLS 1.3 handshake with the sidecar's live certificate; the client must present a
+//!    workload certificate of the federation (`spiffe://TD/ns/NS/sa/SA`), verified against the
+//!    live trust bundle. A plaintext client, or one whose certificate chains to another root,
+//!    fails here. (**STRICT only for now**: `MeshTLS` PERMISSIVE, which would let plaintext
+//!    callers in, is not implemented; plaintext is always refused.)
+//! 2. By ALPN: `h2` or `http/1.1` (or none) → HTTP; `strait-tcp` → a byte pipe.
+//! 3. HTTP, per request: the inbound `PermissionPolicy` of the running config decides
+//!    ([`authorize`]); denied → `403`. Any `x-strait-peer-identity` the caller sent is removed
+//!    and replaced with the *verified* caller identity, so the app can trust that header. The
+//!    request goes to the app over plain HTTP/1.1 on a pooled connection, and the response is
+//!    streamed back. App unreachable → `503` with `x-strait-error: app-unavailable`; the app
+//!    failing mid-way → `502` with `x-strait-error: app-error`.
+//! 4. TCP: the caller's identity is authorized (rules naming methods or paths never match a
+//!    TCP connection), then bytes are copied both ways to the app; denied → closed.
+//!
+//! Before the first config is accepted the policy is unknown, so the sidecar fails closed:
+//! HTTP gets `503` with `x-strait-error: no-config`, TCP is closed.
+//!
+//! Metrics: `strait_sidecar_inbound_requests_total{status_class}`,
+//! `strait_sidecar_inbound_request_duration_seconds` (to the response headers),
+//! `strait_sidecar_inbound_connections` (open), `strait_sidecar_inbound_handshake_failures_total`,
+//! `strait_sidecar_inbound_tcp_connections_total{result}`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use strait_proto as pb;
+use strait_trust::tls::{CredentialStore, PeerIdentity, TrustStore, authorize_fn};
+use strait_trust::{IdentityKind, SpiffeId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::authz::{InboundAuthz, Reason};
+use crate::discovery::Control;
+
+/// ALPN for HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN for raw TCP through the sidecars' mTLS.
+pub const ALPN_TCP: &[u8] = b"strait-tcp";
+
+/// The header carrying the caller's verified SPIFFE ID to the app.
+pub const PEER_IDENTITY_HEADER: &str = "x-strait-peer-identity";
+/// The header naming why the sidecar itself answered with an error.
+pub const ERROR_HEADER: &str = "x-strait-error";
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to the local app may take.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A client must send request headers within this (HTTP/1.1).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pooled app connections idle longer than this are closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long open connections may finish after shutdown before they are cut.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Hop-by-hop headers: about one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Why the inbound listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error("inbound TLS setup: {0}")]
+    Tls(#[from] strait_trust::Error),
+    #[error("registering the inbound metrics failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+// === metrics ===
+
+/// The inbound side's metrics.
+#[derive(Debug, Clone)]
+pub struct InboundMetrics {
+    pub requests: IntCounterVec,
+    pub duration: Histogram,
+    pub connections: IntGauge,
+    pub handshake_failures: IntCounter,
+    pub tcp: IntCounterVec,
+}
+
+impl InboundMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_inbound_requests_total",
+                "HTTP requests received on the inbound listener, by response status class.",
+            ),
+            &["status_class"],
+        )?;
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "strait_sidecar_inbound_request_duration_seconds",
+                "Time from an inbound request to its response headers.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )?;
+        let connections = IntGauge::with_opts(Opts::new(
+            "strait_sidecar_inbound_connections",
+            "Open inbound connections (after the TLS handshake).",
+        ))?;
+        let handshake_failures = IntCounter::with_opts(Opts::new(
+            "strait_sidecar_inbound_handshake_failures_total",
+            "Inbound connections refused in the TLS handshake (plaintext, unknown root, ...).",
+        ))?;
+        let tcp = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_inbound_tcp_connections_total",
+                "Inbound TCP (ALPN strait-tcp) connections, by outcome.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(handshake_failures.clone()))?;
+        registry.register(Box::new(tcp.clone()))?;
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            requests.with_label_values(&[class]);
+        }
+        for result in ["forwarded", "denied", "app_unavailable", "no_config"] {
+            tcp.with_label_values(&[result]);
+        }
+        Ok(Self {
+            requests,
+            duration,
+            connections,
+            handshake_failures,
+            tcp,
+        })
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+// === authorization ===
+
+/// What an inbound authorization decision looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct InboundRequest<'a> {
+    /// The caller's verified SPIFFE ID.
+    pub caller: &'a str,
+    /// Empty for a TCP connection.
+    pub method: &'a str,
+    /// Empty for a TCP connection.
+    pub path: &'a str,
+}
+
+/// The inbound decision for `policy` (this sidecar's `InboundPolicy`): `Ok` to let the
+/// request through, `Err(reason)` to refuse it. The rules are [`crate::authz`]'s; no policy
+/// allows every caller that passed the handshake (a workload of the federation).
+///
+/// Compiles the policy on every call; the listener itself compiles once per config
+/// (a private cache keyed by the config).
+pub fn authorize(
+    policy: Option<&pb::InboundPolicy>,
+    request: &InboundRequest<'_>,
+) -> Result<(), String> {
+    let compiled = InboundAuthz::new(policy).map_err(|e| e.to_string());
+    decide(&compiled, request)
+}
+
+fn decide(
+    authz: &Result<InboundAuthz, String>,
+    request: &InboundRequest<'_>,
+) -> Result<(), String> {
+    let authz = authz
+        .as_ref()
+        .map_err(|e| format!("the inbound policy cannot be loaded: {e}"))?;
+    let decision = authz.decide(Some(request.caller), request.method, request.path);
+    if decision.allowed {
+        return Ok(());
+    }
+    Err(match decision.reason {
+        Reason::Rule(i) => format!("deny rule {i} matches"),
+        Reason::Default => "no rule allows it and the default is deny".to_owned(),
+        Reason::NoPolicy => "no policy".to_owned(),
+        Reason::PlaintextRefused => "plaintext is refused (STRICT)".to_owned(),
+    })
+}
+
+/// The running config's inbound policy, compiled once per config (patterns are parsed when a
+/// config arrives, not per request).
+#[derive(Debug, Default)]
+struct AuthzCache {
+    inner: Mutex<Option<(Arc<pb::SidecarConfig>, CompiledAuthz)>>,
+}
+
+/// A compiled inbound policy, or why it cannot be compiled.
+type CompiledAuthz = Arc<Result<InboundAuthz, String>>;
+
+impl AuthzCache {
+    fn get(&self, config: &Arc<pb::SidecarConfig>) -> CompiledAuthz {
+        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached, authz)) = guard.as_ref()
+            && Arc::ptr_eq(cached, config)
+        {
+            return authz.clone();
+        }
+        let authz = Arc::new(InboundAuthz::new(config.inbound.as_ref()).map_err(|e| e.to_string()));
+        if let Err(err) = authz.as_ref() {
+            // The discovery client validates patterns before accepting a config, so this is a
+            // config that bypassed it; every request is refused until it is replaced.
+            tracing::error!(%err, "the inbound policy cannot be loaded; refusing every caller");
+        }
+        *guard = Some((config.clone(), authz.clone()));
+        authz
+    }
+}
+
+// === serving ===
+
+/// What the inbound side needs from the control half: the live credentials and trust, the
+/// running config, and its metrics.
+#[derive(Debug, Clone)]
+pub struct InboundContext {
+    pub creds: CredentialStore,
+    pub trust: TrustStore,
+    pub config: watch::Receiver<Arc<pb::SidecarConfig>>,
+    pub metrics: InboundMetrics,
+}
+
+impl InboundContext {
+    /// Registers the inbound metrics with `registry`.
+    pub fn new(
+        creds: CredentialStore,
+        trust: TrustStore,
+        config: watch::Receiver<Arc<pb::SidecarConfig>>,
+        registry: &Registry,
+    ) -> Result<Self, InboundError> {
+        Ok(Self {
+            creds,
+            trust,
+            config,
+            metrics: InboundMetrics::new(registry)?,
+        })
+    }
+
+    /// From a running [`Control`]; the metrics go to its registry.
+    pub fn from_control(control: &Control) -> Result<Self, InboundError> {
+        Self::new(
+            control.creds().clone(),
+            control.trust().clone(),
+            control.config.clone(),
+            &control.registry,
+        )
+    }
+}
+
+/// The inbound TLS config: the live certificate, clients must be workloads of the federation
+/// (verified against the live bundle), ALPN `h2`, `http/1.1`, `strait-tcp`.
+pub fn server_tls(
+    creds: &CredentialStore,
+    trust: &TrustStore,
+) -> Result<rustls::ServerConfig, InboundError> {
+    let workloads_only = authorize_fn(|peer: &PeerIdentity| match peer.id.kind() {
+        IdentityKind::Workload { .. } => Ok(()),
+        _ => Err("only workloads call a sidecar's inbound listener".to_owned()),
+    });
+    Ok(strait_trust::tls::server_config(
+        creds,
+        trust,
+        Arc::new(workloads_only),
+        vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec(), ALPN_TCP.to_vec()],
+    )?)
+}
+
+/// Serves the inbound listener until `shutdown` completes, forwarding to `app` (`None`: a
+/// sidecar without an app answers `503`). After shutdown, open connections get
+/// two seconds to finish.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: InboundContext,
+    app: Option<SocketAddr>,
+    shutdown: impl Future,
+) -> Result<(), InboundError> {
+    let tls = Arc::new(server_tls(&ctx.creds, &ctx.trust)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    let shared = Arc::new(Shared {
+        ctx,
+        app,
+        client,
+        authz: AuthzCache::default(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    tracing::info!(listen = ?listener.local_addr().ok(), ?app, "inbound listener serving");
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let shared = shared.clone();
+                    let acceptor = acceptor.clone();
+                    let stop = stop_rx.clone();
+                    connections.spawn(
+                        connection(shared, acceptor, tcp, peer, stop)
+                            .instrument(tracing::debug_span!("inbound_conn", %peer)),
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "inbound accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            "closing inbound connections still open after the drain period"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+struct Shared {
+    ctx: InboundContext,
+    app: Option<SocketAddr>,
+    client: Client<HttpConnector, Incoming>,
+    authz: AuthzCache,
+}
+
+/// Decrements the open-connections gauge however the connection ends.
+struct OpenConnection(IntGauge);
+
+impl OpenConnection {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let metrics = &shared.ctx.metrics;
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            metrics.handshake_failures.inc();
+            let reason = err
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .and_then(strait_trust::tls::refusal)
+                .map_or_else(|| err.to_string(), ToString::to_string);
+            tracing::debug!(%peer, %reason, "inbound TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            metrics.handshake_failures.inc();
+            tracing::debug!(%peer, "inbound TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = tls.get_ref();
+    let caller = match strait_trust::peer_identity(conn.peer_certificates().unwrap_or_default()) {
+        Ok(id) => id,
+        Err(err) => {
+            // The verifier already required a certificate with one SPIFFE ID.
+            tracing::warn!(%peer, %err, "verified client without a readable identity");
+            return;
+        }
+    };
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let _open = OpenConnection::new(&metrics.connections);
+    if alpn.as_deref() == Some(ALPN_TCP) {
+        tcp_pipe(&shared, tls, &caller, peer).await;
+        return;
+    }
+
+    let caller: Arc<str> = Arc::from(caller.to_string());
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let shared = service_shared.clone();
+        let caller = caller.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, request, &caller, peer).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(%peer, %err, "inbound connection ended with an error");
+            }
+        }
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Resolves once the stop flag is raised (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// One HTTP request: authorize, forward to the app, stream the response back.
+async fn handle(
+    shared: &Shared,
+    request: Request<Incoming>,
+    caller: &str,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let start = Instant::now();
+    let span = tracing::info_span!(
+        "inbound",
+        %peer,
+        caller,
+        method = %request.method(),
+        path = request.uri().path(),
+        status = tracing::field::Empty,
+    );
+    let response = forward(shared, request, caller)
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    span.record("status", status.as_u16());
+    let metrics = &shared.ctx.metrics;
+    metrics
+        .requests
+        .with_label_values(&[status_class(status)])
+        .inc();
+    metrics.duration.observe(start.elapsed().as_secs_f64());
+    span.in_scope(
+        || tracing::debug!(status = status.as_u16(), elapsed = ?start.elapsed(), "inbound request"),
+    );
+    response
+}
+
+async fn forward(shared: &Shared, request: Request<Incoming>, caller: &str) -> Response<Body> {
+    let config = shared.ctx.config.borrow().clone();
+    if config.version == 0 {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-config",
+            "the sidecar has no config from its zone yet\n",
+        );
+    }
+    let decision = decide(
+        &shared.authz.get(&config),
+        &InboundRequest {
+            caller,
+            method: request.method().as_str(),
+            path: request.uri().path(),
+        },
+    );
+    if let Err(reason) = decision {
+        tracing::info!(%reason, "request denied by TrafficPermission");
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "denied",
+            "forbidden: TrafficPermission denies this request\n",
+        );
+    }
+    let Some(app) = shared.app else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "app-unavailable",
+            "this sidecar has no app\n",
+        );
+    };
+    let upstream = match app_request(request, app, caller) {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::info!(%reason, "request refused");
+            return error_response(StatusCode::BAD_REQUEST, "bad-request", "bad request\n");
+        }
+    };
+    match shared.client.request(upstream).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(err) if err.is_connect() => {
+            tracing::info!(%app, %err, "the app is unreachable");
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "app-unavailable",
+                "the app is not reachable\n",
+            )
+        }
+        Err(err) => {
+            tracing::info!(%app, %err, "the app failed the request");
+            error_response(StatusCode::BAD_GATEWAY, "app-error", "the app failed\n")
+        }
+    }
+}
+
+/// The request as the app gets it: absolute `http://APP/path?query` over HTTP/1.1, hop-by-hop
+/// headers removed, the caller's verified identity in [`PEER_IDENTITY_HEADER`] (whatever the
+/// caller sent there is dropped), `Host` kept (or taken from an HTTP/2 `:authority`).
+fn app_request(
+    request: Request<Incoming>,
+    app: SocketAddr,
+    caller: &str,
+) -> Result<Request<Incoming>, String> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(app.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| format!("cannot build the app URI: {e}"))?;
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = authority
+        && let Ok(value) = HeaderValue::from_str(&authority)
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+    let identity =
+        HeaderValue::from_str(caller).map_err(|e| format!("caller identity as a header: {e}"))?;
+    // `insert` replaces every value the caller may have sent.
+    parts
+        .headers
+        .insert(HeaderName::from_static(PEER_IDENTITY_HEADER), identity);
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn error_response(status: StatusCode, error: &'static str, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        HeaderName::from_static(ERROR_HEADER),
+        HeaderValue::from_static(error),
+    );
+    response
+}
+
+/// A TCP connection: authorize the caller, then copy bytes both ways to the app.
+async fn tcp_pipe(
+    shared: &Shared,
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    caller: &SpiffeId,
+    peer: SocketAddr,
+) {
+    let metrics = &shared.ctx.metrics;
+    let caller = caller.to_string();
+    let config = shared.ctx.config.borrow().clone();
+    let outcome = |result: &str| metrics.tcp.with_label_values(&[result]).inc();
+    if config.version == 0 {
+        outcome("no_config");
+        tracing::info!(%peer, %caller, "TCP connection closed: no config yet");
+        return;
+    }
+    let request = InboundRequest {
+        caller: &caller,
+        method: "",
+        path: "",
+    };
+    if let Err(reason) = decide(&shared.authz.get(&config), &request) {
+        outcome("denied");
+        tracing::info!(%peer, %caller, %reason, "TCP connection denied by TrafficPermission");
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        return;
+    }
+    let Some(app) = shared.app else {
+        outcome("app_unavailable");
+        return;
+    };
+    let mut upstream =
+        match tokio::time::timeout(APP_CONNECT_TIMEOUT, TcpStream::connect(app)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(err)) => {
+                outcome("app_unavailable");
+                tracing::info!(%app, %err, "TCP connection closed: the app is unreachable");
+                return;
+            }
+            Err(_) => {
+                outcome("app_unavailable");
+                tracing::info!(%app, "TCP connection closed: connecting to the app timed out");
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    outcome("forwarded");
+    match tokio::io::copy_bidirectional(&mut tls, &mut upstream).await {
+        Ok((up, down)) => {
+            tracing::debug!(%peer, %caller, up, down, "TCP connection finished");
+        }
+        Err(err) => tracing::debug!(%peer, %caller, %err, "TCP connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn rule(allow: bool, from: &[&str], methods: &[&str], paths: &[&str]) -> pb::PermissionRule {
+        pb::PermissionRule {
+            allow,
+            from: from.iter().map(|s| (*s).to_owned()).collect(),
+            methods: methods.iter().map(|s| (*s).to_owned()).collect(),
+            path_prefixes: paths.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn req<'a>(caller: &'a str, method: &'a str, path: &'a str) -> InboundRequest<'a> {
+        InboundRequest {
+            caller,
+            method,
+            path,
+        }
+    }
+
+    const WEB: &str = "spiffe://strait.local/ns/frontend/sa/web";
+    const BATCH: &str = "spiffe://strait.local/ns/demo/sa/batch";
+    const API: &str = "spiffe://strait.local/ns/demo/sa/api";
+
+    #[test]
+    fn permission_semantics() {
+        assert!(authorize(None, &req(WEB, "GET", "/")).is_ok());
+        let inbound = |permission| pb::InboundPolicy {
+            tls_mode: 0,
+            permission: Some(permission),
+            rate_limit: None,
+        };
+        let policy = inbound(pb::PermissionPolicy {
+            default_deny: true,
+            rules: vec![
+                rule(
+                    true,
+                    &["spiffe://strait.local/ns/demo/sa/*", WEB],
+                    &["GET", "HEAD"],
+                    &["/api/"],
+                ),
+                rule(false, &[BATCH], &[], &[]),
+            ],
+        });
+        let p = Some(&policy);
+        assert!(authorize(p, &req(WEB, "GET", "/api/x")).is_ok());
+        assert!(authorize(p, &req(API, "HEAD", "/api/")).is_ok());
+        assert!(authorize(p, &req(API, "POST", "/api/x")).is_err(), "method");
+        assert!(authorize(p, &req(API, "GET", "/other")).is_err(), "path");
+        assert!(
+            authorize(p, &req(BATCH, "GET", "/api/x")).is_err(),
+            "deny wins"
+        );
+        // TCP: the allow rule names methods and paths, so it cannot match.
+        assert!(authorize(p, &req(API, "", "")).is_err());
+
+        let deny_list = inbound(pb::PermissionPolicy {
+            default_deny: false,
+            rules: vec![rule(false, &[], &[], &["/admin"])],
+        });
+        let p = Some(&deny_list);
+        assert!(authorize(p, &req(WEB, "GET", "/admin/x")).is_err());
+        assert!(authorize(p, &req(WEB, "GET", "/")).is_ok());
+        assert!(authorize(p, &req(WEB, "", "")).is_ok(), "TCP has no path");
+
+        // A bad pattern fails closed.
+        let bad = inbound(pb::PermissionPolicy {
+            default_deny: false,
+            rules: vec![rule(false, &["nope"], &[], &[])],
+        });
+        let err = authorize(Some(&bad), &req(WEB, "GET", "/")).unwrap_err();
+        assert!(err.contains("cannot be loaded"), "{err}");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(StatusCode::OK), "2xx");
+        assert_eq!(status_class(StatusCode::FORBIDDEN), "4xx");
+        assert_eq!(status_class(StatusCode::SERVICE_UNAVAILABLE), "5xx");
+    }
+}

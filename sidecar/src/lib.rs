@@ -1,0 +1,28 @@
+//! Strait's sidecar: the data-plane proxy every request crosses.
+//!
+//! Pure decision logic (no sockets, `now` passed in), unit-tested on its own:
+//! - [`lb`]: locality-priority load balancing with spill-over, and the pick within a level;
+//! - [`outlier`]: passive outlier detection and ejection with backoff;
+//! - [`retry`]: the retry budget and which failures may be retried;
+//! - [`route`]: `TrafficRoute` matching and weighted subset splits;
+//! - [`fault`], [`ratelimit`], [`authz`]: fault injection, token buckets, `TrafficPermission`.
+//!
+//! IO around it:
+//! - [`config`]: the sidecar's own settings; [`identity`]: bootstrap and renewal of its
+//!   certificate; [`discovery`]: the config stream from the zone;
+//! - [`inbound`]: mTLS termination, authorization and forwarding to the app;
+//! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`]: the demo workload.
+
+pub mod admin;
+pub mod authz;
+pub mod config;
+pub mod demo_app;
+pub mod discovery;
+pub mod fault;
+pub mod identity;
+pub mod inbound;
+pub mod lb;
+pub mod outlier;
+pub mod ratelimit;
+pub mod retry;
+pub mod route;

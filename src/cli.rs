@@ -45,6 +45,8 @@ enum Command {
 enum GlobalCommand {
     /// Run one global node.
     Run(Box<commands::global::RunArgs>),
+    /// Remove a node from the Raft cluster (then stop it; never reuse its id).
+    RemoveNode(commands::admin::RemoveNodeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +98,9 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Global(GlobalCommand::Run(args)) => commands::global::run(*args).await,
+            Command::Global(GlobalCommand::RemoveNode(args)) => {
+                commands::admin::remove_node(args).await
+            }
             Command::Up(args) => commands::local::up(args).await,
             Command::Down(args) => commands::local::down(args),
             Command::Status(args) => commands::admin::status(args).await,

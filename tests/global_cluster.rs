@@ -520,3 +520,51 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
             .supported_schemes()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_can_be_removed_and_the_rest_keep_a_quorum() {
+    let fed = Federation::up(&["--global-nodes", "3", "--zones", "none"]);
+    let client = fed.client();
+    apply(&client, "before-removal").await.unwrap();
+    let leader = eventually("a leader", Duration::from_secs(10), async || {
+        leader(&client).await
+    })
+    .await;
+    let removed = fed
+        .global_nodes()
+        .keys()
+        .copied()
+        .find(|id| *id != leader)
+        .unwrap();
+
+    let out = fed.strait(&["global", "remove-node", "--node-id", &removed.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = fed.strait(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u64> = status["global"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(!ids.contains(&removed), "{ids:?}");
+
+    // Two voters left: stopping the removed node's process changes nothing, and writes go on.
+    fed.kill(&fed.global_nodes()[&removed]);
+    apply(&client, "after-removal").await.unwrap();
+    let names = stored(&client).await.unwrap();
+    assert!(
+        names.contains("before-removal") && names.contains("after-removal"),
+        "{names:?}"
+    );
+
+    // Removing a node that is not a member says so.
+    let out = fed.strait(&["global", "remove-node", "--node-id", "9"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 9 is not a member"));
+}

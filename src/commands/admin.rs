@@ -283,6 +283,38 @@ pub async fn node_token(args: NodeTokenArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, Args)]
+pub struct RemoveNodeArgs {
+    /// The node to remove.
+    #[arg(long)]
+    node_id: u64,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub async fn remove_node(args: RemoveNodeArgs) -> anyhow::Result<()> {
+    let client = client(&args.client)?;
+    let request = pb::RemoveNodeRequest {
+        node_id: args.node_id,
+    };
+    let reply = client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.remove_node(r).await }
+        })
+        .await?;
+    let voters: Vec<String> = reply
+        .status
+        .map(|s| s.nodes.iter().map(|n| n.id.to_string()).collect())
+        .unwrap_or_default();
+    eprintln!(
+        "node {} removed; the cluster is now nodes {}",
+        args.node_id,
+        voters.join(", ")
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
 pub struct WorkloadTokenArgs {
     /// The zone whose control plane will honour the token.
     #[arg(long)]

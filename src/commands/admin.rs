@@ -298,7 +298,7 @@ pub async fn remove_node(args: RemoveNodeArgs) -> anyhow::Result<()> {
     };
     let reply = client
         .call(|mut c| {
-            let r = request.clone();
+            let r = request;
             async move { c.remove_node(r).await }
         })
         .await?;

@@ -11,7 +11,9 @@
 //! - [`config`]: the sidecar's own settings; [`identity`]: bootstrap and renewal of its
 //!   certificate; [`discovery`]: the config stream from the zone;
 //! - [`inbound`]: mTLS termination, authorization and forwarding to the app;
-//! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`]: the demo workload.
+//! - [`outbound`]: listeners on service VIPs, routing, balancing and retries to other sidecars;
+//! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`]: the demo workload;
+//! - [`run`]: the whole sidecar on listeners passed in, until shutdown.
 
 pub mod admin;
 pub mod authz;
@@ -22,7 +24,9 @@ pub mod fault;
 pub mod identity;
 pub mod inbound;
 pub mod lb;
+pub mod outbound;
 pub mod outlier;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
+pub mod run;

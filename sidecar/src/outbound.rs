@@ -1,0 +1,1375 @@
+//! The outbound side: listeners on service VIPs, where the local app's calls enter the mesh.
+//!
+//! The pure modules decide ([`crate::route`], [`crate::fault`], [`crate::lb`],
+//! [`crate::retry`], [`crate::outlier`]); this module moves bytes.
+//!
+//! - **Listeners**: one per `VIP:port` of every service in the running config that has a
+//!   VIP, kept in a manager keyed by that address. A config change binds new addresses and
+//!   closes removed ones; connections already accepted are not touched. An address that
+//!   cannot be bound is logged and tried again every few seconds.
+//! - **Sniffing**: the first bytes of a connection decide ([`sniff`]): an HTTP/1.x request
+//!   line or the HTTP/2 preface → HTTP; anything else (or nothing within
+//!   [`SNIFF_TIMEOUT`], for protocols where the server speaks first) → TCP. A port declared
+//!   `TCP` skips sniffing.
+//! - **HTTP**, per request: the service's `TrafficRoute` picks a subset, `FaultInjection`
+//!   may delay or answer it, `CircuitBreaker.maxRequests` bounds the requests in flight, then
+//!   each try goes to a target the [`Balancer`] picks (avoiding the targets already tried),
+//!   over mutual TLS to the destination sidecar's inbound listener (the endpoint's SPIFFE ID
+//!   is required of the server; ALPN `h2`), on one pooled HTTP/2 connection per endpoint.
+//!   Failed tries are retried as [`RetryState`] decides. Request bodies up to
+//!   [`MAX_REPLAY_BODY`] are buffered so a retry can replay them; a longer or unsized body
+//!   streams, and its request is retried only when it never left (connect failures).
+//!   `x-strait-peer-identity` from the app is dropped (only the destination's sidecar sets
+//!   it); `x-strait-zone` names this zone.
+//! - **Remote zones** ([`Target::Remote`], through east-west gateways) are not reachable yet:
+//!   such a pick counts as a connect failure, so the retry moves on.
+//! - **TCP**: a target is picked the same way (connect failures retried on another target),
+//!   mutual TLS with ALPN `strait-tcp`, then bytes are copied both ways.
+//!
+//! Sidecar-answered errors carry `x-strait-error`: `no-healthy-upstream` (503, nothing can
+//! take the request, or no try could connect), `upstream-reset` (502),
+//! `upstream-timeout` (504), `request-timeout` (504), `fault-injected`, `overflow` (503,
+//! `maxRequests`), `unknown-service` (503).
+//!
+//! Timeouts (`Timeout` policy, mesh defaults when absent): connect
+//! [`DEFAULT_CONNECT_TIMEOUT`] per connection (TCP and TLS), request
+//! [`DEFAULT_REQUEST_TIMEOUT`] from the start of a request to its response headers, retries
+//! included.
+//!
+//! Metrics: `strait_sidecar_outbound_requests_total{service, zone, code}` (`code` is the
+//! status class, `zone` the serving zone, `local` for this zone's endpoints, `none` when the
+//! sidecar answered itself), `strait_sidecar_outbound_request_duration_seconds{service}`,
+//! `strait_sidecar_outbound_retries_total{service}`,
+//! `strait_sidecar_outbound_ejections_total{service}`, `strait_sidecar_outbound_connections`
+//! (open downstream connections), `strait_sidecar_outbound_listeners` (bound),
+//! `strait_sidecar_outbound_tcp_connections_total{service, result}`.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use strait_proto as pb;
+use strait_trust::tls::{CredentialStore, TrustStore};
+use strait_trust::{AllowExactly, SpiffeId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::discovery::Control;
+use crate::fault::FaultInjector;
+use crate::inbound::{ALPN_H2, ALPN_TCP, ERROR_HEADER, PEER_IDENTITY_HEADER};
+use crate::lb::{Balancer, BalancerConfig, Target};
+use crate::outlier::Outcome;
+use crate::retry::{Budget, RetryConfig, RetryDecision, RetryState};
+use crate::route::{RequestView, RouteTable, Subset};
+
+/// Connect deadline (TCP and TLS) when no `Timeout` policy sets one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Request deadline (to the response headers, retries included) when no policy sets one.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Request bodies up to this size are buffered so that a retry can send them again.
+pub const MAX_REPLAY_BODY: usize = 64 * 1024;
+/// How long a connection may stay silent before it is taken as TCP.
+pub const SNIFF_TIMEOUT: Duration = Duration::from_millis(300);
+/// The header naming the caller's zone on the way out.
+pub const ZONE_HEADER: &str = "x-strait-zone";
+
+/// How often listeners that could not be bound are tried again.
+const REBIND_INTERVAL: Duration = Duration::from_secs(2);
+/// How long open connections may finish after shutdown before they are cut.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// HTTP/2 keepalive pings on pooled upstream connections, to notice a dead peer.
+const H2_KEEPALIVE: Duration = Duration::from_secs(10);
+/// The name handed to rustls; SPIFFE certificates carry none, the verifier ignores it.
+const SERVER_NAME: &str = "strait.invalid";
+
+/// Hop-by-hop headers: about one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Why the outbound side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("registering the outbound metrics failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+// === sniffing ===
+
+/// What the first bytes of a connection say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniff {
+    Http,
+    Tcp,
+    /// Too few bytes to tell yet.
+    NeedMore,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+];
+
+/// Classifies a connection by its first bytes: an HTTP/1.x method and a space, or the
+/// HTTP/2 connection preface, is HTTP; a prefix of one of them needs more bytes; anything
+/// else is TCP.
+pub fn sniff(bytes: &[u8]) -> Sniff {
+    if bytes.is_empty() {
+        return Sniff::NeedMore;
+    }
+    let mut need_more = false;
+    for pattern in METHODS.iter().copied().chain([H2_PREFACE]) {
+        let n = bytes.len().min(pattern.len());
+        if bytes[..n] == pattern[..n] {
+            if n == pattern.len() {
+                return Sniff::Http;
+            }
+            need_more = true;
+        }
+    }
+    if need_more {
+        Sniff::NeedMore
+    } else {
+        Sniff::Tcp
+    }
+}
+
+// === metrics ===
+
+/// The outbound side's metrics.
+#[derive(Debug, Clone)]
+pub struct OutboundMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub retries: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub connections: IntGauge,
+    pub listeners: IntGauge,
+    pub tcp: IntCounterVec,
+}
+
+impl OutboundMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_outbound_requests_total",
+                "HTTP requests from the local app, by service, serving zone and status class.",
+            ),
+            &["service", "zone", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "strait_sidecar_outbound_request_duration_seconds",
+                "Time from an outbound request to its response headers, retries included.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["service"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_outbound_retries_total",
+                "Retries of outbound requests and TCP connects.",
+            ),
+            &["service"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_outbound_ejections_total",
+                "Targets ejected by outlier detection.",
+            ),
+            &["service"],
+        )?;
+        let connections = IntGauge::with_opts(Opts::new(
+            "strait_sidecar_outbound_connections",
+            "Open connections from the local app on outbound listeners.",
+        ))?;
+        let listeners = IntGauge::with_opts(Opts::new(
+            "strait_sidecar_outbound_listeners",
+            "Outbound listeners bound on service VIPs.",
+        ))?;
+        let tcp = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_outbound_tcp_connections_total",
+                "Outbound TCP connections, by service and outcome.",
+            ),
+            &["service", "result"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(ejections.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(listeners.clone()))?;
+        registry.register(Box::new(tcp.clone()))?;
+        Ok(Self {
+            requests,
+            duration,
+            retries,
+            ejections,
+            connections,
+            listeners,
+            tcp,
+        })
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+// === context ===
+
+/// What the outbound side needs from the control half.
+#[derive(Debug, Clone)]
+pub struct OutboundContext {
+    pub creds: CredentialStore,
+    pub trust: TrustStore,
+    pub config: watch::Receiver<Arc<pb::SidecarConfig>>,
+    pub metrics: OutboundMetrics,
+}
+
+impl OutboundContext {
+    /// Registers the outbound metrics with `registry`.
+    pub fn new(
+        creds: CredentialStore,
+        trust: TrustStore,
+        config: watch::Receiver<Arc<pb::SidecarConfig>>,
+        registry: &Registry,
+    ) -> Result<Self, OutboundError> {
+        Ok(Self {
+            creds,
+            trust,
+            config,
+            metrics: OutboundMetrics::new(registry)?,
+        })
+    }
+
+    /// From a running [`Control`]; the metrics go to its registry.
+    pub fn from_control(control: &Control) -> Result<Self, OutboundError> {
+        Self::new(
+            control.creds().clone(),
+            control.trust().clone(),
+            control.config.clone(),
+            &control.registry,
+        )
+    }
+}
+
+// === per-service state ===
+
+/// The compiled client-side policy of one service.
+#[derive(Debug)]
+struct ServicePolicy {
+    routes: RouteTable,
+    fault: Option<FaultInjector>,
+    retry: RetryConfig,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    max_requests: Option<u32>,
+}
+
+impl ServicePolicy {
+    fn compile(service: &pb::OutboundService) -> Result<Self, String> {
+        let policy = service.policy.as_ref();
+        let timeout = policy.and_then(|p| p.timeout.as_ref());
+        let ms = |v: u64, default: Duration| {
+            if v == 0 {
+                default
+            } else {
+                Duration::from_millis(v)
+            }
+        };
+        Ok(Self {
+            routes: RouteTable::from_policy(policy).map_err(|e| e.to_string())?,
+            fault: FaultInjector::from_policy(policy).map_err(|e| e.to_string())?,
+            retry: RetryConfig::from_policy(policy.and_then(|p| p.retry.as_ref())),
+            connect_timeout: ms(timeout.map_or(0, |t| t.connect_ms), DEFAULT_CONNECT_TIMEOUT),
+            request_timeout: ms(timeout.map_or(0, |t| t.request_ms), DEFAULT_REQUEST_TIMEOUT),
+            max_requests: policy
+                .and_then(|p| p.circuit_breaker.as_ref())
+                .map(|c| c.max_requests)
+                .filter(|&m| m > 0),
+        })
+    }
+}
+
+/// One outbound service: its balancer, budget and policy, shared by every connection.
+#[derive(Debug)]
+struct ServiceState {
+    /// `namespace/name`, the metrics label.
+    name: String,
+    balancer: Mutex<Balancer>,
+    budget: Mutex<Budget>,
+    policy: RwLock<Arc<ServicePolicy>>,
+    in_flight: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn service_key(service: &pb::OutboundService) -> String {
+    service.service.as_ref().map_or_else(
+        || "unknown".to_owned(),
+        |s| format!("{}/{}", s.namespace, s.name),
+    )
+}
+
+/// Where a bound listener sends its connections.
+#[derive(Debug, Clone)]
+struct Binding {
+    service: String,
+    tcp_only: bool,
+}
+
+/// State shared by the listeners and their connections.
+struct Shared {
+    ctx: OutboundContext,
+    zone: RwLock<String>,
+    services: RwLock<HashMap<String, Arc<ServiceState>>>,
+    bindings: RwLock<HashMap<SocketAddr, Binding>>,
+    pool: Pool,
+    /// Held by every open connection; the drain waits until all are gone.
+    open: mpsc::Sender<()>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn service(&self, key: &str) -> Option<Arc<ServiceState>> {
+        self.services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// Applies a config version: services (balancers keep their state), bindings, pool.
+    fn apply(&self, config: &pb::SidecarConfig) {
+        *self.zone.write().unwrap_or_else(PoisonError::into_inner) = config.zone.clone();
+        let now = Instant::now();
+        let mut services = self
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut seen = HashSet::new();
+        let mut bindings = HashMap::new();
+        let mut addresses = HashSet::new();
+        for service in &config.services {
+            let key = service_key(service);
+            seen.insert(key.clone());
+            let policy = match ServicePolicy::compile(service) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(err) => {
+                    // The discovery client validated this already; keep what runs.
+                    tracing::error!(service = %key, %err, "outbound policy cannot be loaded");
+                    None
+                }
+            };
+            let balancer_config = BalancerConfig::from_policy(service.policy.as_ref());
+            match services.get(&key) {
+                Some(state) => {
+                    lock(&state.balancer).update(&service.localities, balancer_config);
+                    if let Some(policy) = policy {
+                        *state.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+                    }
+                }
+                None => {
+                    let policy = policy.unwrap_or_else(|| Arc::new(default_policy()));
+                    services.insert(
+                        key.clone(),
+                        Arc::new(ServiceState {
+                            name: key.clone(),
+                            balancer: Mutex::new(Balancer::for_service(service)),
+                            budget: Mutex::new(Budget::from_config(&policy.retry, now)),
+                            policy: RwLock::new(policy),
+                            in_flight: AtomicU32::new(0),
+                        }),
+                    );
+                }
+            }
+            for group in &service.localities {
+                addresses.extend(group.endpoints.iter().map(|e| e.address.clone()));
+            }
+            let Ok(vip) = service.vip.parse::<IpAddr>() else {
+                continue;
+            };
+            for port in &service.ports {
+                let Ok(number) = u16::try_from(port.port) else {
+                    continue;
+                };
+                bindings.insert(
+                    SocketAddr::new(vip, number),
+                    Binding {
+                        service: key.clone(),
+                        tcp_only: port.protocol == pb::Protocol::Tcp as i32,
+                    },
+                );
+            }
+        }
+        services.retain(|k, _| seen.contains(k));
+        drop(services);
+        *self
+            .bindings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = bindings;
+        self.pool.retain(&addresses);
+    }
+}
+
+/// Every default: what a new service runs when its policy cannot be loaded.
+fn default_policy() -> ServicePolicy {
+    ServicePolicy {
+        routes: RouteTable::default(),
+        fault: None,
+        retry: RetryConfig::default(),
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        max_requests: None,
+    }
+}
+
+// === serving ===
+
+/// Serves outbound listeners on the VIPs of the running config until `shutdown` completes,
+/// following config changes. After shutdown, open connections get two seconds to finish.
+pub async fn serve(ctx: OutboundContext, shutdown: impl Future) -> Result<(), OutboundError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let mut config = ctx.config.clone();
+    let shared = Arc::new(Shared {
+        pool: Pool::new(ctx.creds.clone(), ctx.trust.clone()),
+        ctx,
+        zone: RwLock::new(String::new()),
+        services: RwLock::default(),
+        bindings: RwLock::default(),
+        open: open_tx,
+        stop: stop_rx,
+    });
+    let mut listeners: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut rebind = tokio::time::interval(REBIND_INTERVAL);
+    rebind.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let current = config.borrow_and_update().clone();
+    shared.apply(&current);
+    loop {
+        reconcile(&shared, &mut listeners).await;
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    // The control half is gone; keep serving what runs until shutdown.
+                    shutdown.as_mut().await;
+                    break;
+                }
+                let current = config.borrow_and_update().clone();
+                shared.apply(&current);
+            }
+            _ = rebind.tick() => {}
+        }
+    }
+    for (_, task) in listeners.drain() {
+        task.abort();
+    }
+    shared.ctx.metrics.listeners.set(0);
+    let _ = stop_tx.send(true);
+    drop(shared);
+    // Every open connection holds a sender: `recv` returns `None` once all are gone.
+    if tokio::time::timeout(DRAIN_TIMEOUT, open_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::info!("closing outbound connections still open after the drain period");
+    }
+    Ok(())
+}
+
+/// Binds the listeners the config wants and closes the ones it no longer does.
+async fn reconcile(shared: &Arc<Shared>, listeners: &mut HashMap<SocketAddr, JoinHandle<()>>) {
+    let wanted: HashSet<SocketAddr> = shared
+        .bindings
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .copied()
+        .collect();
+    listeners.retain(|addr, task| {
+        let keep = wanted.contains(addr) && !task.is_finished();
+        if !keep {
+            task.abort();
+            tracing::info!(%addr, "outbound listener closed");
+        }
+        keep
+    });
+    for addr in wanted {
+        if listeners.contains_key(&addr) {
+            continue;
+        }
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "outbound listener bound");
+                let task = tokio::spawn(accept_loop(shared.clone(), listener, addr));
+                listeners.insert(addr, task);
+            }
+            Err(err) => {
+                tracing::warn!(%addr, %err, "cannot bind an outbound listener; will retry");
+            }
+        }
+    }
+    shared
+        .ctx
+        .metrics
+        .listeners
+        .set(i64::try_from(listeners.len()).unwrap_or(i64::MAX));
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, addr: SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                let shared = shared.clone();
+                // Spawned apart from this loop: closing the listener leaves it running.
+                tokio::spawn(
+                    connection(shared, tcp, addr)
+                        .instrument(tracing::debug_span!("outbound_conn", %peer, vip = %addr)),
+                );
+            }
+            Err(err) => {
+                tracing::warn!(%addr, %err, "outbound accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Decrements the open-connections gauge however the connection ends.
+struct OpenConnection(IntGauge, #[allow(dead_code)] mpsc::Sender<()>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, vip: SocketAddr) {
+    let metrics = &shared.ctx.metrics;
+    metrics.connections.inc();
+    let _open = OpenConnection(metrics.connections.clone(), shared.open.clone());
+    let Some(binding) = shared
+        .bindings
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&vip)
+        .cloned()
+    else {
+        return;
+    };
+    let kind = if binding.tcp_only {
+        Sniff::Tcp
+    } else {
+        match sniff_stream(&tcp).await {
+            Some(kind) => kind,
+            None => return,
+        }
+    };
+    let mut stop = shared.stop.clone();
+    if kind == Sniff::Tcp {
+        tokio::select! {
+            () = tcp_proxy(&shared, tcp, &binding.service) => {}
+            () = stopped(&mut stop) => {
+                // TCP has no graceful end: give it the drain period, then cut it.
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            }
+        }
+        return;
+    }
+    let service_shared = shared.clone();
+    let key: Arc<str> = Arc::from(binding.service.as_str());
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let shared = service_shared.clone();
+        let key = key.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &key, request).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(%err, "outbound connection ended with an error");
+            }
+        }
+        () = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+        }
+    }
+}
+
+/// Resolves once the stop flag is raised (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Peeks at the first bytes until [`sniff`] can tell, or [`SNIFF_TIMEOUT`] passes (TCP).
+/// `None` when the client closed without sending anything.
+async fn sniff_stream(tcp: &TcpStream) -> Option<Sniff> {
+    let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
+    let mut buf = [0_u8; 24];
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await;
+        match peeked {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Err(_) => return Some(Sniff::Tcp),
+            Ok(Ok(n)) => match sniff(&buf[..n]) {
+                Sniff::NeedMore => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Some(Sniff::Tcp);
+                    }
+                    // The bytes so far stay readable, so `peek` would return at once: wait.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                decided => return Some(decided),
+            },
+        }
+    }
+}
+
+// === HTTP ===
+
+/// What a request carries from one try to the next.
+enum RequestBody {
+    /// Buffered: every try sends it.
+    Replayable(Bytes),
+    /// Streaming: only the first try that reaches a server gets it.
+    Streaming(Option<Incoming>),
+}
+
+impl RequestBody {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            RequestBody::Replayable(bytes) => Some(
+                Full::new(bytes.clone())
+                    .map_err(|never: Infallible| match never {})
+                    .boxed(),
+            ),
+            RequestBody::Streaming(body) => body.take().map(BodyExt::boxed),
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        match self {
+            RequestBody::Replayable(_) => true,
+            RequestBody::Streaming(body) => body.is_some(),
+        }
+    }
+}
+
+async fn handle(shared: &Shared, key: &str, request: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let span = tracing::info_span!(
+        "outbound",
+        service = key,
+        method = %request.method(),
+        path = request.uri().path(),
+        status = tracing::field::Empty,
+        zone = tracing::field::Empty,
+    );
+    let (response, zone) = route_request(shared, key, request)
+        .instrument(span.clone())
+        .await;
+    let status = response.status();
+    span.record("status", status.as_u16());
+    span.record("zone", zone);
+    let metrics = &shared.ctx.metrics;
+    metrics
+        .requests
+        .with_label_values(&[key, zone, status_class(status)])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[key])
+        .observe(start.elapsed().as_secs_f64());
+    span.in_scope(|| tracing::debug!(elapsed = ?start.elapsed(), "outbound request"));
+    response
+}
+
+/// Decides and sends one request; returns the response and the label of the zone that
+/// answered.
+async fn route_request(
+    shared: &Shared,
+    key: &str,
+    request: Request<Incoming>,
+) -> (Response<Body>, &'static str) {
+    let Some(service) = shared.service(key) else {
+        return (
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "unknown-service"),
+            "none",
+        );
+    };
+    let policy = service
+        .policy
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let (subset, fault) = {
+        let view = RequestView {
+            method: request.method(),
+            path: request.uri().path(),
+            headers: request.headers(),
+        };
+        let mut rng = rand::rng();
+        let subset = policy.routes.select(&view, &mut rng).subset.cloned();
+        let fault = policy.fault.as_ref().map(|f| f.decide(&view, &mut rng));
+        (subset, fault.unwrap_or_default())
+    };
+    if let Some(delay) = fault.delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = fault.abort {
+        return (error_response(status, "fault-injected"), "none");
+    }
+    let _in_flight = match InFlight::acquire(&service, policy.max_requests) {
+        Some(guard) => guard,
+        None => {
+            return (
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "overflow"),
+                "none",
+            );
+        }
+    };
+    let zone = shared
+        .zone
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let (parts, body) = match prepare(request, &zone).await {
+        Ok(p) => p,
+        Err(response) => return (response, "none"),
+    };
+    match tokio::time::timeout(
+        policy.request_timeout,
+        send_with_retries(shared, &service, &policy, subset.as_ref(), parts, body),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => (
+            error_response(StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
+            "none",
+        ),
+    }
+}
+
+/// Counts a request against `maxRequests` while it lives.
+struct InFlight(Arc<ServiceState>);
+
+impl InFlight {
+    fn acquire(service: &Arc<ServiceState>, max: Option<u32>) -> Option<Self> {
+        let before = service.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(service.clone());
+        match max {
+            Some(max) if before >= max => None,
+            _ => Some(guard),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Headers as they leave: hop-by-hop and a spoofed peer identity removed, the zone added;
+/// a small body buffered.
+async fn prepare(
+    request: Request<Incoming>,
+    zone: &str,
+) -> Result<(http::request::Parts, RequestBody), Response<Body>> {
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(PEER_IDENTITY_HEADER);
+    if let Ok(zone) = HeaderValue::from_str(zone) {
+        parts
+            .headers
+            .insert(HeaderName::from_static(ZONE_HEADER), zone);
+    }
+    let small = body.is_end_stream()
+        || body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= MAX_REPLAY_BODY as u64);
+    let body = if small {
+        match body.collect().await {
+            Ok(collected) => RequestBody::Replayable(collected.to_bytes()),
+            Err(err) => {
+                tracing::debug!(%err, "reading the request body failed");
+                return Err(error_response(StatusCode::BAD_REQUEST, "bad-request"));
+            }
+        }
+    } else {
+        RequestBody::Streaming(Some(body))
+    };
+    Ok((parts, body))
+}
+
+/// The upstream request of one try: absolute URI (HTTP/2 needs `:scheme` and
+/// `:authority`), the authority from `Host` when the app sent one.
+fn upstream_request(parts: &http::request::Parts, body: Body) -> Result<Request<Body>, String> {
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_else(|| "service.invalid".to_owned());
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers.clone();
+    request.headers_mut().remove(header::HOST);
+    Ok(request)
+}
+
+/// The tries of one request.
+async fn send_with_retries(
+    shared: &Shared,
+    service: &ServiceState,
+    policy: &ServicePolicy,
+    subset: Option<&Subset>,
+    parts: http::request::Parts,
+    mut body: RequestBody,
+) -> (Response<Body>, &'static str) {
+    let metrics = &shared.ctx.metrics;
+    let mut state = RetryState::new(
+        parts.method.clone(),
+        &mut lock(&service.budget),
+        Instant::now(),
+    );
+    loop {
+        let target =
+            lock(&service.balancer).pick(Instant::now(), &mut rand::rng(), subset, state.tried());
+        let Some(target) = target else {
+            return (
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "no-healthy-upstream"),
+                "none",
+            );
+        };
+        let key = target.key();
+        state.on_try(key.clone());
+        let started = Instant::now();
+        lock(&service.balancer).on_start(&key, started);
+        let (outcome, response) = try_once(shared, policy, &target, &parts, &mut body).await;
+        let now = Instant::now();
+        let ejection =
+            lock(&service.balancer).on_complete(&key, now, now.duration_since(started), outcome);
+        if let Some(ejection) = ejection {
+            metrics
+                .ejections
+                .with_label_values(&[service.name.as_str()])
+                .inc();
+            tracing::info!(target = ?key, times = ejection.times, cause = ?ejection.cause, "target ejected");
+        }
+        let zone = zone_label(&target);
+        let response = match response {
+            Some(response) if outcome.is_success() => return (response, zone),
+            other => other,
+        };
+        // A streaming body that left cannot be sent again.
+        let replayable = outcome == Outcome::ConnectFailure || body.can_replay();
+        let decision = if replayable {
+            state.on_failure(
+                &policy.retry,
+                &mut lock(&service.budget),
+                outcome,
+                now,
+                &mut rand::rng(),
+            )
+        } else {
+            RetryDecision::Stop(crate::retry::StopReason::NotRetriable)
+        };
+        match decision {
+            RetryDecision::RetryAfter(backoff) => {
+                metrics
+                    .retries
+                    .with_label_values(&[service.name.as_str()])
+                    .inc();
+                tracing::debug!(target = ?key, ?outcome, ?backoff, "retrying");
+                tokio::time::sleep(backoff).await;
+            }
+            RetryDecision::Stop(reason) => {
+                tracing::debug!(target = ?key, ?outcome, ?reason, "not retried");
+                return match response {
+                    Some(response) => (response, zone),
+                    None => (failure_response(outcome), zone),
+                };
+            }
+        }
+    }
+}
+
+fn zone_label(target: &Target) -> &'static str {
+    match target {
+        Target::Endpoint { .. } => "local",
+        // Remote zones are not reached yet (no gateways); the label set stays bounded.
+        Target::Remote { .. } => "remote",
+    }
+}
+
+/// One try: connect (pooled), send, wait for the response headers.
+async fn try_once(
+    shared: &Shared,
+    policy: &ServicePolicy,
+    target: &Target,
+    parts: &http::request::Parts,
+    body: &mut RequestBody,
+) -> (Outcome, Option<Response<Body>>) {
+    let Target::Endpoint {
+        address, spiffe_id, ..
+    } = target
+    else {
+        // Gateways are not there yet: another zone cannot be reached.
+        return (Outcome::ConnectFailure, None);
+    };
+    let mut sender = match shared
+        .pool
+        .sender(address, spiffe_id, policy.connect_timeout)
+        .await
+    {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::debug!(%address, %err, "connect failed");
+            return (Outcome::ConnectFailure, None);
+        }
+    };
+    if sender.ready().await.is_err() {
+        shared.pool.forget(address);
+        return (Outcome::ConnectFailure, None);
+    }
+    let Some(request_body) = body.take() else {
+        return (Outcome::Reset, None);
+    };
+    let request = match upstream_request(parts, request_body) {
+        Ok(r) => r,
+        Err(reason) => {
+            tracing::info!(%reason, "request refused");
+            return (
+                Outcome::Response(400),
+                Some(error_response(StatusCode::BAD_REQUEST, "bad-request")),
+            );
+        }
+    };
+    let send = sender.send_request(request);
+    let result = match policy.retry.per_try_timeout {
+        Some(limit) => match tokio::time::timeout(limit, send).await {
+            Ok(r) => r,
+            Err(_) => return (Outcome::Timeout, None),
+        },
+        None => send.await,
+    };
+    match result {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let status = parts.status.as_u16();
+            (
+                Outcome::Response(status),
+                Some(Response::from_parts(parts, body.boxed())),
+            )
+        }
+        Err(err) => {
+            tracing::debug!(%address, %err, "upstream reset");
+            (Outcome::Reset, None)
+        }
+    }
+}
+
+fn failure_response(outcome: Outcome) -> Response<Body> {
+    match outcome {
+        // Every try failed to connect: nothing could take the request.
+        Outcome::ConnectFailure => {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "no-healthy-upstream")
+        }
+        Outcome::Timeout => error_response(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
+        Outcome::Reset | Outcome::Response(_) => {
+            error_response(StatusCode::BAD_GATEWAY, "upstream-reset")
+        }
+    }
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn error_response(status: StatusCode, error: &'static str) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{error}\n")))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        HeaderName::from_static(ERROR_HEADER),
+        HeaderValue::from_static(error),
+    );
+    response
+}
+
+// === TCP ===
+
+async fn tcp_proxy(shared: &Shared, mut downstream: TcpStream, key: &str) {
+    let metrics = &shared.ctx.metrics;
+    let outcome = |result: &str| metrics.tcp.with_label_values(&[key, result]).inc();
+    let Some(service) = shared.service(key) else {
+        outcome("unknown_service");
+        return;
+    };
+    let policy = service
+        .policy
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    // The method only matters for response-based conditions; a TCP connect has none.
+    let mut state = RetryState::new(Method::CONNECT, &mut lock(&service.budget), Instant::now());
+    let mut upstream = loop {
+        let target =
+            lock(&service.balancer).pick(Instant::now(), &mut rand::rng(), None, state.tried());
+        let Some(target) = target else {
+            outcome("no_healthy_upstream");
+            return;
+        };
+        let key = target.key();
+        state.on_try(key.clone());
+        let started = Instant::now();
+        lock(&service.balancer).on_start(&key, started);
+        let connected = match &target {
+            Target::Endpoint {
+                address, spiffe_id, ..
+            } => shared
+                .pool
+                .connect(address, spiffe_id, ALPN_TCP, policy.connect_timeout)
+                .await
+                .map_err(|err| tracing::debug!(%address, %err, "TCP connect failed"))
+                .ok(),
+            Target::Remote { .. } => None,
+        };
+        let now = Instant::now();
+        let result = if connected.is_some() {
+            Outcome::Response(200)
+        } else {
+            Outcome::ConnectFailure
+        };
+        if lock(&service.balancer)
+            .on_complete(&key, now, now.duration_since(started), result)
+            .is_some()
+        {
+            metrics
+                .ejections
+                .with_label_values(&[service.name.as_str()])
+                .inc();
+        }
+        if let Some(stream) = connected {
+            break stream;
+        }
+        let decision = state.on_failure(
+            &policy.retry,
+            &mut lock(&service.budget),
+            result,
+            now,
+            &mut rand::rng(),
+        );
+        match decision {
+            RetryDecision::RetryAfter(backoff) => {
+                metrics
+                    .retries
+                    .with_label_values(&[service.name.as_str()])
+                    .inc();
+                tokio::time::sleep(backoff).await;
+            }
+            RetryDecision::Stop(_) => {
+                outcome("connect_failure");
+                return;
+            }
+        }
+    };
+    outcome("forwarded");
+    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(service = key, up, down, "TCP connection finished"),
+        Err(err) => tracing::debug!(service = key, %err, "TCP connection ended with an error"),
+    }
+}
+
+// === connections to other sidecars ===
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("invalid SPIFFE ID {0:?}")]
+    Identity(String),
+    #[error("TLS setup: {0}")]
+    Tls(#[from] strait_trust::Error),
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("the server did not agree to ALPN {0}")]
+    Alpn(String),
+    #[error("HTTP/2 handshake: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+type TlsKey = (String, &'static [u8]);
+type Slot = Arc<tokio::sync::Mutex<Option<(String, SendRequest<Body>)>>>;
+
+/// Mutual TLS connections to destination sidecars: one pooled HTTP/2 connection per
+/// endpoint (HTTP/2 multiplexes every request on it), fresh ones for TCP.
+struct Pool {
+    creds: CredentialStore,
+    trust: TrustStore,
+    /// By endpoint address.
+    h2: Mutex<HashMap<String, Slot>>,
+    /// TLS client configs by (expected SPIFFE ID, ALPN); the credentials inside are live.
+    tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
+}
+
+impl Pool {
+    fn new(creds: CredentialStore, trust: TrustStore) -> Self {
+        Self {
+            creds,
+            trust,
+            h2: Mutex::default(),
+            tls: Mutex::default(),
+        }
+    }
+
+    /// Drops pooled connections to endpoints no longer in the config.
+    fn retain(&self, addresses: &HashSet<String>) {
+        lock(&self.h2).retain(|a, _| addresses.contains(a));
+    }
+
+    fn forget(&self, address: &str) {
+        lock(&self.h2).remove(address);
+    }
+
+    fn tls_config(
+        &self,
+        spiffe_id: &str,
+        alpn: &'static [u8],
+    ) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+        let mut cache = lock(&self.tls);
+        if let Some(config) = cache.get(&(spiffe_id.to_owned(), alpn)) {
+            return Ok(config.clone());
+        }
+        let id: SpiffeId = spiffe_id
+            .parse()
+            .map_err(|_| ConnectError::Identity(spiffe_id.to_owned()))?;
+        let config = Arc::new(strait_trust::client_config(
+            &self.creds,
+            &self.trust,
+            Arc::new(AllowExactly(vec![id])),
+            vec![alpn.to_vec()],
+        )?);
+        cache.insert((spiffe_id.to_owned(), alpn), config.clone());
+        Ok(config)
+    }
+
+    /// A new mutual TLS connection to `address`, whose certificate must be `spiffe_id`.
+    async fn connect(
+        &self,
+        address: &str,
+        spiffe_id: &str,
+        alpn: &'static [u8],
+        timeout: Duration,
+    ) -> Result<TlsStream, ConnectError> {
+        let config = self.tls_config(spiffe_id, alpn)?;
+        let connect = async {
+            let tcp = TcpStream::connect(address).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls_pki_types::ServerName::try_from(SERVER_NAME)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, ConnectError>(tls)
+        };
+        let tls = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+        if tls.get_ref().1.alpn_protocol() != Some(alpn) {
+            return Err(ConnectError::Alpn(
+                String::from_utf8_lossy(alpn).into_owned(),
+            ));
+        }
+        Ok(tls)
+    }
+
+    /// The pooled HTTP/2 connection to `address`, opened when there is none (or it closed).
+    async fn sender(
+        &self,
+        address: &str,
+        spiffe_id: &str,
+        timeout: Duration,
+    ) -> Result<SendRequest<Body>, ConnectError> {
+        let slot = lock(&self.h2)
+            .entry(address.to_owned())
+            .or_default()
+            .clone();
+        // One connect per endpoint at a time: concurrent requests wait for it and share it.
+        let mut guard = slot.lock().await;
+        if let Some((id, sender)) = guard.as_ref()
+            && id == spiffe_id
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        *guard = None;
+        let tls = self.connect(address, spiffe_id, ALPN_H2, timeout).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await?;
+        let address_owned = address.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(address = %address_owned, %err, "upstream HTTP/2 connection ended");
+            }
+        });
+        *guard = Some((spiffe_id.to_owned(), sender.clone()));
+        Ok(sender)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing_tells_http_from_tcp() {
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::Http);
+        assert_eq!(sniff(b"POST /x HTTP/1.0\r\n"), Sniff::Http);
+        assert_eq!(sniff(b"OPTIONS * HTTP/1.1"), Sniff::Http);
+        assert_eq!(sniff(H2_PREFACE), Sniff::Http);
+        assert_eq!(sniff(b"GE"), Sniff::NeedMore);
+        assert_eq!(sniff(b"PRI * HT"), Sniff::NeedMore);
+        assert_eq!(sniff(b""), Sniff::NeedMore);
+        assert_eq!(sniff(b"GETX"), Sniff::Tcp);
+        assert_eq!(sniff(b"get / HTTP/1.1"), Sniff::Tcp);
+        assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniff::Tcp);
+        assert_eq!(sniff(b"hello tcp\n"), Sniff::Tcp);
+        assert_eq!(sniff(b"PRI * HTTP/1.1"), Sniff::Tcp);
+    }
+
+    #[test]
+    fn policy_defaults_and_overrides() {
+        let default = ServicePolicy::compile(&pb::OutboundService::default()).unwrap();
+        assert_eq!(default.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(default.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(default.max_requests, None);
+        let service = pb::OutboundService {
+            policy: Some(pb::RoutePolicy {
+                timeout: Some(pb::TimeoutPolicy {
+                    connect_ms: 250,
+                    request_ms: 0,
+                    idle_ms: 0,
+                }),
+                circuit_breaker: Some(pb::CircuitBreakerPolicy {
+                    max_requests: 7,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = ServicePolicy::compile(&service).unwrap();
+        assert_eq!(p.connect_timeout, Duration::from_millis(250));
+        assert_eq!(p.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(p.max_requests, Some(7));
+    }
+
+    #[test]
+    fn outgoing_headers_drop_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-foo, keep-alive"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("x-bar", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-bar"));
+    }
+}

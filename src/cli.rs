@@ -39,6 +39,17 @@ enum Command {
     Delete(commands::admin::DeleteArgs),
     /// Every exported service: zones, healthy endpoints, VIP.
     Services(OutputArgs),
+    /// Run the sidecar proxy of one workload instance.
+    #[command(subcommand)]
+    Sidecar(SidecarCommand),
+    /// A demo workload answering `GET /` with who it is and who called it.
+    DemoApp(commands::sidecar::DemoAppArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum SidecarCommand {
+    /// Run one sidecar.
+    Run(Box<commands::sidecar::RunArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +127,8 @@ impl Cli {
             Command::Get(args) => commands::admin::get(args).await,
             Command::Delete(args) => commands::admin::delete(args).await,
             Command::Services(args) => commands::admin::services(args).await,
+            Command::Sidecar(SidecarCommand::Run(args)) => commands::sidecar::run(*args).await,
+            Command::DemoApp(args) => commands::sidecar::demo_app(args).await,
         }
     }
 }

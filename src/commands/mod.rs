@@ -4,4 +4,5 @@
 pub mod admin;
 pub mod global;
 pub mod local;
+pub mod sidecar;
 pub mod zone;

@@ -50,6 +50,10 @@ pub struct UpArgs {
     /// How often zones check whether their certificates need renewing (default 30s).
     #[arg(long)]
     renew_check_interval: Option<String>,
+    /// Also start the demo workloads in namespace `demo`: `echo` (v1 and v2) and a client in
+    /// every zone, `ledger` in the last zone.
+    #[arg(long)]
+    demo: bool,
 }
 
 fn parse_node_count(s: &str) -> Result<u64, String> {
@@ -176,7 +180,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut records = Vec::new();
     let result = async {
         let api_addrs = start_global(&plan, args.global_nodes, &mut records).await?;
-        start_zones(&plan, &api_addrs, &zones, &regions, &mut records).await
+        start_zones(&plan, &api_addrs, &zones, &regions, &mut records).await?;
+        if args.demo {
+            start_demo(&plan, &api_addrs, &zones, &mut records).await?;
+        }
+        Ok(())
     }
     .await;
     if let Err(err) = result {
@@ -194,6 +202,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "\nFederation up: {} global node(s), zones: {zones_text}",
         args.global_nodes
     );
+    if args.demo
+        && let Some(first) = zones.first()
+    {
+        demo_hint(&dir, first).await;
+    }
     eprintln!(
         "Try:\n  export STRAIT_CONFIG={}\n  strait status",
         dir.join("config.yaml").display()
@@ -366,6 +379,151 @@ async fn start_zones(
         )?;
     }
     Ok(())
+}
+
+/// Port every demo app listens on (on its own loopback address).
+const DEMO_PORT: u16 = 8080;
+/// Port of every demo sidecar's inbound listener (next to its app).
+const DEMO_INBOUND_PORT: u16 = 15008;
+
+/// The demo workloads: in every zone `echo` v1 and v2 (app + sidecar each) and a `client`
+/// sidecar on the zone's VIPs (no app: `curl VIP:8080` from this machine is a call from that
+/// zone's client); `ledger` only in the last zone. Apps listen on 127.1.Z.N:8080, one loopback
+/// address each, so every instance can use the service's port.
+async fn start_demo(
+    plan: &Plan<'_>,
+    api_addrs: &[String],
+    zones: &[String],
+    records: &mut Vec<ProcessRecord>,
+) -> anyhow::Result<()> {
+    let dir = plan.dir;
+    let client = AdminClient::new(&client_config(dir, api_addrs))?;
+    let bundle = dir.join("admin/bundle.pem");
+    for (z, zone) in zones.iter().enumerate() {
+        let zone_api = records
+            .iter()
+            .find(|r| r.name == format!("zone-{zone}"))
+            .and_then(|r| r.address("api"))
+            .context("zone process not found")?
+            .to_owned();
+        let mut workloads: Vec<(&str, Option<&str>)> =
+            vec![("echo", Some("v1")), ("echo", Some("v2"))];
+        if z + 1 == zones.len() {
+            workloads.push(("ledger", Some("v1")));
+        }
+        workloads.push(("client", None));
+        let admin_ports = crate::local::ports::free_loopback_ports(workloads.len())?;
+        for (n, ((service, version), admin)) in workloads.iter().zip(admin_ports).enumerate() {
+            let host = format!("127.1.{z}.{}", n + 1);
+            let token = workload_token(&client, zone, service).await?;
+            let token_file = dir.join("tokens").join(format!("{service}-{zone}.token"));
+            write_private(&token_file, &token)?;
+            let name = match version {
+                Some(v) => format!("{service}-{v}-{zone}"),
+                None => format!("{service}-{zone}"),
+            };
+            let inbound = format!("{host}:{DEMO_INBOUND_PORT}");
+            let mut args: Vec<String> = ["sidecar", "run"].map(str::to_owned).to_vec();
+            args.extend(flag("--zone-cp", &zone_api));
+            args.extend(flag("--zone", zone));
+            args.extend(flag("--token-file", token_file.display()));
+            args.extend(flag("--service", service));
+            args.extend(flag("--namespace", "demo"));
+            args.extend(flag("--instance", &name));
+            args.extend(flag("--inbound", &inbound));
+            args.extend(flag("--admin", admin));
+            args.extend(flag("--bundle-file", bundle.display()));
+            if let Some(version) = version {
+                let app = format!("{host}:{DEMO_PORT}");
+                let app_args = [
+                    "demo-app",
+                    "--listen",
+                    &app,
+                    "--service",
+                    service,
+                    "--zone",
+                    zone,
+                    "--instance",
+                    &name,
+                ];
+                let app_addresses = [("http", app.clone()), ("admin", app.clone())];
+                let app_spec = spec(
+                    plan,
+                    name.clone(),
+                    ProcessKind::App,
+                    Some(zone.clone()),
+                    app_args.map(str::to_owned).to_vec(),
+                    &app_addresses,
+                );
+                start(plan, app_spec, records)?;
+                args.extend(flag("--app", &app));
+                args.extend(flag("--labels", format!("version={version}")));
+                args.extend(flag("--outbound", "none"));
+            } else {
+                args.extend(flag("--outbound", "vips"));
+            }
+            let addresses = [("inbound", inbound), ("admin", admin.to_string())];
+            let sidecar_name = format!("{name}-sidecar");
+            start(
+                plan,
+                spec(
+                    plan,
+                    sidecar_name,
+                    ProcessKind::Sidecar,
+                    Some(zone.clone()),
+                    args,
+                    &addresses,
+                ),
+                records,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn workload_token(client: &AdminClient, zone: &str, service: &str) -> anyhow::Result<String> {
+    let request = pb::CreateWorkloadTokenRequest {
+        zone: zone.to_owned(),
+        namespace: "demo".to_owned(),
+        service: service.to_owned(),
+        service_account: String::new(),
+        ttl_seconds: 0,
+    };
+    let reply = client
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.create_workload_token(r).await }
+        })
+        .await?;
+    Ok(reply.token)
+}
+
+/// Prints a `curl` line for echo's VIP in the first zone, once global shows it.
+async fn demo_hint(dir: &Path, zone: &str) {
+    let Ok(config) = ClientConfig::load(&dir.join("config.yaml")) else {
+        return;
+    };
+    let Ok(client) = AdminClient::new(&config) else {
+        return;
+    };
+    for _ in 0..50 {
+        let reply = client
+            .call(|mut c| async move { c.list_services(pb::ListServicesRequest {}).await })
+            .await;
+        let vip = reply.ok().and_then(|r| {
+            r.services
+                .into_iter()
+                .find(|s| s.service.as_ref().is_some_and(|s| s.name == "echo"))
+                .and_then(|s| s.vips.get(zone).cloned())
+        });
+        if let Some(vip) = vip {
+            eprintln!(
+                "  curl http://{vip}:{DEMO_PORT}/        # echo, called by zone {zone}'s client"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn client_config(dir: &Path, api_addrs: &[String]) -> ClientConfig {

@@ -334,6 +334,7 @@ pub async fn serve(
         app,
         client,
         authz: AuthzCache::default(),
+        rate_limit: RateLimiter::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -382,6 +383,43 @@ struct Shared {
     app: Option<SocketAddr>,
     client: Client<HttpConnector, Incoming>,
     authz: AuthzCache,
+    rate_limit: RateLimiter,
+}
+
+/// The local `RateLimit` of this sidecar's service: one token bucket shared by every caller,
+/// rebuilt (full) only when the policy itself changes, so unrelated config pushes do not reset
+/// it.
+#[derive(Debug, Default)]
+struct RateLimiter {
+    inner: Mutex<Option<(pb::RateLimitPolicy, Option<crate::ratelimit::TokenBucket>)>>,
+}
+
+impl RateLimiter {
+    /// `Err(status)` when the request is over the limit.
+    fn check(
+        &self,
+        policy: Option<&pb::RateLimitPolicy>,
+        now: std::time::Instant,
+    ) -> Result<(), u16> {
+        let Some(policy) = policy else { return Ok(()) };
+        let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.as_ref().is_none_or(|(current, _)| current != policy) {
+            *guard = Some((
+                policy.clone(),
+                crate::ratelimit::TokenBucket::from_policy(policy, now),
+            ));
+        }
+        match guard.as_mut().and_then(|(_, bucket)| bucket.as_mut()) {
+            Some(bucket) => {
+                if bucket.try_acquire(now) {
+                    Ok(())
+                } else {
+                    Err(bucket.status())
+                }
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Decrements the open-connections gauge however the connection ends.
@@ -531,6 +569,14 @@ async fn forward(shared: &Shared, request: Request<Incoming>, caller: &str) -> R
             StatusCode::FORBIDDEN,
             "denied",
             "forbidden: TrafficPermission denies this request\n",
+        );
+    }
+    let limit = config.inbound.as_ref().and_then(|i| i.rate_limit.as_ref());
+    if let Err(status) = shared.rate_limit.check(limit, std::time::Instant::now()) {
+        return error_response(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+            "rate-limited",
+            "too many requests: RateLimit\n",
         );
     }
     let Some(app) = shared.app else {

@@ -1,0 +1,310 @@
+//! The data plane as real processes: `strait up --demo`, then calls through the client
+//! sidecar's VIP listeners (issue: "Sidecar data plane"). Cross-zone calls need the east-west
+//! gateways and are not tested here yet.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail by panicking.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Federation, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+async fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await
+    else {
+        return (0, String::new());
+    };
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply)).await;
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// echo's VIP:port in `zone`, as `strait services` shows it.
+fn vip(fed: &Federation, service: &str, zone: &str) -> String {
+    let out = fed.strait(&["services", "-o", "json"]);
+    let services: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap();
+    format!(
+        "{}:{}",
+        s["vips"][zone].as_str().unwrap(),
+        s["ports"][0]["port"]
+    )
+}
+
+fn apply(fed: &Federation, yaml: &str) {
+    let path = fed.dir.path().join(format!("policy-{}.yaml", yaml.len()));
+    std::fs::write(&path, yaml).unwrap();
+    let out = fed.strait(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_through_the_vip_carry_the_callers_identity_end_to_end() {
+    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let echo = vip(&fed, "echo", "a");
+    let (status, body) = get(
+        &echo,
+        "/",
+        &[(
+            "x-strait-peer-identity",
+            "spiffe://strait.local/ns/evil/sa/spoof",
+        )],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = json(&body);
+    assert_eq!(answer["zone"], "a");
+    assert_eq!(answer["service"], "echo");
+    assert_eq!(
+        answer["peer_identity"], "spiffe://strait.local/ns/demo/sa/client",
+        "a spoofed header must be replaced"
+    );
+
+    // An inbound port refuses a plaintext client and a client from another federation.
+    let inbound = fed.address("echo-v1-a-sidecar", "inbound");
+    let (status, _) = get(&inbound, "/", &[]).await;
+    assert_eq!(
+        status, 0,
+        "plaintext must not get an HTTP answer from an mTLS port"
+    );
+    let other =
+        strait_trust::ca::RootCa::generate("strait.local", Duration::from_secs(3600)).unwrap();
+    let key = strait_trust::keys::KeyPair::generate().unwrap();
+    let id = strait_trust::spiffe::SpiffeId::workload("strait.local", "demo", "client").unwrap();
+    let issued = other
+        .sign_leaf(&key.leaf_csr(&id).unwrap(), &id, Duration::from_secs(3600))
+        .unwrap();
+    let creds =
+        strait_trust::tls::CredentialStore::from_pem(&issued.chain_pem, &key.to_pem()).unwrap();
+    let trust = strait_trust::tls::TrustStore::new(other.bundle().unwrap());
+    let tls = strait_trust::tls::client_config(
+        &creds,
+        &trust,
+        Arc::new(strait_trust::tls::AllowAny),
+        vec![b"http/1.1".to_vec()],
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(&inbound).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("strait").unwrap();
+    let handshake = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await;
+    // Either side refuses: the client cannot verify the sidecar, and the sidecar would refuse
+    // the client's root.
+    assert!(
+        handshake.is_err(),
+        "a certificate from another root must not get through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_faults_and_permissions_apply_as_configured() {
+    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let echo = vip(&fed, "echo", "a");
+    apply(
+        &fed,
+        "apiVersion: strait.dev/v1alpha1\nkind: TrafficRoute\nmetadata: {name: echo-split, namespace: demo}\nspec:\n  \
+         targetRef: {service: echo}\n  rules:\n  - matches: [{headers: [{name: x-canary, exact: \"yes\"}]}]\n    \
+         split: [{labels: {version: v2}, weight: 1}]\n  - split: [{labels: {version: v1}, weight: 90}, {labels: {version: v2}, weight: 10}]\n",
+    );
+    // Wait until the split is in force (v1 answers appear).
+    eventually("the route in force", Duration::from_secs(10), async || {
+        let (_, body) = get(&echo, "/", &[]).await;
+        (json(&body)["instance"] == "echo-v1-a").then_some(())
+    })
+    .await;
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..2_000 {
+        let (status, body) = get(&echo, "/", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        *counts
+            .entry(json(&body)["instance"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let v2 = f64::from(counts.get("echo-v2-a").copied().unwrap_or(0)) / 2_000.0 * 100.0;
+    eprintln!("90/10 split over 2000 requests: {counts:?} ({v2:.1}% v2)");
+    assert!(
+        (5.0..=15.0).contains(&v2),
+        "v2 share {v2:.1}% not within 10 ± 5: {counts:?}"
+    );
+    for _ in 0..20 {
+        let (_, body) = get(&echo, "/", &[("x-canary", "yes")]).await;
+        assert_eq!(
+            json(&body)["instance"],
+            "echo-v2-a",
+            "header match must route to v2"
+        );
+    }
+
+    // Fault injection: aborts at the configured rate.
+    apply(
+        &fed,
+        "apiVersion: strait.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: echo-faults, namespace: demo}\nspec:\n  \
+         targetRef: {service: echo}\n  abort: {percent: 30, httpStatus: 418}\n",
+    );
+    eventually("the fault in force", Duration::from_secs(10), async || {
+        (get(&echo, "/", &[]).await.0 == 418).then_some(())
+    })
+    .await;
+    let mut aborted = 0;
+    for _ in 0..1_000 {
+        if get(&echo, "/", &[]).await.0 == 418 {
+            aborted += 1;
+        }
+    }
+    eprintln!("fault injection at 30%: {aborted} of 1000 aborted");
+    assert!(
+        (250..=350).contains(&aborted),
+        "{aborted} of 1000 aborted, expected 30 ± 5 %"
+    );
+    let out = fed.strait(&["delete", "faultinjection", "echo-faults", "-n", "demo"]);
+    assert!(out.status.success());
+
+    // TrafficPermission deny: 403 for the client's identity.
+    apply(
+        &fed,
+        "apiVersion: strait.dev/v1alpha1\nkind: TrafficPermission\nmetadata: {name: echo-deny, namespace: demo}\nspec:\n  \
+         targetRef: {service: echo}\n  defaultAction: allow\n  rules:\n  - action: deny\n    from: [\"spiffe://strait.local/ns/demo/sa/client\"]\n",
+    );
+    eventually(
+        "403 from the permission",
+        Duration::from_secs(10),
+        async || (get(&echo, "/", &[]).await.0 == 403).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_an_instance_or_changing_policy_under_load_fails_no_request() {
+    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let echo = vip(&fed, "echo", "a");
+    // Warm up both instances.
+    for _ in 0..20 {
+        assert_eq!(get(&echo, "/", &[]).await.0, 200);
+    }
+    let mut failures = Vec::new();
+    let mut served: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..500 {
+        if i == 100 {
+            // Kill whichever instance has been answering, mid-stream.
+            let busiest = served
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(k, _)| k.clone())
+                .unwrap();
+            fed.kill(&busiest);
+        }
+        if i == 300 {
+            // And change a policy while requests flow.
+            apply(
+                &fed,
+                "apiVersion: strait.dev/v1alpha1\nkind: Timeout\nmetadata: {name: echo-timeouts, namespace: demo}\n\
+                 spec: {targetRef: {service: echo}, request: 3s}\n",
+            );
+        }
+        let (status, body) = get(&echo, "/", &[]).await;
+        if status == 200 {
+            *served
+                .entry(json(&body)["instance"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        } else {
+            failures.push((i, status, body));
+        }
+    }
+    eprintln!(
+        "500 sequential requests, one instance killed at 100, policy changed at 300: served {served:?}"
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_eq!(
+        served.len(),
+        2,
+        "both instances answered at some point: {served:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_their_configured_rate() {
+    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let echo = vip(&fed, "echo", "a");
+    assert_eq!(get(&echo, "/", &[]).await.0, 200);
+    // 20 requests per second per instance, burst 20: two instances share echo's traffic.
+    apply(
+        &fed,
+        "apiVersion: strait.dev/v1alpha1\nkind: RateLimit\nmetadata: {name: echo-limit, namespace: demo}\n\
+         spec: {targetRef: {service: echo}, requests: 20, interval: 1s, burst: 20}\n",
+    );
+    eventually("the limit in force", Duration::from_secs(10), async || {
+        for _ in 0..60 {
+            if get(&echo, "/", &[]).await.0 == 429 {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    // Let the buckets refill, then send as fast as possible for 3 s.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let started = std::time::Instant::now();
+    let (mut ok, mut limited, mut other) = (0_u32, 0_u32, 0_u32);
+    while started.elapsed() < Duration::from_secs(3) {
+        match get(&echo, "/", &[]).await.0 {
+            200 => ok += 1,
+            429 => limited += 1,
+            _ => other += 1,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // At most the bursts plus the refill of two instances' buckets.
+    let ceiling = 2.0 * (20.0 + 20.0 * elapsed);
+    eprintln!(
+        "rate limit 20/s per instance: {ok} allowed, {limited} limited, {other} other in {elapsed:.1}s (ceiling {ceiling:.0})"
+    );
+    assert_eq!(other, 0);
+    assert!(limited > 0, "nothing was limited");
+    assert!(
+        f64::from(ok) <= ceiling + 2.0,
+        "{ok} allowed, more than the limit allows ({ceiling:.0})"
+    );
+    assert!(
+        f64::from(ok) >= 20.0 * elapsed,
+        "{ok} allowed: far below the configured rate"
+    );
+}

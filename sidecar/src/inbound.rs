@@ -405,7 +405,7 @@ impl RateLimiter {
         let mut guard = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.as_ref().is_none_or(|(current, _)| current != policy) {
             *guard = Some((
-                policy.clone(),
+                *policy,
                 crate::ratelimit::TokenBucket::from_policy(policy, now),
             ));
         }

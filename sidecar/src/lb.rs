@@ -37,7 +37,8 @@
 //!   slow endpoint is avoided within one request, and the in-flight factor spreads bursts.
 //!   Plain least-request was the alternative; it ignores that a federation's endpoints can
 //!   sit at very different distances (subzones, overloaded nodes), which latency captures.
-//!   An endpoint with no sample yet is assumed at 30 ms. Fast failures are not penalized
+//!   An endpoint never tried costs nothing, so it is tried and measured; once a try is under
+//!   way it is assumed at 30 ms until its first sample. Fast failures are not penalized
 //!   here: outlier detection ejects an endpoint that keeps failing.
 //!
 //! # Subsets (TrafficRoute)
@@ -182,6 +183,8 @@ struct EndpointStats {
     outstanding: u32,
     rtt_nanos: f64,
     updated: Instant,
+    /// Whether `rtt_nanos` holds a measurement yet, or only the prior.
+    sampled: bool,
 }
 
 /// What the current pass may ignore (see "panic" in the module docs).
@@ -372,6 +375,7 @@ impl Balancer {
                     outstanding: 0,
                     rtt_nanos: nanos(DEFAULT_RTT),
                     updated: now,
+                    sampled: false,
                 });
             stats.outstanding = stats.outstanding.saturating_add(1);
         }
@@ -574,7 +578,11 @@ impl Balancer {
     fn cost(&self, e: &pb::Endpoint, now: Instant) -> f64 {
         match self.stats.get(&e.address) {
             Some(s) => s.decayed(now).max(1.0) * f64::from(s.outstanding.saturating_add(1)),
-            None => nanos(DEFAULT_RTT),
+            // Never tried: optimistic, so a new endpoint gets a first request and a sample. A
+            // pessimistic prior would starve it whenever the others answer faster than the
+            // prior (always, on a LAN), however long it stays. Its first try creates its stats
+            // (`on_start`), so concurrent picks do not all rush to it.
+            None => 0.0,
         }
     }
 }
@@ -588,7 +596,12 @@ impl EndpointStats {
 
     fn observe(&mut self, rtt: f64, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated);
-        if rtt > self.rtt_nanos {
+        if !self.sampled {
+            // The first measurement replaces the prior: decaying from it would keep a new,
+            // fast endpoint looking slow for tens of seconds.
+            self.rtt_nanos = rtt;
+            self.sampled = true;
+        } else if rtt > self.rtt_nanos {
             // Peak sensitivity: a slower response takes effect at once.
             self.rtt_nanos = rtt;
         } else {
@@ -723,6 +736,53 @@ mod tests {
             .iter()
             .map(|l| (l.percent * 1e6).round() / 1e6)
             .collect()
+    }
+
+    /// Sequential requests to fast endpoints must still reach an endpoint never tried (it
+    /// starved under a pessimistic prior for unmeasured endpoints).
+    #[test]
+    fn an_untried_endpoint_gets_traffic_under_sequential_load() {
+        let mut b = Balancer::new(
+            &[local(vec![endpoint("a1", true, "v1")])],
+            BalancerConfig::default(),
+        );
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut now = Instant::now();
+        for _ in 0..50 {
+            b.on_start(&ep("a1"), now);
+            b.on_complete(
+                &ep("a1"),
+                now,
+                Duration::from_micros(500),
+                Outcome::Response(200),
+            );
+            now += Duration::from_millis(1);
+        }
+        b.update(
+            &[local(vec![
+                endpoint("a1", true, "v1"),
+                endpoint("a2", true, "v2"),
+            ])],
+            BalancerConfig::default(),
+        );
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..200 {
+            let target = b.pick(now, &mut rng, None, &[]).expect("a target");
+            let key = target.key();
+            b.on_start(&key, now);
+            b.on_complete(
+                &key,
+                now,
+                Duration::from_micros(500),
+                Outcome::Response(200),
+            );
+            *counts.entry(where_to(&target)).or_default() += 1;
+            now += Duration::from_millis(1);
+        }
+        assert!(
+            counts.get("a2").copied().unwrap_or(0) > 50,
+            "the new endpoint starved: {counts:?}"
+        );
     }
 
     #[test]
@@ -974,6 +1034,7 @@ mod tests {
             outstanding: 0,
             rtt_nanos: nanos(DEFAULT_RTT),
             updated: t0,
+            sampled: false,
         };
         s.observe(nanos(Duration::from_millis(300)), t0);
         assert_eq!(s.rtt_nanos, nanos(Duration::from_millis(300)));

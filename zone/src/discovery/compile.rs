@@ -88,14 +88,25 @@ pub fn compile(input: &CompileInput<'_>) -> pb::SidecarConfig {
 
 /// The parts that differ per sidecar, around `services` from [`outbound_services`] (which
 /// does not depend on the sidecar, so the server compiles it once per change for everyone).
+///
+/// The sidecar matters only through its service (the inbound policy) and its subzone (the
+/// config's locality): sidecars that share both get equal configs, and the server assembles
+/// one per such group.
 pub fn sidecar_config(
     ctx: &ZoneContext<'_>,
     sidecar: &Instance,
     services: Vec<pb::OutboundService>,
 ) -> pb::SidecarConfig {
-    let mut deny_list: Vec<String> = ctx.federation.snapshot.deny_list.clone();
-    deny_list.sort();
-    deny_list.dedup();
+    sidecar_config_with(ctx, sidecar, services, deny_list(ctx.federation))
+}
+
+/// [`sidecar_config`] with the deny list from [`deny_list`] already computed.
+pub fn sidecar_config_with(
+    ctx: &ZoneContext<'_>,
+    sidecar: &Instance,
+    services: Vec<pb::OutboundService>,
+    deny_list: Vec<String>,
+) -> pb::SidecarConfig {
     pb::SidecarConfig {
         version: 0,
         nonce: String::new(),
@@ -110,6 +121,15 @@ pub fn sidecar_config(
         inbound: Some(inbound_policy(ctx.policies, &sidecar.service)),
         deny_list,
     }
+}
+
+/// The zones removed from the federation, sorted and without duplicates, as every config
+/// carries them.
+pub fn deny_list(federation: &FederationView) -> Vec<String> {
+    let mut deny_list: Vec<String> = federation.snapshot.deny_list.clone();
+    deny_list.sort();
+    deny_list.dedup();
+    deny_list
 }
 
 /// Where a service can be found: this zone's instances and the other zones exporting it.

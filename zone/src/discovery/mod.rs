@@ -15,13 +15,19 @@
 //!                 store ◀─persist─────┘ (background task, also expires graces)
 //! InventoryWatch + FederationWatch ──(coalesced 20 ms)──▶ World: outbound services compiled
 //!                                                          once per change, for everyone
-//! World ──▶ each stream: its config (services + its inbound policy); pushed when different
+//! World ──▶ each stream: its group's config (services + its inbound policy), assembled once
+//!          per world for all sidecars of the same service and subzone; pushed when different
 //!          from the last one it pushed, with `version` + 1 and a fresh nonce
 //! ```
 //!
 //! Compiling the outbound services once per change (they do not depend on the sidecar) and
-//! coalescing bursts keeps a change in front of 1,000 sidecars at one compile plus 1,000 cheap
-//! assemblies, not one compile per sidecar per event.
+//! coalescing bursts keeps a change in front of 1,000 sidecars at one compile, one assembly
+//! per group and 1,000 copies to send, not one compile per sidecar per event. The outbound
+//! services (tens of KB with hundreds of endpoints) are never compared per stream: the world
+//! task compares them once with the previous world's and numbers each distinct content
+//! ([`Shared::generation`]), so a stream tells "unchanged" from two numbers and its small
+//! per-sidecar part. A change that alters no config (a snapshot that only moved global's
+//! version) does not wake the streams at all.
 //!
 //! # Who may register what
 //!
@@ -41,7 +47,7 @@
 pub mod compile;
 pub mod registry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -154,9 +160,90 @@ struct World {
     view: Arc<FederationView>,
     policies: PolicySet,
     inventory: Arc<LocalInventory>,
-    services: Vec<pb::OutboundService>,
+    shared: Arc<Shared>,
     /// When the first change folded into this world happened (for push latency).
     changed_at: Instant,
+    /// Configs assembled from this world so far, one per group of sidecars that get the
+    /// same config; filled by the first stream of each group.
+    groups: Mutex<HashMap<GroupKey, Arc<Assembled>>>,
+}
+
+/// The part of every config that is the same for all sidecars of the zone.
+#[derive(Debug, PartialEq)]
+struct Shared {
+    /// Numbers distinct contents: a world whose `services` and `deny_list` equal the previous
+    /// world's keeps its `Shared` (and this number), any other gets the next number.
+    generation: u64,
+    services: Vec<pb::OutboundService>,
+    deny_list: Vec<String>,
+}
+
+/// Sidecars that get equal configs: a config depends on the sidecar only through its service
+/// (the inbound policy) and its subzone (see [`compile::sidecar_config`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GroupKey {
+    service: ServiceKey,
+    subzone: String,
+}
+
+/// One group's config from one world, without `version` and `nonce`.
+#[derive(Debug)]
+struct Assembled {
+    /// [`Shared::generation`] of the `services` and `deny_list` in `config`.
+    generation: u64,
+    config: pb::SidecarConfig,
+}
+
+// === impl Assembled ===
+
+impl Assembled {
+    /// Whether `self` and `other` are equal configs: the shared part by its generation, the
+    /// rest (small) field by field.
+    fn same_config(&self, other: &Self) -> bool {
+        let (a, b) = (&self.config, &other.config);
+        self.generation == other.generation
+            && a.zone == b.zone
+            && a.locality == b.locality
+            && a.trust_domain == b.trust_domain
+            && a.inbound == b.inbound
+    }
+}
+
+// === impl World ===
+
+impl World {
+    /// The config of `sidecar`'s group, assembled by the first stream of the group to ask.
+    fn assembled(&self, config: &DiscoveryConfig, sidecar: &Instance) -> Arc<Assembled> {
+        let key = GroupKey {
+            service: sidecar.service.clone(),
+            subzone: sidecar.locality.subzone.clone(),
+        };
+        if let Some(found) = lock(&self.groups).get(&key) {
+            return found.clone();
+        }
+        // Assembled outside the lock so that streams of other groups need not wait; two
+        // streams of one group racing here both assemble, and the first insert wins.
+        let ctx = ZoneContext {
+            zone: &config.zone,
+            region: &config.region,
+            trust_domain: &config.trust_domain,
+            vip_cidr: config.vip_cidr,
+            inventory: &self.inventory,
+            federation: &self.view,
+            policies: &self.policies,
+            local_gateways: &[],
+        };
+        let assembled = Arc::new(Assembled {
+            generation: self.shared.generation,
+            config: compile::sidecar_config_with(
+                &ctx,
+                sidecar,
+                self.shared.services.clone(),
+                self.shared.deny_list.clone(),
+            ),
+        });
+        lock(&self.groups).entry(key).or_insert(assembled).clone()
+    }
 }
 
 impl std::fmt::Debug for DiscoveryServer {
@@ -205,7 +292,7 @@ impl DiscoveryServer {
         let context = WorldContext::from(&config);
         let first_view = federation.borrow().clone();
         let (world_tx, world_rx) =
-            watch::channel(Arc::new(context.build(first_view, inventory, now)));
+            watch::channel(Arc::new(context.build(first_view, inventory, now, None)));
 
         let metrics = Metrics::new()?;
         let wake = Arc::new(Notify::new());
@@ -508,15 +595,16 @@ impl Session {
         let mut world = worlds.borrow_and_update().clone();
         // The first push answers the registration.
         let mut changed_at = self.registered_at;
-        let mut last: Option<pb::SidecarConfig> = None;
+        let mut last: Option<Arc<Assembled>> = None;
         // version -> (nonce, when the change it carries happened)
         let mut pending: BTreeMap<u64, (String, Instant)> = BTreeMap::new();
         loop {
-            let config = self.assemble(&inner.config, &world);
-            if last.as_ref() != Some(&config) {
+            let config = world.assembled(&inner.config, &self.sidecar);
+            if !last.as_ref().is_some_and(|last| last.same_config(&config)) {
                 self.version += 1;
                 let nonce = format!("{:032x}", rand::random::<u128>());
-                let mut stamped = config.clone();
+                // The one deep copy per push: tonic encodes (and drops) what it is given.
+                let mut stamped = config.config.clone();
                 stamped.version = self.version;
                 stamped.nonce.clone_from(&nonce);
                 if tx.send(Ok(stamped)).await.is_err() {
@@ -557,20 +645,6 @@ impl Session {
                 () = tx.closed() => return,
             }
         }
-    }
-
-    fn assemble(&self, config: &DiscoveryConfig, world: &World) -> pb::SidecarConfig {
-        let ctx = ZoneContext {
-            zone: &config.zone,
-            region: &config.region,
-            trust_domain: &config.trust_domain,
-            vip_cidr: config.vip_cidr,
-            inventory: &world.inventory,
-            federation: &world.view,
-            policies: &world.policies,
-            local_gateways: &[],
-        };
-        compile::sidecar_config(&ctx, &self.sidecar, world.services.clone())
     }
 
     fn handle(
@@ -662,11 +736,14 @@ impl From<&DiscoveryConfig> for WorldContext {
 }
 
 impl WorldContext {
+    /// Compiles a world. `previous` is the world it replaces: when the new world's shared part
+    /// is equal, the new world keeps it, generation included.
     fn build(
         &self,
         view: Arc<FederationView>,
         inventory: Arc<LocalInventory>,
         changed_at: Instant,
+        previous: Option<&World>,
     ) -> World {
         let policies = view.policies();
         let services = compile::outbound_services(&ZoneContext {
@@ -681,14 +758,33 @@ impl WorldContext {
             // way there until then.
             local_gateways: &[],
         });
+        let deny_list = compile::deny_list(&view);
+        let shared = match previous {
+            Some(p) if p.shared.services == services && p.shared.deny_list == deny_list => {
+                p.shared.clone()
+            }
+            _ => Arc::new(Shared {
+                generation: previous.map_or(1, |p| p.shared.generation + 1),
+                services,
+                deny_list,
+            }),
+        };
         World {
             view,
             policies,
             inventory,
-            services,
+            shared,
             changed_at,
+            groups: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// Whether every config `next` gives equals the one `current` gives, so that publishing it
+/// would wake every stream for nothing: the shared part is the same (same generation) and so
+/// are the policies (the rest of a config comes from the server's settings and the sidecar).
+fn same_configs(current: &World, next: &World) -> bool {
+    current.shared.generation == next.shared.generation && current.policies == next.policies
 }
 
 /// Recompiles the world when the inventory or the federation view changes, coalescing
@@ -713,7 +809,13 @@ async fn world_task(
         tokio::time::sleep(COALESCE).await;
         let view = federation.borrow_and_update().clone();
         let current = inventory.borrow_and_update().clone();
-        worlds.send_replace(Arc::new(context.build(view, current, changed_at)));
+        let previous = worlds.borrow().clone();
+        let next = context.build(view, current, changed_at, Some(&previous));
+        if same_configs(&previous, &next) {
+            tracing::debug!("change compiles to the same configs; streams not woken");
+            continue;
+        }
+        worlds.send_replace(Arc::new(next));
     }
 }
 
@@ -938,6 +1040,179 @@ mod tests {
         for bad in ["", "127.0.0.1", ":80", "host:0", "host:http", "a b:80"] {
             assert!(check_address(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn settings() -> DiscoveryConfig {
+        DiscoveryConfig {
+            zone: "a".into(),
+            region: "eu".into(),
+            trust_domain: "strait.local".into(),
+            vip_cidr: "127.250.0.0/16".parse().unwrap(),
+            registration_grace: Duration::from_secs(1),
+        }
+    }
+
+    fn sim(service: &str, instance: &str, subzone: &str) -> Instance {
+        Instance {
+            service: ServiceKey {
+                namespace: "demo".into(),
+                name: service.into(),
+            },
+            instance: instance.into(),
+            ports: vec![pb::Port {
+                name: "http".into(),
+                port: 8080,
+                protocol: pb::Protocol::Http as i32,
+            }],
+            labels: BTreeMap::new(),
+            locality: pb::Locality {
+                region: "eu".into(),
+                zone: "a".into(),
+                subzone: subzone.into(),
+            },
+            inbound_address: format!("127.0.0.1:{}", 20_000 + instance.len()),
+            identity: format!("spiffe://strait.local/ns/demo/sa/{service}"),
+            healthy: true,
+        }
+    }
+
+    fn inventory(instances: &[&Instance]) -> Arc<LocalInventory> {
+        let mut inv = LocalInventory::default();
+        for i in instances {
+            inv.instances
+                .entry(i.service.clone())
+                .or_default()
+                .insert(i.instance.clone(), (*i).clone());
+        }
+        Arc::new(inv)
+    }
+
+    /// A view carrying the policies of `yaml`.
+    fn with_policies(yaml: &str) -> FederationView {
+        let policies = strait_policy::parse_documents(yaml, "test.yaml")
+            .unwrap()
+            .into_iter()
+            .map(|r| pb::PolicyResource {
+                kind: r.kind.to_string(),
+                namespace: r.metadata.namespace.clone(),
+                name: r.metadata.name.clone(),
+                json: r.to_json().unwrap(),
+                revision: 1,
+            })
+            .collect();
+        FederationView::new(pb::FederationSnapshot {
+            policies,
+            ..Default::default()
+        })
+    }
+
+    /// What a stream would compare, the slow way (the whole config).
+    fn full(world: &World, sidecar: &Instance) -> pb::SidecarConfig {
+        world.assembled(&settings(), sidecar).config.clone()
+    }
+
+    #[test]
+    fn equal_worlds_keep_the_generation_and_different_ones_bump_it() {
+        let context = WorldContext::from(&settings());
+        let now = Instant::now();
+        let a = sim("sim", "a1", "");
+        let view = Arc::new(FederationView::default());
+        let first = context.build(view.clone(), inventory(&[&a]), now, None);
+        // A new snapshot version alone changes no config.
+        let mut newer = FederationView::default();
+        newer.snapshot.version = 7;
+        let same = context.build(Arc::new(newer), inventory(&[&a]), now, Some(&first));
+        assert_eq!(same.shared.generation, first.shared.generation);
+        assert!(Arc::ptr_eq(&same.shared, &first.shared));
+        assert!(same_configs(&first, &same));
+        assert!(
+            first
+                .assembled(&settings(), &a)
+                .same_config(&same.assembled(&settings(), &a))
+        );
+
+        // Another instance changes the services: a new generation, and a different config.
+        let b = sim("sim", "b1", "");
+        let more = context.build(view, inventory(&[&a, &b]), now, Some(&same));
+        assert_eq!(more.shared.generation, first.shared.generation + 1);
+        assert!(!same_configs(&same, &more));
+        assert_ne!(full(&same, &a), full(&more, &a));
+        assert!(
+            !same
+                .assembled(&settings(), &a)
+                .same_config(&more.assembled(&settings(), &a))
+        );
+    }
+
+    #[test]
+    fn an_inbound_policy_change_wakes_the_streams_though_the_shared_part_is_the_same() {
+        let context = WorldContext::from(&settings());
+        let now = Instant::now();
+        let a = sim("sim", "a1", "");
+        let before = context.build(
+            Arc::new(FederationView::default()),
+            inventory(&[&a]),
+            now,
+            None,
+        );
+        // MeshTLS is server-side only: the outbound services stay as they were.
+        let after = context.build(
+            Arc::new(with_policies(
+                "apiVersion: strait.dev/v1alpha1
+kind: MeshTLS
+metadata: {name: permissive, namespace: demo}
+spec: {mode: PERMISSIVE}
+",
+            )),
+            inventory(&[&a]),
+            now,
+            Some(&before),
+        );
+        assert_eq!(before.shared.generation, after.shared.generation);
+        assert!(!same_configs(&before, &after), "the streams must be woken");
+        assert_ne!(full(&before, &a), full(&after, &a));
+        assert!(
+            !before
+                .assembled(&settings(), &a)
+                .same_config(&after.assembled(&settings(), &a))
+        );
+    }
+
+    #[test]
+    fn sidecars_of_one_service_and_subzone_share_one_assembled_config() {
+        let context = WorldContext::from(&settings());
+        let (a1, a2) = (sim("sim", "a1", "r1"), sim("sim", "a2", "r1"));
+        let (other_rack, other_service) = (sim("sim", "a3", "r2"), sim("web", "w1", "r1"));
+        let world = context.build(
+            Arc::new(FederationView::default()),
+            inventory(&[&a1, &a2, &other_rack, &other_service]),
+            Instant::now(),
+            None,
+        );
+        let shared = world.assembled(&settings(), &a1);
+        assert!(Arc::ptr_eq(&shared, &world.assembled(&settings(), &a2)));
+        // The group config is exactly what compiling for that sidecar alone gives.
+        for sidecar in [&a1, &a2, &other_rack, &other_service] {
+            let alone = compile::compile(&compile::CompileInput {
+                context: ZoneContext {
+                    zone: "a",
+                    region: "eu",
+                    trust_domain: "strait.local",
+                    vip_cidr: settings().vip_cidr,
+                    inventory: &world.inventory,
+                    federation: &world.view,
+                    policies: &world.policies,
+                    local_gateways: &[],
+                },
+                sidecar,
+            });
+            assert_eq!(full(&world, sidecar), alone, "{}", sidecar.instance);
+        }
+        let rack = world.assembled(&settings(), &other_rack);
+        assert!(!shared.same_config(&rack), "the subzone differs");
+        let web = world.assembled(&settings(), &other_service);
+        assert_eq!(shared.generation, web.generation);
+        assert_eq!(lock(&world.groups).len(), 3);
     }
 
     #[test]

@@ -138,6 +138,23 @@ impl Federation {
     pub fn kill(&self, name: &str) {
         let pid = self.pid_of(name);
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        // SIGKILL is asynchronous: wait until the process has exited (gone, or a zombie whose
+        // sockets are already closed), so a restart can bind the same addresses.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return,
+                Ok(stat)
+                    if stat
+                        .rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('Z')) =>
+                {
+                    return;
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        panic!("{name} (pid {pid}) still running 10 s after SIGKILL");
     }
 
     /// Starts `name` again with the command line `strait up` used (its data dir makes it the
@@ -179,10 +196,24 @@ impl Federation {
     /// Waits for `GET /ready` on `name`'s admin address to answer 200.
     pub async fn wait_ready(&self, name: &str, timeout: Duration) {
         let admin = self.address(name, "admin");
-        eventually(&format!("{name} ready"), timeout, async || {
-            (http_get(&admin, "/ready").await.0 == 200).then_some(())
-        })
-        .await;
+        let deadline = Instant::now() + timeout;
+        while http_get(&admin, "/ready").await.0 != 200 {
+            if Instant::now() >= deadline {
+                let log = self.process(name)["log"]
+                    .as_str()
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_default();
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{name} not ready after {timeout:?}; last lines of {}:\n{}",
+                    log.display(),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The global node names with their node ids.

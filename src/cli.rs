@@ -28,7 +28,7 @@ enum Command {
     /// Run, create, list and remove zones.
     #[command(subcommand)]
     Zone(ZoneCommand),
-    /// Create join tokens.
+    /// Create join tokens (zones, global nodes) and workload bootstrap tokens.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Apply policy resources from a YAML file (all or nothing).

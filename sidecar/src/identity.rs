@@ -996,19 +996,11 @@ fn persist(
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |action, source| IdentityError::DataDir {
-        action,
+    strait_trust::store::create_private_dir(dir).map_err(|source| IdentityError::DataDir {
+        action: "create",
         path: dir.to_path_buf(),
         source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| err("create", e))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| err("chmod", e))
+    })
 }
 
 // === backoff ===

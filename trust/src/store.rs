@@ -130,6 +130,18 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| Error::io("sync directory", &dir, e))
 }
 
+/// Creates `dir` and its missing parents with mode 0700 (never briefly wider), and tightens an
+/// existing `dir` to 0700: directories that hold private keys or the replicated root key.
+/// Returns the plain IO error; callers add which directory and why.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -178,13 +178,7 @@ fn paths(data_dir: &Path) -> Paths {
 
 /// Creates `dir` (and parents) with mode 0700: it holds the zone CA's key.
 pub fn create_private_dir(dir: &Path) -> Result<(), CredentialsError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err(dir))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+    strait_trust::store::create_private_dir(dir).map_err(io_err(dir))
 }
 
 // === ZoneCredentials ===

@@ -49,7 +49,7 @@ impl ZoneStore {
     /// `DATA/state`), making the directory readable by this user only.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
-        create_private_dir(&path).map_err(|source| StoreError::CreateDir {
+        strait_trust::store::create_private_dir(&path).map_err(|source| StoreError::CreateDir {
             path: path.clone(),
             source,
         })?;
@@ -148,14 +148,6 @@ impl ZoneStore {
     pub fn put_u64(&self, key: &str, value: u64) -> Result<(), StoreError> {
         self.put(key, &value.to_be_bytes())
     }
-}
-
-/// Creates `path` if needed and makes it readable by this user only: the registry names every
-/// workload and the snapshot every zone's services.
-fn create_private_dir(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Whether sled failed because another handle holds the database's file lock. sled reports

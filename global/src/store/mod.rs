@@ -215,7 +215,7 @@ pub fn open(
         path: path.clone(),
         source,
     };
-    create_private_dir(&path).map_err(|source| StoreError::CreateDir {
+    strait_trust::store::create_private_dir(&path).map_err(|source| StoreError::CreateDir {
         path: path.clone(),
         source,
     })?;
@@ -256,18 +256,6 @@ pub fn open(
     };
     let reader = sm_store.reader();
     Ok((log_store, sm_store, reader))
-}
-
-/// Creates `path` if needed and makes it readable by this user only: the log and the
-/// snapshots hold the federation's root CA key (replicated so any leader can sign).
-fn create_private_dir(path: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
 }
 
 /// Whether sled failed to open because another handle holds the database's file lock. sled

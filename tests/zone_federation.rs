@@ -330,10 +330,19 @@ async fn zones_keep_serving_from_persisted_state_while_global_is_down() {
     let late_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
     fed.kill("global-1");
-    // Zones stay ready...
+    // Zones stay ready, checked once each has noticed that global is gone...
     for zone in ["zone-a", "zone-b"] {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let (status, body) = http_get(&fed.address(zone, "admin"), "/ready").await;
+        let admin = fed.address(zone, "admin");
+        eventually(
+            &format!("{zone} disconnected from global"),
+            Duration::from_secs(10),
+            async || {
+                let (_, metrics) = http_get(&admin, "/metrics").await;
+                (gauge(&metrics, "strait_zone_sync_connected") == Some(0.0)).then_some(())
+            },
+        )
+        .await;
+        let (status, body) = http_get(&admin, "/ready").await;
         assert_eq!(status, 200, "{zone} not ready with global down: {body}");
     }
     // ...and a newly connecting sidecar is served from the persisted state.

@@ -44,6 +44,15 @@ enum Command {
     Sidecar(SidecarCommand),
     /// A demo workload answering `GET /` with who it is and who called it.
     DemoApp(commands::sidecar::DemoAppArgs),
+    /// Run the east-west gateway of a zone.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayCommand {
+    /// Run one gateway replica.
+    Run(Box<commands::gateway::RunArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +138,7 @@ impl Cli {
             Command::Services(args) => commands::admin::services(args).await,
             Command::Sidecar(SidecarCommand::Run(args)) => commands::sidecar::run(*args).await,
             Command::DemoApp(args) => commands::sidecar::demo_app(args).await,
+            Command::Gateway(GatewayCommand::Run(args)) => commands::gateway::run(*args).await,
         }
     }
 }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use rand::RngCore;
 use strait_proto as pb;
 use strait_trust::ca::RootCa;
-use strait_trust::spiffe::SpiffeId;
+use strait_trust::spiffe::{IdentityKind, SpiffeId};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -181,8 +181,12 @@ fn exported_pb(key: &ServiceKey, svc: &ExportedService) -> pb::ExportedService {
                 total: l.total,
             })
             .collect(),
+        identities: svc.identities.clone(),
     }
 }
+
+/// At most this many identities per exported service (a zone reports one per service account).
+const MAX_IDENTITIES: usize = 64;
 
 /// A zone's report as the state machine's model; refuses what cannot be a service.
 fn inventory_model(
@@ -223,9 +227,37 @@ fn inventory_model(
                 total: l.total,
             })
             .collect();
+        if exported.identities.len() > MAX_IDENTITIES {
+            return Err(format!(
+                "{}/{}: more than {MAX_IDENTITIES} identities",
+                service.namespace, service.name
+            ));
+        }
+        for id in &exported.identities {
+            let parsed: SpiffeId = id.parse().map_err(|e| {
+                format!(
+                    "{}/{}: identity {id:?}: {e}",
+                    service.namespace, service.name
+                )
+            })?;
+            if !matches!(parsed.kind(), IdentityKind::Workload { .. }) {
+                return Err(format!(
+                    "{}/{}: identity {id} is not a workload identity",
+                    service.namespace, service.name
+                ));
+            }
+        }
         let key = ServiceKey::new(&service.namespace, &service.name);
+        let identities = exported.identities.clone();
         if services
-            .insert(key, ExportedService { ports, localities })
+            .insert(
+                key,
+                ExportedService {
+                    ports,
+                    localities,
+                    identities,
+                },
+            )
             .is_some()
         {
             return Err(format!(

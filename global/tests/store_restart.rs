@@ -101,8 +101,31 @@ type Store = (LogStore, StateMachineStore);
 
 /// Opens the store in `dir`; tests take readers from the state machine when they need one.
 fn open_dir(dir: &TempDir) -> Result<Store, StoreError> {
-    let (log, sm, _reader) = open(dir.path(), StoreOptions::default())?;
-    Ok((log, sm))
+    retry_while_locked(|| {
+        let (log, sm, _reader) = open(dir.path(), StoreOptions::default())?;
+        Ok((log, sm))
+    })
+}
+
+/// sled's flusher thread lets go of the database's file lock a moment after the last handle is
+/// dropped (later on a loaded machine): a reopen in a test waits for it, as a restarted process
+/// would find the lock free.
+fn retry_while_locked<T, E: std::fmt::Display>(
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn sled_open(dir: &TempDir) -> sled::Result<sled::Db> {
+    retry_while_locked(|| sled::open(dir.path()))
 }
 
 #[tokio::test]
@@ -207,7 +230,7 @@ async fn installed_snapshot_survives_a_restart() -> anyhow::Result<()> {
 
 /// Overwrites a record in one of the store's trees, as a disk fault or a bad edit would.
 fn damage(dir: &TempDir, tree: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
-    let db = sled::open(dir.path())?;
+    let db = sled_open(dir)?;
     db.open_tree(tree)?.insert(key, value)?;
     db.flush()?;
     Ok(())
@@ -275,7 +298,7 @@ async fn missing_committed_entry_fails_open() -> anyhow::Result<()> {
         log.save_committed(Some(log_id(5))).await?;
     }
     {
-        let db = sled::open(dir.path())?;
+        let db = sled_open(&dir)?;
         db.open_tree("raft_log")?.remove(3u64.to_be_bytes())?;
         db.flush()?;
     }

@@ -28,6 +28,7 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod transport;
+pub mod tunnel;
 pub mod vip;
 
 #[cfg(test)]

@@ -242,11 +242,27 @@ impl SidecarSettings {
         strait_trust::SpiffeId::zone_cp(&self.trust_domain, &self.zone)
             .map_err(|e| invalid("zone", e.to_string()))
     }
+
+    /// What [`Identity::bootstrap`](crate::identity::Identity::bootstrap) needs for this
+    /// sidecar: its workload identity, metrics prefixed `strait_sidecar`. Validates first.
+    pub fn identity_settings(&self) -> Result<crate::identity::IdentitySettings, SettingsError> {
+        self.validate()?;
+        Ok(crate::identity::IdentitySettings {
+            zone_cp: self.zone_cp.clone(),
+            zone: self.zone.clone(),
+            trust_domain: self.trust_domain.clone(),
+            token_file: self.token_file.clone(),
+            data_dir: self.data_dir.clone(),
+            bundle_file: self.bundle_file.clone(),
+            id: self.spiffe_id()?,
+            metrics_prefix: "strait_sidecar",
+        })
+    }
 }
 
 /// A DNS label: lowercase letters, digits and `-`, starting with a letter, not ending with `-`,
 /// at most 63 characters (what the zone accepts for zones, namespaces and services).
-fn check_dns_label(value: &str) -> Result<(), String> {
+pub(crate) fn check_dns_label(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".to_owned());
     }

@@ -711,7 +711,7 @@ pub async fn start_control_with(
 ) -> Result<Control, ControlError> {
     let settings = settings.resolve()?;
     let registry = options.registry;
-    let identity = Identity::bootstrap(&settings, &registry).await?;
+    let identity = Identity::bootstrap(&settings.identity_settings()?, &registry).await?;
     let metrics = DiscoveryMetrics::new(&registry)?;
 
     let initial = match settings.app {

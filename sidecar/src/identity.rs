@@ -2,12 +2,19 @@
 //! renewal at 2/3 of its life over mutual TLS, and the live [`CredentialStore`] and
 //! [`TrustStore`] every TLS config of the sidecar is built from.
 //!
+//! The same code gets an east-west gateway its `spiffe://TD/zone/ZONE/gateway` certificate:
+//! everything is driven by [`IdentitySettings`] (which identity, which zone, which files, the
+//! metric prefix), which the sidecar builds with
+//! [`SidecarSettings::identity_settings`](crate::config::SidecarSettings::identity_settings)
+//! and the gateway builds from its own settings.
+//!
 //! # Bootstrap
 //!
 //! The sidecar generates its own key (it never leaves the process, or `data_dir` with mode
-//! 0600), sends a CSR for `spiffe://TD/ns/NAMESPACE/sa/SERVICE` (the service is its own
-//! service account) and the bootstrap token to `Identity.SignCertificate`, and gets back its
-//! chain (leaf, zone intermediate, root) and the federation's trust bundle.
+//! 0600), sends a CSR for its identity (`spiffe://TD/ns/NAMESPACE/sa/SERVICE` — the service
+//! is its own service account — or a gateway's) and the bootstrap token to
+//! `Identity.SignCertificate`, and gets back its chain (leaf, zone intermediate, root) and the
+//! federation's trust bundle.
 //!
 //! # Trusting the zone before having a bundle
 //!
@@ -46,8 +53,9 @@
 //! expires; an expired certificate can not authenticate any more, so the sidecar then falls
 //! back to the bootstrap token (re-read from its file, verified against the bundle it has).
 //!
-//! Metrics: `strait_sidecar_cert_expiry_timestamp_seconds`,
-//! `strait_sidecar_cert_renewals_total{result="success"|"failure"}`.
+//! Metrics: `PREFIX_cert_expiry_timestamp_seconds`,
+//! `PREFIX_cert_renewals_total{result="success"|"failure"}`, where `PREFIX` is
+//! [`IdentitySettings::metrics_prefix`] (`strait_sidecar`, `strait_gateway`).
 
 use std::fmt;
 use std::future::Future;
@@ -66,7 +74,7 @@ use strait_trust::tls::{
 };
 use strait_trust::{KeyPair, SpiffeId, TrustBundle};
 
-use crate::config::{SettingsError, SidecarSettings};
+use crate::config::{SettingsError, check_dns_label, check_host_port};
 
 /// ALPN of the zone's gRPC port.
 const ALPN_H2: &[u8] = b"h2";
@@ -153,27 +161,90 @@ impl IdentityError {
     }
 }
 
+// === settings ===
+
+/// What [`Identity::bootstrap`] needs: who to be, where the zone is, and where the token,
+/// bundle and data directory live. Built from a component's own settings
+/// ([`SidecarSettings::identity_settings`](crate::config::SidecarSettings::identity_settings)
+/// for a sidecar).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySettings {
+    /// The zone control plane's gRPC address (`host:port`).
+    pub zone_cp: String,
+    /// The zone; the control plane must be `spiffe://TD/zone/ZONE/cp`.
+    pub zone: String,
+    pub trust_domain: String,
+    /// The bootstrap token, read only when there is no usable certificate.
+    pub token_file: PathBuf,
+    /// Where the key, certificate and bundle are kept across restarts.
+    pub data_dir: Option<PathBuf>,
+    /// The federation's trust bundle to verify the zone with on first contact.
+    pub bundle_file: Option<PathBuf>,
+    /// The identity to ask for (a workload's, or `zone/ZONE/gateway`).
+    pub id: SpiffeId,
+    /// Prefix of the identity metrics: `strait_sidecar`, `strait_gateway`.
+    pub metrics_prefix: &'static str,
+}
+
+impl IdentitySettings {
+    /// Checks what can be checked without the disk or the network; errors name the field.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |field: &'static str, reason: String| SettingsError { field, reason };
+        check_host_port(&self.zone_cp).map_err(|r| invalid("zone_cp", r))?;
+        check_dns_label(&self.zone).map_err(|r| invalid("zone", r))?;
+        strait_trust::spiffe::validate_trust_domain(&self.trust_domain)
+            .map_err(|e| invalid("trust_domain", e.to_string()))?;
+        if self.token_file.as_os_str().is_empty() {
+            return Err(invalid("token_file", "must not be empty".to_owned()));
+        }
+        if self.id.trust_domain() != self.trust_domain {
+            return Err(invalid(
+                "trust_domain",
+                format!("{} is not in trust domain {:?}", self.id, self.trust_domain),
+            ));
+        }
+        for (field, path) in [
+            ("data_dir", &self.data_dir),
+            ("bundle_file", &self.bundle_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(invalid(field, "must not be empty when given".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `spiffe://TD/zone/ZONE/cp`: who the zone control plane must be.
+    pub fn zone_cp_id(&self) -> Result<SpiffeId, SettingsError> {
+        SpiffeId::zone_cp(&self.trust_domain, &self.zone).map_err(|e| SettingsError {
+            field: "zone",
+            reason: e.to_string(),
+        })
+    }
+}
+
 // === metrics ===
 
 /// The identity's metrics.
 #[derive(Debug, Clone)]
 pub struct IdentityMetrics {
-    /// `strait_sidecar_cert_expiry_timestamp_seconds`: `not_after` of the current certificate.
+    /// `PREFIX_cert_expiry_timestamp_seconds`: `not_after` of the current certificate.
     pub expiry: Gauge,
-    /// `strait_sidecar_cert_renewals_total{result}`.
+    /// `PREFIX_cert_renewals_total{result}`.
     pub renewals: IntCounterVec,
 }
 
 impl IdentityMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    /// Registers `PREFIX_cert_*` (`prefix` is e.g. `strait_sidecar`) with `registry`.
+    pub fn new(registry: &Registry, prefix: &str) -> prometheus::Result<Self> {
         let expiry = Gauge::with_opts(Opts::new(
-            "strait_sidecar_cert_expiry_timestamp_seconds",
-            "When the sidecar's current workload certificate expires (Unix seconds).",
+            format!("{prefix}_cert_expiry_timestamp_seconds"),
+            "When the current certificate expires (Unix seconds).",
         ))?;
         let renewals = IntCounterVec::new(
             Opts::new(
-                "strait_sidecar_cert_renewals_total",
-                "Renewals of the sidecar's workload certificate, by result.",
+                format!("{prefix}_cert_renewals_total"),
+                "Renewals of the certificate, by result.",
             ),
             &["result"],
         )?;
@@ -240,13 +311,13 @@ impl Identity {
     /// A zone that does not answer is retried for up to two minutes (it may be starting);
     /// refusals (a bad token, a zone that is not who it should be) fail at once.
     pub async fn bootstrap(
-        settings: &SidecarSettings,
+        settings: &IdentitySettings,
         registry: &Registry,
     ) -> Result<Self, IdentityError> {
         settings.validate()?;
-        let id = settings.spiffe_id()?;
+        let id = settings.id.clone();
         let zone_cp_id = settings.zone_cp_id()?;
-        let metrics = IdentityMetrics::new(registry)?;
+        let metrics = IdentityMetrics::new(registry, settings.metrics_prefix)?;
 
         let mut anchor = match &settings.bundle_file {
             Some(path) => Some(Anchor::Bundle(read_bundle_file(
@@ -297,7 +368,7 @@ impl Identity {
     }
 
     fn from_parts(
-        settings: &SidecarSettings,
+        settings: &IdentitySettings,
         id: SpiffeId,
         zone_cp_id: SpiffeId,
         creds: CredentialStore,
@@ -361,7 +432,7 @@ impl Identity {
     }
 
     /// Renews the certificate now, over mutual TLS with the current one (no token), and swaps
-    /// the result into the stores. Counts the outcome in `strait_sidecar_cert_renewals_total`.
+    /// the result into the stores. Counts the outcome in `PREFIX_cert_renewals_total`.
     pub async fn renew(&self) -> Result<(), IdentityError> {
         let result = self.renew_inner().await;
         let label = if result.is_ok() { "success" } else { "failure" };
@@ -507,7 +578,7 @@ pub fn renew_at(info: &strait_trust::CertInfo) -> SystemTime {
 // === bootstrap ===
 
 async fn bootstrap_once(
-    settings: &SidecarSettings,
+    settings: &IdentitySettings,
     id: &SpiffeId,
     zone_cp_id: &SpiffeId,
     anchor: &Anchor,

@@ -59,6 +59,7 @@
 //! to the next locality by the same rule as any capacity loss.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -94,7 +95,13 @@ pub enum Target {
     },
     /// Another zone, through one of this zone's east-west gateways. The gateways are
     /// equivalent; which one to use (an open connection, say) is the caller's choice.
-    Remote { zone: String, gateways: Vec<String> },
+    /// `identities` are whom the caller's TLS through the tunnel may reach. Shared, so a
+    /// pick does not copy the lists.
+    Remote {
+        zone: String,
+        gateways: Arc<[String]>,
+        identities: Arc<[String]>,
+    },
 }
 
 impl Target {
@@ -164,7 +171,8 @@ struct Group {
 enum GroupKind {
     Local(Vec<LocalEndpoint>),
     Remote {
-        gateways: Vec<String>,
+        gateways: Arc<[String]>,
+        identities: Arc<[String]>,
         weight: u32,
         total: u32,
     },
@@ -260,7 +268,8 @@ impl Balancer {
             // through gateways.
             let kind = if g.endpoints.is_empty() {
                 GroupKind::Remote {
-                    gateways: g.local_gateways.clone(),
+                    gateways: g.local_gateways.as_slice().into(),
+                    identities: g.identities.as_slice().into(),
                     weight: g.weight,
                     total: g.total,
                 }
@@ -485,6 +494,7 @@ impl Balancer {
                 gateways,
                 weight,
                 total,
+                ..
             } => {
                 let usable =
                     !group.drained && !gateways.is_empty() && self.usable(&group.key, view);
@@ -526,9 +536,14 @@ impl Balancer {
             }
         })?;
         match &group.kind {
-            GroupKind::Remote { gateways, .. } => Some(Target::Remote {
+            GroupKind::Remote {
+                gateways,
+                identities,
+                ..
+            } => Some(Target::Remote {
                 zone: group.zone.clone(),
                 gateways: gateways.clone(),
+                identities: identities.clone(),
             }),
             GroupKind::Local(endpoints) => {
                 let candidates: Vec<&pb::Endpoint> = endpoints
@@ -653,6 +668,7 @@ mod tests {
             weight: healthy,
             endpoints,
             local_gateways: vec![],
+            identities: vec![],
             drained: false,
         }
     }
@@ -664,6 +680,7 @@ mod tests {
             priority,
             endpoints: vec![],
             local_gateways: vec!["10.0.0.1:15008".into()],
+            identities: vec!["spiffe://strait.local/ns/demo/sa/echo".into()],
             weight,
             total,
             drained: false,
@@ -826,7 +843,8 @@ mod tests {
             b.pick(now, &mut rng, None, &[]),
             Some(Target::Remote {
                 zone: "zone-b".into(),
-                gateways: vec!["10.0.0.1:15008".into()]
+                gateways: vec!["10.0.0.1:15008".to_owned()].into(),
+                identities: vec!["spiffe://strait.local/ns/demo/sa/echo".to_owned()].into(),
             })
         );
     }

@@ -26,6 +26,7 @@ pub mod inbound;
 pub mod lb;
 pub mod outbound;
 pub mod outlier;
+pub mod pool;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;

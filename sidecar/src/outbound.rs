@@ -21,10 +21,15 @@
 //!   streams, and its request is retried only when it never left (connect failures).
 //!   `x-strait-peer-identity` from the app is dropped (only the destination's sidecar sets
 //!   it); `x-strait-zone` names this zone.
-//! - **Remote zones** ([`Target::Remote`], through east-west gateways) are not reachable yet:
-//!   such a pick counts as a connect failure, so the retry moves on.
+//! - **Remote zones** ([`Target::Remote`]): through this zone's east-west gateways, with this
+//!   sidecar's own mTLS end to end to the destination sidecar ([`crate::pool`]); HTTP on one
+//!   pooled HTTP/2 connection per (zone, service, port) inside a tunnel. A gateway's refusal
+//!   (`zone-unreachable`, `no-healthy-upstream`, ...) counts as a connect failure, so the retry
+//!   moves to the next locality; when nothing answers, the app gets `503` with the refusal's
+//!   code in `x-strait-error` and its reason in the body.
 //! - **TCP**: a target is picked the same way (connect failures retried on another target),
-//!   mutual TLS with ALPN `strait-tcp`, then bytes are copied both ways.
+//!   mutual TLS with ALPN `strait-tcp` (through a tunnel of its own for another zone), then
+//!   bytes are copied both ways.
 //!
 //! Sidecar-answered errors carry `x-strait-error`: `no-healthy-upstream` (503, nothing can
 //! take the request, or no try could connect), `upstream-reset` (502),
@@ -37,13 +42,14 @@
 //! included.
 //!
 //! Metrics: `strait_sidecar_outbound_requests_total{service, zone, code}` (`code` is the
-//! status class, `zone` the serving zone, `local` for this zone's endpoints, `none` when the
-//! sidecar answered itself), `strait_sidecar_outbound_request_duration_seconds{service}`,
+//! status class, `zone` the serving zone: `local` for this zone's endpoints, the zone's name
+//! for another zone, `none` when the sidecar answered itself), `strait_sidecar_outbound_request_duration_seconds{service}`,
 //! `strait_sidecar_outbound_retries_total{service}`,
 //! `strait_sidecar_outbound_ejections_total{service}`, `strait_sidecar_outbound_connections`
 //! (open downstream connections), `strait_sidecar_outbound_listeners` (bound),
 //! `strait_sidecar_outbound_tcp_connections_total{service, result}`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
@@ -55,15 +61,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use strait_proto as pb;
+use strait_trust::SpiffeId;
 use strait_trust::tls::{CredentialStore, TrustStore};
-use strait_trust::{AllowExactly, SpiffeId};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -71,9 +76,10 @@ use tracing::Instrument;
 
 use crate::discovery::Control;
 use crate::fault::FaultInjector;
-use crate::inbound::{ALPN_H2, ALPN_TCP, ERROR_HEADER, PEER_IDENTITY_HEADER};
+use crate::inbound::{ALPN_TCP, ERROR_HEADER, PEER_IDENTITY_HEADER};
 use crate::lb::{Balancer, BalancerConfig, Target};
 use crate::outlier::Outcome;
+use crate::pool::{Body, ConnectError, Pool, Remote};
 use crate::retry::{Budget, RetryConfig, RetryDecision, RetryState};
 use crate::route::{RequestView, RouteTable, Subset};
 
@@ -94,10 +100,6 @@ const REBIND_INTERVAL: Duration = Duration::from_secs(2);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// HTTP/2 keepalive pings on pooled upstream connections, to notice a dead peer.
-const H2_KEEPALIVE: Duration = Duration::from_secs(10);
-/// The name handed to rustls; SPIFFE certificates carry none, the verifier ignores it.
-const SERVER_NAME: &str = "strait.invalid";
 
 /// Hop-by-hop headers: about one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -110,8 +112,6 @@ const HOP_BY_HOP: [&str; 8] = [
     "trailer",
     "upgrade",
 ];
-
-type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Why the outbound side could not start.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +345,13 @@ struct ServiceState {
     budget: Mutex<Budget>,
     policy: RwLock<Arc<ServicePolicy>>,
     in_flight: AtomicU32,
+    /// The last refusal a gateway gave for this service (when, `x-strait-error` code, text):
+    /// when every target is ejected, the sidecar's own 503 says what the remote side said.
+    last_refusal: Mutex<Option<(Instant, &'static str, String)>>,
 }
+
+/// How long a gateway's refusal explains a `no-healthy-upstream`.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(30);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -362,6 +368,7 @@ fn service_key(service: &pb::OutboundService) -> String {
 #[derive(Debug, Clone)]
 struct Binding {
     service: String,
+    port: u16,
     tcp_only: bool,
 }
 
@@ -369,6 +376,8 @@ struct Binding {
 struct Shared {
     ctx: OutboundContext,
     zone: RwLock<String>,
+    /// Who this zone's gateways must be (`spiffe://TD/zone/ZONE/gateway`).
+    gateway_id: RwLock<String>,
     services: RwLock<HashMap<String, Arc<ServiceState>>>,
     bindings: RwLock<HashMap<SocketAddr, Binding>>,
     pool: Pool,
@@ -389,6 +398,12 @@ impl Shared {
     /// Applies a config version: services (balancers keep their state), bindings, pool.
     fn apply(&self, config: &pb::SidecarConfig) {
         *self.zone.write().unwrap_or_else(PoisonError::into_inner) = config.zone.clone();
+        if let Ok(id) = SpiffeId::gateway(&config.trust_domain, &config.zone) {
+            *self
+                .gateway_id
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = id.to_string();
+        }
         let now = Instant::now();
         let mut services = self
             .services
@@ -397,6 +412,7 @@ impl Shared {
         let mut seen = HashSet::new();
         let mut bindings = HashMap::new();
         let mut addresses = HashSet::new();
+        let mut zones = HashSet::new();
         for service in &config.services {
             let key = service_key(service);
             seen.insert(key.clone());
@@ -426,12 +442,15 @@ impl Shared {
                             budget: Mutex::new(Budget::from_config(&policy.retry, now)),
                             policy: RwLock::new(policy),
                             in_flight: AtomicU32::new(0),
+                            last_refusal: Mutex::new(None),
                         }),
                     );
                 }
             }
             for group in &service.localities {
                 addresses.extend(group.endpoints.iter().map(|e| e.address.clone()));
+                addresses.extend(group.local_gateways.iter().cloned());
+                zones.insert(group.zone.clone());
             }
             let Ok(vip) = service.vip.parse::<IpAddr>() else {
                 continue;
@@ -444,6 +463,7 @@ impl Shared {
                     SocketAddr::new(vip, number),
                     Binding {
                         service: key.clone(),
+                        port: number,
                         tcp_only: port.protocol == pb::Protocol::Tcp as i32,
                     },
                 );
@@ -455,7 +475,7 @@ impl Shared {
             .bindings
             .write()
             .unwrap_or_else(PoisonError::into_inner) = bindings;
-        self.pool.retain(&addresses);
+        self.pool.retain(&addresses, &zones);
     }
 }
 
@@ -483,6 +503,7 @@ pub async fn serve(ctx: OutboundContext, shutdown: impl Future) -> Result<(), Ou
         pool: Pool::new(ctx.creds.clone(), ctx.trust.clone()),
         ctx,
         zone: RwLock::new(String::new()),
+        gateway_id: RwLock::new(String::new()),
         services: RwLock::default(),
         bindings: RwLock::default(),
         open: open_tx,
@@ -619,7 +640,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, vip: SocketAddr) {
     let mut stop = shared.stop.clone();
     if kind == Sniff::Tcp {
         tokio::select! {
-            () = tcp_proxy(&shared, tcp, &binding.service) => {}
+            () = tcp_proxy(&shared, tcp, &binding.service, binding.port) => {}
             () = stopped(&mut stop) => {
                 // TCP has no graceful end: give it the drain period, then cut it.
                 tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -629,10 +650,11 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, vip: SocketAddr) {
     }
     let service_shared = shared.clone();
     let key: Arc<str> = Arc::from(binding.service.as_str());
+    let port = binding.port;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let shared = service_shared.clone();
         let key = key.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &key, request).await) }
+        async move { Ok::<_, Infallible>(handle(&shared, &key, port, request).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
@@ -711,7 +733,12 @@ impl RequestBody {
     }
 }
 
-async fn handle(shared: &Shared, key: &str, request: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    shared: &Shared,
+    key: &str,
+    port: u16,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     let span = tracing::info_span!(
         "outbound",
@@ -721,16 +748,16 @@ async fn handle(shared: &Shared, key: &str, request: Request<Incoming>) -> Respo
         status = tracing::field::Empty,
         zone = tracing::field::Empty,
     );
-    let (response, zone) = route_request(shared, key, request)
+    let (response, zone) = route_request(shared, key, port, request)
         .instrument(span.clone())
         .await;
     let status = response.status();
     span.record("status", status.as_u16());
-    span.record("zone", zone);
+    span.record("zone", zone.as_ref());
     let metrics = &shared.ctx.metrics;
     metrics
         .requests
-        .with_label_values(&[key, zone, status_class(status)])
+        .with_label_values(&[key, zone.as_ref(), status_class(status)])
         .inc();
     metrics
         .duration
@@ -745,12 +772,13 @@ async fn handle(shared: &Shared, key: &str, request: Request<Incoming>) -> Respo
 async fn route_request(
     shared: &Shared,
     key: &str,
+    port: u16,
     request: Request<Incoming>,
-) -> (Response<Body>, &'static str) {
+) -> (Response<Body>, ZoneLabel) {
     let Some(service) = shared.service(key) else {
         return (
             error_response(StatusCode::SERVICE_UNAVAILABLE, "unknown-service"),
-            "none",
+            NONE,
         );
     };
     let policy = service
@@ -773,14 +801,14 @@ async fn route_request(
         tokio::time::sleep(delay).await;
     }
     if let Some(status) = fault.abort {
-        return (error_response(status, "fault-injected"), "none");
+        return (error_response(status, "fault-injected"), NONE);
     }
     let _in_flight = match InFlight::acquire(&service, policy.max_requests) {
         Some(guard) => guard,
         None => {
             return (
                 error_response(StatusCode::SERVICE_UNAVAILABLE, "overflow"),
-                "none",
+                NONE,
             );
         }
     };
@@ -791,18 +819,26 @@ async fn route_request(
         .clone();
     let (parts, body) = match prepare(request, &zone).await {
         Ok(p) => p,
-        Err(response) => return (response, "none"),
+        Err(response) => return (response, NONE),
     };
     match tokio::time::timeout(
         policy.request_timeout,
-        send_with_retries(shared, &service, &policy, subset.as_ref(), parts, body),
+        send_with_retries(
+            shared,
+            &service,
+            &policy,
+            subset.as_ref(),
+            port,
+            parts,
+            body,
+        ),
     )
     .await
     {
         Ok(result) => result,
         Err(_) => (
             error_response(StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
-            "none",
+            NONE,
         ),
     }
 }
@@ -891,29 +927,45 @@ async fn send_with_retries(
     service: &ServiceState,
     policy: &ServicePolicy,
     subset: Option<&Subset>,
+    port: u16,
     parts: http::request::Parts,
     mut body: RequestBody,
-) -> (Response<Body>, &'static str) {
+) -> (Response<Body>, ZoneLabel) {
     let metrics = &shared.ctx.metrics;
     let mut state = RetryState::new(
         parts.method.clone(),
         &mut lock(&service.budget),
         Instant::now(),
     );
+    // What the last failed try answered, for when no target is left to try.
+    let mut last_failure: Option<(Response<Body>, ZoneLabel)> = None;
     loop {
         let target =
             lock(&service.balancer).pick(Instant::now(), &mut rand::rng(), subset, state.tried());
         let Some(target) = target else {
+            if let Some(failure) = last_failure {
+                return failure;
+            }
+            let refusal = lock(&service.last_refusal)
+                .as_ref()
+                .filter(|(at, _, _)| at.elapsed() < REFUSAL_MEMORY)
+                .map(|(_, code, text)| format!("the last gateway refusal was {code}: {text}"))
+                .unwrap_or_default();
             return (
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "no-healthy-upstream"),
-                "none",
+                error_response_with(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no-healthy-upstream",
+                    &refusal,
+                ),
+                NONE,
             );
         };
         let key = target.key();
         state.on_try(key.clone());
         let started = Instant::now();
         lock(&service.balancer).on_start(&key, started);
-        let (outcome, response) = try_once(shared, policy, &target, &parts, &mut body).await;
+        let (outcome, response) =
+            try_once(shared, policy, &target, service, port, &parts, &mut body).await;
         let now = Instant::now();
         let ejection =
             lock(&service.balancer).on_complete(&key, now, now.duration_since(started), outcome);
@@ -949,6 +1001,10 @@ async fn send_with_retries(
                     .with_label_values(&[service.name.as_str()])
                     .inc();
                 tracing::debug!(target = ?key, ?outcome, ?backoff, "retrying");
+                last_failure = Some(match response {
+                    Some(response) => (response, zone),
+                    None => (failure_response(outcome), zone),
+                });
                 tokio::time::sleep(backoff).await;
             }
             RetryDecision::Stop(reason) => {
@@ -962,11 +1018,59 @@ async fn send_with_retries(
     }
 }
 
-fn zone_label(target: &Target) -> &'static str {
+/// The `zone` label of a request: `local`, a remote zone's name (bounded by the federation's
+/// size), or `none` when the sidecar answered itself.
+type ZoneLabel = Cow<'static, str>;
+const NONE: ZoneLabel = Cow::Borrowed("none");
+
+fn zone_label(target: &Target) -> ZoneLabel {
     match target {
-        Target::Endpoint { .. } => "local",
-        // Remote zones are not reached yet (no gateways); the label set stays bounded.
-        Target::Remote { .. } => "remote",
+        Target::Endpoint { .. } => Cow::Borrowed("local"),
+        Target::Remote { zone, .. } => Cow::Owned(zone.clone()),
+    }
+}
+
+/// The remote side of a [`Target::Remote`] for `service` (`namespace/name`) on `port`.
+fn remote<'a>(
+    target: &'a Target,
+    service: &'a str,
+    port: u16,
+    gateway_id: &'a str,
+) -> Option<Remote<'a>> {
+    let Target::Remote {
+        zone,
+        gateways,
+        identities,
+    } = target
+    else {
+        return None;
+    };
+    let (namespace, name) = service.split_once('/')?;
+    Some(Remote {
+        zone,
+        namespace,
+        name,
+        port,
+        identities,
+        gateways,
+        gateway_id,
+    })
+}
+
+/// The answer for a try that could not connect: a gateway's refusal is shown to the app (it
+/// says why another zone could not serve); anything else leaves the final answer to the
+/// retry loop.
+fn connect_failure(err: &ConnectError) -> (Outcome, Option<Response<Body>>) {
+    match err {
+        ConnectError::Refused { .. } | ConnectError::NoGateway => (
+            Outcome::ConnectFailure,
+            Some(error_response_with(
+                StatusCode::SERVICE_UNAVAILABLE,
+                err.error_code(),
+                &err.to_string(),
+            )),
+        ),
+        _ => (Outcome::ConnectFailure, None),
     }
 }
 
@@ -975,29 +1079,57 @@ async fn try_once(
     shared: &Shared,
     policy: &ServicePolicy,
     target: &Target,
+    service: &ServiceState,
+    port: u16,
     parts: &http::request::Parts,
     body: &mut RequestBody,
 ) -> (Outcome, Option<Response<Body>>) {
-    let Target::Endpoint {
-        address, spiffe_id, ..
-    } = target
-    else {
-        // Gateways are not there yet: another zone cannot be reached.
-        return (Outcome::ConnectFailure, None);
+    let name = service.name.as_str();
+    let gateway_id = shared
+        .gateway_id
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let (sender, forget): (_, Box<dyn Fn() + Send + Sync + '_>) = match target {
+        Target::Endpoint {
+            address, spiffe_id, ..
+        } => (
+            shared
+                .pool
+                .sender(address, spiffe_id, policy.connect_timeout)
+                .await,
+            Box::new(move || shared.pool.forget(address)),
+        ),
+        Target::Remote { .. } => {
+            let Some(remote) = remote(target, name, port, &gateway_id) else {
+                return (Outcome::ConnectFailure, None);
+            };
+            (
+                shared
+                    .pool
+                    .remote_sender(&remote, policy.connect_timeout)
+                    .await,
+                Box::new(move || {
+                    if let Some(remote) = self::remote(target, name, port, "") {
+                        shared.pool.forget_remote(&remote);
+                    }
+                }),
+            )
+        }
     };
-    let mut sender = match shared
-        .pool
-        .sender(address, spiffe_id, policy.connect_timeout)
-        .await
-    {
+    let mut sender = match sender {
         Ok(s) => s,
         Err(err) => {
-            tracing::debug!(%address, %err, "connect failed");
-            return (Outcome::ConnectFailure, None);
+            tracing::debug!(?target, %err, "connect failed");
+            if let ConnectError::Refused { .. } = err {
+                *lock(&service.last_refusal) =
+                    Some((Instant::now(), err.error_code(), err.to_string()));
+            }
+            return connect_failure(&err);
         }
     };
     if sender.ready().await.is_err() {
-        shared.pool.forget(address);
+        forget();
         return (Outcome::ConnectFailure, None);
     }
     let Some(request_body) = body.take() else {
@@ -1032,7 +1164,7 @@ async fn try_once(
             )
         }
         Err(err) => {
-            tracing::debug!(%address, %err, "upstream reset");
+            tracing::debug!(?target, %err, "upstream reset");
             (Outcome::Reset, None)
         }
     }
@@ -1069,8 +1201,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn error_response(status: StatusCode, error: &'static str) -> Response<Body> {
+    error_response_with(status, error, "")
+}
+
+/// [`error_response`] with a human-readable detail in the body.
+fn error_response_with(status: StatusCode, error: &'static str, detail: &str) -> Response<Body> {
+    let text = if detail.is_empty() {
+        format!("{error}\n")
+    } else {
+        format!("{error}: {detail}\n")
+    };
     let mut response = Response::new(
-        Full::new(Bytes::from(format!("{error}\n")))
+        Full::new(Bytes::from(text))
             .map_err(|never: Infallible| match never {})
             .boxed(),
     );
@@ -1089,7 +1231,11 @@ fn error_response(status: StatusCode, error: &'static str) -> Response<Body> {
 
 // === TCP ===
 
-async fn tcp_proxy(shared: &Shared, mut downstream: TcpStream, key: &str) {
+/// The upstream side of a proxied TCP connection: direct or through a tunnel.
+trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Upstream for T {}
+
+async fn tcp_proxy(shared: &Shared, mut downstream: TcpStream, key: &str, port: u16) {
     let metrics = &shared.ctx.metrics;
     let outcome = |result: &str| metrics.tcp.with_label_values(&[key, result]).inc();
     let Some(service) = shared.service(key) else {
@@ -1114,17 +1260,33 @@ async fn tcp_proxy(shared: &Shared, mut downstream: TcpStream, key: &str) {
         state.on_try(key.clone());
         let started = Instant::now();
         lock(&service.balancer).on_start(&key, started);
-        let connected = match &target {
+        let connected: Result<Box<dyn Upstream>, ConnectError> = match &target {
             Target::Endpoint {
                 address, spiffe_id, ..
             } => shared
                 .pool
                 .connect(address, spiffe_id, ALPN_TCP, policy.connect_timeout)
                 .await
-                .map_err(|err| tracing::debug!(%address, %err, "TCP connect failed"))
-                .ok(),
-            Target::Remote { .. } => None,
+                .map(|s| Box::new(s) as Box<dyn Upstream>),
+            Target::Remote { .. } => {
+                let gateway_id = shared
+                    .gateway_id
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                match remote(&target, &service.name, port, &gateway_id) {
+                    Some(remote) => shared
+                        .pool
+                        .connect_remote(&remote, ALPN_TCP, policy.connect_timeout)
+                        .await
+                        .map(|s| Box::new(s) as Box<dyn Upstream>),
+                    None => Err(ConnectError::NoGateway),
+                }
+            }
         };
+        let connected = connected
+            .map_err(|err| tracing::debug!(?target, %err, "TCP connect failed"))
+            .ok();
         let now = Instant::now();
         let result = if connected.is_some() {
             Outcome::Response(200)
@@ -1168,148 +1330,6 @@ async fn tcp_proxy(shared: &Shared, mut downstream: TcpStream, key: &str) {
     match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(service = key, up, down, "TCP connection finished"),
         Err(err) => tracing::debug!(service = key, %err, "TCP connection ended with an error"),
-    }
-}
-
-// === connections to other sidecars ===
-
-#[derive(Debug, thiserror::Error)]
-enum ConnectError {
-    #[error("invalid SPIFFE ID {0:?}")]
-    Identity(String),
-    #[error("TLS setup: {0}")]
-    Tls(#[from] strait_trust::Error),
-    #[error("connect: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("timed out")]
-    Timeout,
-    #[error("the server did not agree to ALPN {0}")]
-    Alpn(String),
-    #[error("HTTP/2 handshake: {0}")]
-    Http(#[from] hyper::Error),
-}
-
-type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
-type TlsKey = (String, &'static [u8]);
-type Slot = Arc<tokio::sync::Mutex<Option<(String, SendRequest<Body>)>>>;
-
-/// Mutual TLS connections to destination sidecars: one pooled HTTP/2 connection per
-/// endpoint (HTTP/2 multiplexes every request on it), fresh ones for TCP.
-struct Pool {
-    creds: CredentialStore,
-    trust: TrustStore,
-    /// By endpoint address.
-    h2: Mutex<HashMap<String, Slot>>,
-    /// TLS client configs by (expected SPIFFE ID, ALPN); the credentials inside are live.
-    tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
-}
-
-impl Pool {
-    fn new(creds: CredentialStore, trust: TrustStore) -> Self {
-        Self {
-            creds,
-            trust,
-            h2: Mutex::default(),
-            tls: Mutex::default(),
-        }
-    }
-
-    /// Drops pooled connections to endpoints no longer in the config.
-    fn retain(&self, addresses: &HashSet<String>) {
-        lock(&self.h2).retain(|a, _| addresses.contains(a));
-    }
-
-    fn forget(&self, address: &str) {
-        lock(&self.h2).remove(address);
-    }
-
-    fn tls_config(
-        &self,
-        spiffe_id: &str,
-        alpn: &'static [u8],
-    ) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-        let mut cache = lock(&self.tls);
-        if let Some(config) = cache.get(&(spiffe_id.to_owned(), alpn)) {
-            return Ok(config.clone());
-        }
-        let id: SpiffeId = spiffe_id
-            .parse()
-            .map_err(|_| ConnectError::Identity(spiffe_id.to_owned()))?;
-        let config = Arc::new(strait_trust::client_config(
-            &self.creds,
-            &self.trust,
-            Arc::new(AllowExactly(vec![id])),
-            vec![alpn.to_vec()],
-        )?);
-        cache.insert((spiffe_id.to_owned(), alpn), config.clone());
-        Ok(config)
-    }
-
-    /// A new mutual TLS connection to `address`, whose certificate must be `spiffe_id`.
-    async fn connect(
-        &self,
-        address: &str,
-        spiffe_id: &str,
-        alpn: &'static [u8],
-        timeout: Duration,
-    ) -> Result<TlsStream, ConnectError> {
-        let config = self.tls_config(spiffe_id, alpn)?;
-        let connect = async {
-            let tcp = TcpStream::connect(address).await?;
-            let _ = tcp.set_nodelay(true);
-            let name = rustls_pki_types::ServerName::try_from(SERVER_NAME)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok::<_, ConnectError>(tls)
-        };
-        let tls = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| ConnectError::Timeout)??;
-        if tls.get_ref().1.alpn_protocol() != Some(alpn) {
-            return Err(ConnectError::Alpn(
-                String::from_utf8_lossy(alpn).into_owned(),
-            ));
-        }
-        Ok(tls)
-    }
-
-    /// The pooled HTTP/2 connection to `address`, opened when there is none (or it closed).
-    async fn sender(
-        &self,
-        address: &str,
-        spiffe_id: &str,
-        timeout: Duration,
-    ) -> Result<SendRequest<Body>, ConnectError> {
-        let slot = lock(&self.h2)
-            .entry(address.to_owned())
-            .or_default()
-            .clone();
-        // One connect per endpoint at a time: concurrent requests wait for it and share it.
-        let mut guard = slot.lock().await;
-        if let Some((id, sender)) = guard.as_ref()
-            && id == spiffe_id
-            && !sender.is_closed()
-        {
-            return Ok(sender.clone());
-        }
-        *guard = None;
-        let tls = self.connect(address, spiffe_id, ALPN_H2, timeout).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(H2_KEEPALIVE)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
-            .await?;
-        let address_owned = address.to_owned();
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(address = %address_owned, %err, "upstream HTTP/2 connection ended");
-            }
-        });
-        *guard = Some((spiffe_id.to_owned(), sender.clone()));
-        Ok(sender)
     }
 }
 

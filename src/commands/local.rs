@@ -50,6 +50,9 @@ pub struct UpArgs {
     /// How often zones check whether their certificates need renewing (default 30s).
     #[arg(long)]
     renew_check_interval: Option<String>,
+    /// East-west gateway replicas per zone.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=8))]
+    gateways: u16,
     /// Also start the demo workloads in namespace `demo`: `echo` (v1 and v2) and a client in
     /// every zone, `ledger` in the last zone.
     #[arg(long)]
@@ -181,6 +184,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let result = async {
         let api_addrs = start_global(&plan, args.global_nodes, &mut records).await?;
         start_zones(&plan, &api_addrs, &zones, &regions, &mut records).await?;
+        start_gateways(&plan, &api_addrs, &zones, args.gateways, &mut records).await?;
         if args.demo {
             start_demo(&plan, &api_addrs, &zones, &mut records).await?;
         }
@@ -324,9 +328,10 @@ async fn start_zones(
 ) -> anyhow::Result<()> {
     let dir = plan.dir;
     let client = AdminClient::new(&client_config(dir, api_addrs))?;
-    let ports = crate::local::ports::free_loopback_ports(zones.len() * 2)?;
-    for ((index, zone), pair) in zones.iter().enumerate().zip(ports.chunks(2)) {
-        let [api, admin]: [SocketAddr; 2] = pair.try_into().context("port allocation")?;
+    // api, admin, and dns (UDP and TCP on the same port).
+    let ports = crate::local::ports::free_loopback_ports(zones.len() * 3)?;
+    for ((index, zone), triple) in zones.iter().enumerate().zip(ports.chunks(3)) {
+        let [api, admin, dns]: [SocketAddr; 3] = triple.try_into().context("port allocation")?;
         let region = regions
             .get(zone)
             .cloned()
@@ -359,10 +364,12 @@ async fn start_zones(
         args.extend(flag("--trust-domain", TRUST_DOMAIN));
         args.extend(flag("--listen", api));
         args.extend(flag("--admin-listen", admin));
+        args.extend(flag("--dns", dns));
         args.extend(plan.tuning.zone.iter().cloned());
         let addresses = [
             ("api", api.to_string()),
             ("admin", admin.to_string()),
+            ("dns", dns.to_string()),
             ("vip_cidr", vip_cidr),
         ];
         start(
@@ -379,6 +386,75 @@ async fn start_zones(
         )?;
     }
     Ok(())
+}
+
+/// Starts `replicas` east-west gateways in every zone: each with a gateway token, a QUIC port
+/// other zones reach (its public address), an HTTP/2 CONNECT port for its zone's sidecars and
+/// an admin port.
+async fn start_gateways(
+    plan: &Plan<'_>,
+    api_addrs: &[String],
+    zones: &[String],
+    replicas: u16,
+    records: &mut Vec<ProcessRecord>,
+) -> anyhow::Result<()> {
+    let dir = plan.dir;
+    let client = AdminClient::new(&client_config(dir, api_addrs))?;
+    let bundle = dir.join("admin/bundle.pem");
+    for zone in zones {
+        let zone_api = zone_api(records, zone)?;
+        for replica in 1..=replicas {
+            let name = format!("gateway-{zone}-{replica}");
+            let token = workload_token(&client, zone, "", "gateway").await?;
+            let token_file = dir.join("tokens").join(format!("{name}.token"));
+            write_private(&token_file, &token)?;
+            let [local, admin]: [SocketAddr; 2] = crate::local::ports::free_loopback_ports(2)?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("port allocation"))?;
+            let quic = *crate::local::ports::free_loopback_udp_ports(1)?
+                .first()
+                .context("UDP port allocation")?;
+            let mut args: Vec<String> = ["gateway", "run"].map(str::to_owned).to_vec();
+            args.extend(flag("--zone-cp", &zone_api));
+            args.extend(flag("--zone", zone));
+            args.extend(flag("--token-file", token_file.display()));
+            args.extend(flag("--instance", &name));
+            args.extend(flag("--quic", quic));
+            args.extend(flag("--public-address", quic));
+            args.extend(flag("--local", local));
+            args.extend(flag("--admin", admin));
+            args.extend(flag("--bundle-file", bundle.display()));
+            args.extend(flag("--trust-domain", TRUST_DOMAIN));
+            let addresses = [
+                ("quic", quic.to_string()),
+                ("local", local.to_string()),
+                ("admin", admin.to_string()),
+            ];
+            start(
+                plan,
+                spec(
+                    plan,
+                    name,
+                    ProcessKind::Gateway,
+                    Some(zone.clone()),
+                    args,
+                    &addresses,
+                ),
+                records,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The `api` address of zone `zone`'s control plane among the started processes.
+fn zone_api(records: &[ProcessRecord], zone: &str) -> anyhow::Result<String> {
+    records
+        .iter()
+        .find(|r| r.name == format!("zone-{zone}"))
+        .and_then(|r| r.address("api"))
+        .map(str::to_owned)
+        .with_context(|| format!("zone-{zone} is not among the started processes"))
 }
 
 /// Port every demo app listens on (on its own loopback address).
@@ -400,12 +476,7 @@ async fn start_demo(
     let client = AdminClient::new(&client_config(dir, api_addrs))?;
     let bundle = dir.join("admin/bundle.pem");
     for (z, zone) in zones.iter().enumerate() {
-        let zone_api = records
-            .iter()
-            .find(|r| r.name == format!("zone-{zone}"))
-            .and_then(|r| r.address("api"))
-            .context("zone process not found")?
-            .to_owned();
+        let zone_api = zone_api(records, zone)?;
         let mut workloads: Vec<(&str, Option<&str>)> =
             vec![("echo", Some("v1")), ("echo", Some("v2"))];
         if z + 1 == zones.len() {
@@ -415,7 +486,7 @@ async fn start_demo(
         let admin_ports = crate::local::ports::free_loopback_ports(workloads.len())?;
         for (n, ((service, version), admin)) in workloads.iter().zip(admin_ports).enumerate() {
             let host = format!("127.1.{z}.{}", n + 1);
-            let token = workload_token(&client, zone, service).await?;
+            let token = workload_token(&client, zone, "demo", service).await?;
             let token_file = dir.join("tokens").join(format!("{service}-{zone}.token"));
             write_private(&token_file, &token)?;
             let name = match version {
@@ -481,10 +552,16 @@ async fn start_demo(
     Ok(())
 }
 
-async fn workload_token(client: &AdminClient, zone: &str, service: &str) -> anyhow::Result<String> {
+/// A bootstrap token for `service` in `namespace` (a gateway: service `gateway`, no namespace).
+async fn workload_token(
+    client: &AdminClient,
+    zone: &str,
+    namespace: &str,
+    service: &str,
+) -> anyhow::Result<String> {
     let request = pb::CreateWorkloadTokenRequest {
         zone: zone.to_owned(),
-        namespace: "demo".to_owned(),
+        namespace: namespace.to_owned(),
         service: service.to_owned(),
         service_account: String::new(),
         ttl_seconds: 0,
@@ -498,7 +575,8 @@ async fn workload_token(client: &AdminClient, zone: &str, service: &str) -> anyh
     Ok(reply.token)
 }
 
-/// Prints a `curl` line for echo's VIP in the first zone, once global shows it.
+/// Prints a `curl` line for echo's VIP in the first zone, once global shows it, and a `dig`
+/// line for its name at that zone's DNS server.
 async fn demo_hint(dir: &Path, zone: &str) {
     let Ok(config) = ClientConfig::load(&dir.join("config.yaml")) else {
         return;
@@ -520,6 +598,19 @@ async fn demo_hint(dir: &Path, zone: &str) {
             eprintln!(
                 "  curl http://{vip}:{DEMO_PORT}/        # echo, called by zone {zone}'s client"
             );
+            let dns = processes::read(dir).ok().and_then(|records| {
+                records
+                    .into_iter()
+                    .find(|r| r.name == format!("zone-{zone}"))
+                    .and_then(|r| r.address("dns").and_then(|a| a.parse::<SocketAddr>().ok()))
+            });
+            if let Some(dns) = dns {
+                eprintln!(
+                    "  dig @{} -p {} echo.demo.svc.clusterset.local        # zone {zone}'s DNS",
+                    dns.ip(),
+                    dns.port()
+                );
+            }
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -2,6 +2,7 @@
 //! prints the result.
 
 pub mod admin;
+pub mod gateway;
 pub mod global;
 pub mod local;
 pub mod sidecar;

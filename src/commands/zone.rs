@@ -48,6 +48,12 @@ pub struct RunArgs {
     /// How often to check whether certificates need renewing.
     #[arg(long, value_parser = humantime::parse_duration)]
     renew_check_interval: Option<Duration>,
+    /// Serve authoritative DNS (clusterset.local, mesh.local) on this address, UDP and TCP.
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// TTL of DNS answers, whole seconds (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    dns_ttl: Option<Duration>,
 }
 
 impl RunArgs {
@@ -87,8 +93,12 @@ impl RunArgs {
             admin_listen,
             registration_grace,
             workload_cert_validity,
-            renew_check_interval
+            renew_check_interval,
+            dns_ttl
         );
+        if self.dns.is_some() {
+            config.dns = self.dns;
+        }
         if self.token_file.is_some() {
             config.token_file = self.token_file;
         }
@@ -114,6 +124,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.admin_listen))?;
-    strait_zone::node::run(config, grpc, admin, super::global::shutdown_signal()).await?;
+    let dns = match config.dns {
+        Some(addr) => Some(strait_zone::dns::server::DnsSockets::bind(addr).await?),
+        None => None,
+    };
+    strait_zone::node::run_with_dns(config, grpc, admin, dns, super::global::shutdown_signal())
+        .await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Loopback addresses for a local federation: free TCP ports, and per-zone VIP ranges.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 
 /// The first octet pair of zone VIP ranges: zone 0 gets `127.240.0.0/16`, zone 1
 /// `127.241.0.0/16`, and so on up to `127.255.0.0/16`.
@@ -30,6 +30,20 @@ pub fn free_loopback_ports(n: usize) -> Result<Vec<SocketAddr>, PortsError> {
     listeners
         .iter()
         .map(TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PortsError::Bind)
+}
+
+/// `n` distinct free UDP ports on 127.0.0.1 (for QUIC listeners), with the same small race
+/// as [`free_loopback_ports`].
+pub fn free_loopback_udp_ports(n: usize) -> Result<Vec<SocketAddr>, PortsError> {
+    let sockets = (0..n)
+        .map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PortsError::Bind)?;
+    sockets
+        .iter()
+        .map(UdpSocket::local_addr)
         .collect::<Result<Vec<_>, _>>()
         .map_err(PortsError::Bind)
 }
@@ -70,6 +84,10 @@ mod tests {
         let first = addrs.first().ok_or("no port")?;
         TcpListener::bind(first)?;
         assert!(free_loopback_ports(0)?.is_empty());
+        let udp = free_loopback_udp_ports(3)?;
+        let distinct: std::collections::BTreeSet<_> = udp.iter().map(SocketAddr::port).collect();
+        assert_eq!(distinct.len(), 3, "{udp:?}");
+        UdpSocket::bind(udp.first().ok_or("no port")?)?;
         Ok(())
     }
 

@@ -20,6 +20,8 @@
 //! ```
 //!
 //! `node_id` is there for global nodes only; `zone` is `null` for processes outside a zone.
+//! A zone control plane's `addresses` are `api`, `admin`, `dns` (its DNS server, UDP and TCP
+//! on the same port) and `vip_cidr`.
 
 use std::collections::BTreeMap;
 use std::io::Write;

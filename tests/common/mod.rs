@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod demo;
 pub mod sidecar;
 
 use nix::sys::signal::{Signal, killpg};

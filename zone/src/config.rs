@@ -48,6 +48,13 @@ pub struct ZoneConfig {
     /// for renewal (at 2/3 of its life).
     #[serde(default = "default_renew_check_interval", with = "humantime_serde")]
     pub renew_check_interval: Duration,
+    /// Where the authoritative DNS server listens, UDP and TCP (`clusterset.local`,
+    /// `mesh.local`); none serves no DNS.
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
+    /// TTL of every DNS answer, and of negative answers.
+    #[serde(default = "default_dns_ttl", with = "humantime_serde")]
+    pub dns_ttl: Duration,
 }
 
 fn default_region() -> String {
@@ -80,6 +87,10 @@ fn default_workload_cert_validity() -> Duration {
 
 fn default_renew_check_interval() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_dns_ttl() -> Duration {
+    crate::dns::DEFAULT_TTL
 }
 
 /// `VipCidr` has no serde support of its own; it is written as its `a.b.c.d/len` text.
@@ -134,6 +145,8 @@ impl ZoneConfig {
             registration_grace: default_registration_grace(),
             workload_cert_validity: default_workload_cert_validity(),
             renew_check_interval: default_renew_check_interval(),
+            dns: None,
+            dns_ttl: default_dns_ttl(),
         }
     }
 
@@ -183,6 +196,17 @@ impl ZoneConfig {
         }
         if self.renew_check_interval.is_zero() {
             return Err(invalid("renew_check_interval", "must be above zero"));
+        }
+        if let Some(dns) = self.dns
+            && dns.port() != 0
+            && (dns == self.listen || dns == self.admin_listen)
+        {
+            return Err(invalid("dns", "must differ from listen and admin_listen"));
+        }
+        // Whole seconds: DNS TTLs have no finer unit. A day is far beyond any use: a stale
+        // answer would outlive a service that moved.
+        if self.dns_ttl.subsec_nanos() != 0 || self.dns_ttl > Duration::from_secs(86_400) {
+            return Err(invalid("dns_ttl", "must be whole seconds, at most 1d"));
         }
         Ok(())
     }
@@ -237,7 +261,12 @@ mod tests {
         assert_eq!(c.vip_cidr.to_string(), "127.241.0.0/16");
         assert_eq!(c.registration_grace, Duration::from_secs(3));
         assert_eq!(c.trust_domain, "strait.local");
+        assert_eq!((c.dns, c.dns_ttl), (None, Duration::from_secs(5)));
         c.validate().unwrap();
+        let dns = ZoneConfig::from_yaml(&format!("{yaml}dns: 127.0.0.1:5353\ndns_ttl: 30s\n"), "z")
+            .unwrap();
+        assert_eq!(dns.dns, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(dns.dns_ttl, Duration::from_secs(30));
 
         let err = ZoneConfig::from_yaml(&format!("{yaml}bogus: 1\n"), "zone.yaml").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
@@ -266,5 +295,11 @@ mod tests {
         let mut c = config();
         c.renew_check_interval = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().field, "renew_check_interval");
+        let mut c = config();
+        c.dns = Some(c.listen);
+        assert_eq!(c.validate().unwrap_err().field, "dns");
+        let mut c = config();
+        c.dns_ttl = Duration::from_millis(1500);
+        assert_eq!(c.validate().unwrap_err().field, "dns_ttl");
     }
 }

@@ -32,10 +32,55 @@ pub struct Instance {
     pub healthy: bool,
 }
 
-/// Every instance registered in this zone, by service then instance name.
+/// Every instance registered in this zone, by service then instance name, and the zone's
+/// east-west gateways by instance name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalInventory {
     pub instances: BTreeMap<ServiceKey, BTreeMap<String, Instance>>,
+    pub gateways: BTreeMap<String, Instance>,
+}
+
+/// Gateways register in the same registry as workload instances, so they get the same grace,
+/// persistence and takeover rules, under this reserved key: namespaces are DNS labels, so an
+/// empty one never names a workload's service.
+pub fn gateway_key() -> ServiceKey {
+    ServiceKey {
+        namespace: String::new(),
+        name: "gateway".to_owned(),
+    }
+}
+
+/// The label that carries a gateway's public (QUIC) address; its `inbound_address` is the
+/// local (HTTP/2 CONNECT) address this zone's sidecars use.
+pub const PUBLIC_ADDRESS_LABEL: &str = "strait.dev/public-address";
+
+impl Instance {
+    /// A gateway replica of zone `locality.zone`, as the registry keeps it.
+    pub fn gateway(
+        instance: String,
+        locality: pb::Locality,
+        local_address: String,
+        public_address: String,
+        identity: String,
+    ) -> Self {
+        Instance {
+            service: gateway_key(),
+            instance,
+            ports: Vec::new(),
+            labels: BTreeMap::from([(PUBLIC_ADDRESS_LABEL.to_owned(), public_address)]),
+            locality,
+            inbound_address: local_address,
+            identity,
+            healthy: true,
+        }
+    }
+
+    /// A gateway's public address (empty for a workload instance).
+    pub fn public_address(&self) -> &str {
+        self.labels
+            .get(PUBLIC_ADDRESS_LABEL)
+            .map_or("", String::as_str)
+    }
 }
 
 /// Receives every change of the [`LocalInventory`].
@@ -52,7 +97,11 @@ impl LocalInventory {
                 let mut localities: BTreeMap<(String, String, String), (u32, u32)> =
                     BTreeMap::new();
                 let mut ports: Vec<pb::Port> = Vec::new();
+                let mut identities: Vec<String> = Vec::new();
                 for instance in instances.values() {
+                    if !identities.contains(&instance.identity) {
+                        identities.push(instance.identity.clone());
+                    }
                     let l = &instance.locality;
                     let counts = localities
                         .entry((l.region.clone(), l.zone.clone(), l.subzone.clone()))
@@ -68,6 +117,7 @@ impl LocalInventory {
                     }
                 }
                 ports.sort_by_key(|p| p.port);
+                identities.sort();
                 pb::ExportedService {
                     service: Some(pb::ServiceRef {
                         namespace: key.namespace.clone(),
@@ -88,8 +138,31 @@ impl LocalInventory {
                             },
                         )
                         .collect(),
+                    identities,
                 }
             })
+            .collect()
+    }
+
+    /// The gateways other zones reach this zone through (their public QUIC addresses).
+    pub fn gateway_endpoints(&self) -> Vec<pb::GatewayEndpoint> {
+        self.gateways
+            .values()
+            .filter(|g| g.healthy && !g.public_address().is_empty())
+            .map(|g| pb::GatewayEndpoint {
+                address: g.public_address().to_owned(),
+                instance: g.instance.clone(),
+                locality: Some(g.locality.clone()),
+            })
+            .collect()
+    }
+
+    /// Where this zone's sidecars reach its gateways (HTTP/2 CONNECT over mTLS), sorted.
+    pub fn local_gateway_addresses(&self) -> Vec<String> {
+        self.gateways
+            .values()
+            .filter(|g| g.healthy)
+            .map(|g| g.inbound_address.clone())
             .collect()
     }
 

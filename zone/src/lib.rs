@@ -10,6 +10,7 @@
 //!   `strait_proto::vip`, shared with global and the sidecars);
 //! - [`identity`]: the workload CA (`strait.v1.Identity`);
 //! - [`discovery`]: sidecar registration and config push (`strait.v1.Discovery`);
+//! - [`dns`]: the authoritative DNS server for `clusterset.local` and `mesh.local`;
 //! - [`node`]: running a zone control plane.
 //!
 //! # Data directory
@@ -24,6 +25,7 @@
 pub mod config;
 pub mod credentials;
 pub mod discovery;
+pub mod dns;
 pub mod federation;
 pub mod identity;
 pub mod inventory;

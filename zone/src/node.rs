@@ -1,6 +1,6 @@
 //! Running a zone control plane: credentials (join once, then load), the persisted federation
-//! view, the workload CA and the discovery server over TLS, the sync stream with global and
-//! the admin HTTP endpoints, until shutdown.
+//! view, the workload CA and the discovery server over TLS, the sync stream with global, the
+//! DNS server (when configured) and the admin HTTP endpoints, until shutdown.
 //!
 //! Static stability is the order of things here: the persisted federation snapshot is
 //! published *before* anything is served or global is contacted, and `/ready` needs only
@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use crate::config::{ConfigError, ZoneConfig};
 use crate::credentials::{ALPN_H2, CredentialsError, ZoneCredentials, create_private_dir};
 use crate::discovery::{DiscoveryConfig, DiscoveryError, DiscoveryServer};
+use crate::dns::DnsSettings;
+use crate::dns::server::{DnsError, DnsMetrics, DnsSockets};
 use crate::federation::FederationView;
 use crate::identity::{IdentityConfig, IdentityError, IdentityService};
 use crate::store::{StoreError, ZoneStore};
@@ -40,6 +42,8 @@ pub enum ZoneError {
     Identity(#[from] IdentityError),
     #[error("discovery server: {0}")]
     Discovery(#[from] DiscoveryError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
     #[error("TLS setup: {0}")]
     Tls(#[from] strait_trust::Error),
     #[error("metrics setup: {0}")]
@@ -58,10 +62,27 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// A first start joins the federation with `config.token_file` (and fails with the reason
 /// global gave, or "wrong federation" on a pin mismatch, or "no global reachable"); later
 /// starts load the credentials from `config.data_dir` and need neither the token nor global.
+///
+/// With `config.dns` set, the DNS sockets are bound here; [`run_with_dns`] takes them bound.
 pub async fn run(
     config: ZoneConfig,
     grpc: TcpListener,
     admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ZoneError> {
+    let dns = match config.dns {
+        Some(addr) => Some(DnsSockets::bind(addr).await?),
+        None => None,
+    };
+    run_with_dns(config, grpc, admin, dns, shutdown).await
+}
+
+/// [`run`] with the DNS server's sockets bound by the caller (none: no DNS server).
+pub async fn run_with_dns(
+    config: ZoneConfig,
+    grpc: TcpListener,
+    admin: TcpListener,
+    dns: Option<DnsSockets>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ZoneError> {
     config.validate()?;
@@ -121,6 +142,11 @@ pub async fn run(
         discovery.metrics().clone(),
     ])))?;
     let sync_metrics = SyncMetrics::new(&registry)?;
+    // The DNS server answers from the services the sidecars bind listeners on.
+    let dns = match dns {
+        Some(sockets) => Some((sockets, discovery.services(), DnsMetrics::new(&registry)?)),
+        None => None,
+    };
 
     let mut global = config.global.clone();
     for addr in &creds.record.global_addresses {
@@ -172,6 +198,21 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     let sync_task = tokio::spawn(sync.run(stopped(stop_rx.clone())));
+    let dns_task = dns.map(|(sockets, services, metrics)| {
+        let addr = sockets.local_addr().ok();
+        let settings = DnsSettings {
+            ttl: config.dns_ttl,
+            ns_address: addr.map(|a| a.ip()).filter(|ip| !ip.is_unspecified()),
+        };
+        tracing::info!(dns = ?addr, ttl = ?config.dns_ttl, "DNS serving clusterset.local and mesh.local");
+        tokio::spawn(crate::dns::server::run(
+            sockets,
+            services,
+            settings,
+            metrics,
+            stopped(stop_rx.clone()),
+        ))
+    });
 
     let served = tonic::transport::Server::builder()
         .add_service(pb::identity_server::IdentityServer::new(identity))
@@ -193,6 +234,10 @@ pub async fn run(
     readiness_task.abort();
     sync_task.abort();
     admin_task.abort();
+    if let Some(dns_task) = dns_task {
+        dns_task.abort();
+        let _ = dns_task.await;
+    }
     let _ = sync_task.await;
     let _ = admin_task.await;
     served?;

@@ -96,6 +96,8 @@ pub struct SyncState {
     view_version: u64,
     /// The inventory as discovery has it now.
     current: Vec<pb::ExportedService>,
+    /// This zone's gateways as discovery has them now (reported with the services).
+    gateways: Vec<pb::GatewayEndpoint>,
     /// What global was last told (persisted): a report smaller than this waits for the grace.
     last_reported: Vec<pb::ExportedService>,
     last_version: u64,
@@ -128,6 +130,7 @@ impl SyncState {
             grace_until: now + grace,
             view_version: persisted.snapshot_version,
             current,
+            gateways: Vec::new(),
             last_reported,
             last_version,
             dirty_since: None,
@@ -191,6 +194,16 @@ impl SyncState {
         self.view_version = self.view_version.max(version);
     }
 
+    /// Discovery's gateways changed. Reported like a service change (a report carries both);
+    /// the grace rule does not hold it back: gateways are addresses, not capacity.
+    pub fn gateways_changed(&mut self, gateways: Vec<pb::GatewayEndpoint>, now: Instant) {
+        if gateways == self.gateways {
+            return;
+        }
+        self.gateways = gateways;
+        self.dirty_since.get_or_insert(now);
+    }
+
     /// Discovery's inventory changed.
     pub fn inventory_changed(&mut self, services: Vec<pb::ExportedService>, now: Instant) {
         if services == self.current {
@@ -226,7 +239,7 @@ impl SyncState {
         Some(pb::InventoryReport {
             version,
             services: self.current.clone(),
-            gateways: Vec::new(),
+            gateways: self.gateways.clone(),
         })
     }
 
@@ -479,8 +492,11 @@ impl SyncClient {
             None => None,
         };
         let snapshot_version = federation.borrow().version();
-        let current = inventory.borrow().exported_services();
-        let state = SyncState::new(
+        let (current, gateways) = {
+            let inventory = inventory.borrow();
+            (inventory.exported_services(), inventory.gateway_endpoints())
+        };
+        let mut state = SyncState::new(
             config.zone.clone(),
             config.region.clone(),
             config.vip_cidr.clone(),
@@ -492,6 +508,7 @@ impl SyncClient {
             current,
             Instant::now(),
         );
+        state.gateways_changed(gateways, Instant::now());
         metrics
             .snapshot_version
             .set(i64::try_from(snapshot_version).unwrap_or(i64::MAX));
@@ -613,8 +630,10 @@ impl SyncClient {
                 },
                 changed = self.inventory.changed(), if inventory_open => match changed {
                     Ok(()) => {
-                        let services = self.inventory.borrow_and_update().exported_services();
-                        self.state.inventory_changed(services, Instant::now());
+                        let inventory = self.inventory.borrow_and_update().clone();
+                        let now = Instant::now();
+                        self.state.inventory_changed(inventory.exported_services(), now);
+                        self.state.gateways_changed(inventory.gateway_endpoints(), now);
                     }
                     Err(_) => {
                         // Discovery stopped (shutdown): keep what global has.
@@ -790,6 +809,7 @@ mod tests {
                 healthy: total,
                 total,
             }],
+            identities: vec![],
         }
     }
 

@@ -208,6 +208,7 @@ fn view(services: &[&str]) -> FederationView {
                         healthy: 2,
                         total: 3,
                     }],
+                    identities: vec![format!("spiffe://strait.local/ns/demo/sa/{s}")],
                 })
                 .collect(),
             ..Default::default()

@@ -139,6 +139,9 @@ pub fn inventory(zone: &str, count: usize) -> pb::InventoryReport {
                 healthy: 2,
                 total: 2,
             }],
+            identities: vec![format!(
+                "spiffe://strait.local/ns/{NAMESPACE}/sa/svc-{zone}-{i:05}"
+            )],
         })
         .collect();
     pb::InventoryReport {

@@ -203,6 +203,10 @@ pub struct LocalityCount {
 pub struct ExportedService {
     pub ports: Vec<Port>,
     pub localities: Vec<LocalityCount>,
+    /// The SPIFFE IDs of the zone's instances: other zones' sidecars require one of them at
+    /// the end of a tunnel.
+    #[serde(default)]
+    pub identities: Vec<String>,
 }
 
 impl ExportedService {

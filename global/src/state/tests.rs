@@ -105,6 +105,7 @@ fn svc(name: &str) -> ServiceKey {
 
 fn exported(healthy: u32, total: u32) -> ExportedService {
     ExportedService {
+        identities: Vec::new(),
         ports: vec![Port {
             name: "http".into(),
             port: 8080,

@@ -13,8 +13,9 @@
 //! - The ring provider, passed explicitly: nothing depends on a process-wide default.
 //! - **Session resumption is off** on both sides. A resumed session skips certificate
 //!   verification, so with resumption a removed root or a newly denied identity would still
-//!   get in until the ticket expires. Callers that want 0-RTT (the QUIC gateways) can turn it
-//!   back on in the returned config, knowing that.
+//!   get in until the ticket expires. The exceptions are [`quic_server_config`] and
+//!   [`quic_client_config`] (the QUIC gateways, for 0-RTT), whose callers re-check the peer
+//!   after the handshake.
 //! - The server name given to a client connector is ignored for verification (SPIFFE
 //!   certificates have no DNS names); any valid name works, e.g. `"strait"`.
 
@@ -26,7 +27,7 @@ use std::sync::Arc;
 
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
-use rustls::server::NoServerSessionStorage;
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::CertificateDer;
 
@@ -107,6 +108,49 @@ pub fn client_config(
         .with_client_cert_resolver(Arc::new(creds.clone()));
     config.alpn_protocols = alpn;
     config.resumption = Resumption::disabled();
+    Ok(config)
+}
+
+/// Sessions a QUIC server or client keeps for resumption (a gateway talks to a few dozen
+/// peers at most; each entry is a few hundred bytes).
+const QUIC_SESSION_CACHE: usize = 1024;
+
+/// Like [`server_config`], for QUIC with **resumption and 0-RTT on**: sessions are kept in a
+/// stateful in-memory cache (rustls accepts early data only with stateful resumption), and
+/// `max_early_data_size` is `u32::MAX`, the value QUIC requires (RFC 9001 §4.6.1).
+///
+/// rustls accepts 0-RTT together with client authentication: a resumed session restores the
+/// client's certificate chain from the cache, so `peer_certificates()` is there from the first
+/// flight. It is **not verified again** on resumption (nor is `authorizer` called), so a
+/// caller must re-check the peer after the handshake against the trust and authorization in
+/// force *now* (for example with [`verify_peer`] on the restored chain) if a root removal or a
+/// newly denied identity must take effect on resumed connections too. Early data can be
+/// replayed by an attacker who captured it: only accept idempotent openings in it.
+pub fn quic_server_config(
+    creds: &CredentialStore,
+    trust: &TrustStore,
+    authorizer: Arc<dyn Authorize>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<ServerConfig> {
+    let mut config = server_config(creds, trust, authorizer, alpn)?;
+    config.session_storage = ServerSessionMemoryCache::new(QUIC_SESSION_CACHE);
+    config.send_tls13_tickets = 2;
+    config.max_early_data_size = u32::MAX;
+    Ok(config)
+}
+
+/// Like [`client_config`], for QUIC with **resumption and 0-RTT on**: tickets are kept in
+/// memory per server name and early data is offered on resumption. A resumed connection does
+/// not verify the server's certificate again (see [`quic_server_config`] for what that means).
+pub fn quic_client_config(
+    creds: &CredentialStore,
+    trust: &TrustStore,
+    authorizer: Arc<dyn Authorize>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<ClientConfig> {
+    let mut config = client_config(creds, trust, authorizer, alpn)?;
+    config.resumption = Resumption::in_memory_sessions(QUIC_SESSION_CACHE);
+    config.enable_early_data = true;
     Ok(config)
 }
 

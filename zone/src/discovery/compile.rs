@@ -16,8 +16,9 @@
 //!   Sidecar to sidecar, so no gateways.
 //! - **Then the other zones** that export the service (denied zones never appear), each as
 //!   one group with no endpoints: `weight` = that zone's healthy count, `local_gateways` = this
-//!   zone's gateways (the way there). A zone with no healthy endpoint still appears, with
-//!   weight 0, so the sidecar knows it exists.
+//!   zone's gateways (the way there), `identities` = the SPIFFE IDs of the zone's instances
+//!   (whom the sidecar's TLS through the tunnel must reach). A zone with no healthy endpoint
+//!   still appears, with weight 0, so the sidecar knows it exists.
 //!
 //! Remote zones are grouped into priority *levels* as `docs/policies.md` (`LocalityFailover`)
 //! defines them, and every group of a level carries the same `priority` (the sidecar balances
@@ -289,6 +290,7 @@ fn locality_groups(
             priority,
             endpoints,
             local_gateways: Vec::new(),
+            identities: Vec::new(),
             weight: u32::try_from(healthy).unwrap_or(u32::MAX),
             total,
             drained: ctx
@@ -314,6 +316,7 @@ fn locality_groups(
                 priority,
                 endpoints: Vec::new(),
                 local_gateways: ctx.local_gateways.to_vec(),
+                identities: exported.identities.clone(),
                 weight: healthy,
                 total,
                 drained: ctx

@@ -45,6 +45,7 @@
 //! sidecar did not come back within the grace).
 
 pub mod compile;
+pub mod gateways;
 pub mod registry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -231,6 +232,7 @@ impl World {
             inventory: &self.inventory,
             federation: &self.view,
             policies: &self.policies,
+            // Only the per-sidecar part is assembled here; the services carry the gateways.
             local_gateways: &[],
         };
         let assembled = Arc::new(Assembled {
@@ -430,11 +432,74 @@ impl DiscoveryServer {
             healthy: true,
         })
     }
+
+    /// The zone's compiled outbound services (what every sidecar binds listeners on), as a
+    /// watch that changes with them: the DNS server answers from it, so DNS and the data plane
+    /// never disagree. Must be called inside a tokio runtime; the forwarding task ends when
+    /// the last receiver is dropped.
+    pub fn services(&self) -> watch::Receiver<Arc<Vec<pb::OutboundService>>> {
+        let mut worlds = self.inner.world.clone();
+        let first = worlds.borrow_and_update().shared.clone();
+        let (tx, rx) = watch::channel(Arc::new(first.services.clone()));
+        tokio::spawn(async move {
+            let mut generation = first.generation;
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    changed = worlds.changed() => if changed.is_err() { return },
+                }
+                let shared = worlds.borrow_and_update().shared.clone();
+                // A world with the same generation has equal services: nothing to send.
+                if shared.generation != generation {
+                    generation = shared.generation;
+                    tx.send_replace(Arc::new(shared.services.clone()));
+                }
+            }
+        });
+        rx
+    }
 }
 
 #[tonic::async_trait]
 impl pb::discovery_server::Discovery for DiscoveryServer {
     type StreamStream = ReceiverStream<Result<pb::SidecarConfig, Status>>;
+    type GatewayStreamStream = ReceiverStream<Result<pb::GatewayConfig, Status>>;
+
+    async fn gateway_stream(
+        &self,
+        request: Request<pb::GatewayRegister>,
+    ) -> Result<Response<Self::GatewayStreamStream>, Status> {
+        let peer = peer_address(&request);
+        let config = &self.inner.config;
+        let identity = peer_certificates(&request)
+            .ok_or_else(|| Status::unauthenticated("gateways must connect with mutual TLS"))
+            .and_then(|certs| {
+                peer_identity(&certs).map_err(|e| {
+                    Status::unauthenticated(format!("unusable client certificate: {e}"))
+                })
+            })
+            .and_then(|id| {
+                gateways::authorize(&id, &config.zone, &config.trust_domain).map(|()| id)
+            })
+            .inspect_err(|status| {
+                tracing::info!(?peer, reason = status.message(), "gateway stream refused");
+            })?;
+        let locality = pb::Locality {
+            region: config.region.clone(),
+            zone: config.zone.clone(),
+            subzone: String::new(),
+        };
+        let gateway = gateways::instance(request.into_inner(), locality, &identity)?;
+        let name = gateway.instance.clone();
+        let span = tracing::info_span!("gateway", instance = %name);
+        span.in_scope(|| {
+            tracing::info!(?peer, public = gateway.public_address(), local = %gateway.inbound_address, "gateway registered");
+        });
+        let conn = gateways::register(&self.inner, gateway)?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(gateways::run(self.inner.clone(), conn, name, tx).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn stream(
         &self,
@@ -746,6 +811,7 @@ impl WorldContext {
         previous: Option<&World>,
     ) -> World {
         let policies = view.policies();
+        let local_gateways = inventory.local_gateway_addresses();
         let services = compile::outbound_services(&ZoneContext {
             zone: &self.zone,
             region: &self.region,
@@ -754,9 +820,7 @@ impl WorldContext {
             inventory: &inventory,
             federation: &view,
             policies: &policies,
-            // This zone's gateways come in a later step; remote zones are listed without a
-            // way there until then.
-            local_gateways: &[],
+            local_gateways: &local_gateways,
         });
         let deny_list = compile::deny_list(&view);
         let shared = match previous {
@@ -907,6 +971,7 @@ async fn registry_task(
 struct Metrics {
     registry: prometheus::Registry,
     connected: IntGauge,
+    gateways: IntGauge,
     pushes: IntCounter,
     nacks: IntCounter,
     latency: Histogram,
@@ -937,7 +1002,12 @@ impl Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
         )?;
+        let gateways = IntGauge::with_opts(Opts::new(
+            "strait_zone_gateways_connected",
+            "East-west gateways of this zone with an open gateway stream.",
+        ))?;
         registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(gateways.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
         registry.register(Box::new(nacks.clone()))?;
         let expired = IntCounter::with_opts(Opts::new(
@@ -949,6 +1019,7 @@ impl Metrics {
         Ok(Self {
             registry,
             connected,
+            gateways,
             pushes,
             nacks,
             latency,

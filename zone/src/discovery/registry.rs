@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use strait_proto as pb;
 
-use crate::inventory::{Instance, LocalInventory, ServiceKey};
+use crate::inventory::{Instance, LocalInventory, ServiceKey, gateway_key};
 
 /// Identifies one discovery stream (one sidecar connection).
 pub type ConnId = u64;
@@ -225,19 +225,27 @@ impl Registry {
 
     /// The inventory as the rest of the zone sees it: every instance, whatever its presence
     /// (an instance in its grace still serves).
+    /// Gateways (registered under [`gateway_key`]) come out in their own map.
     pub fn inventory(&self) -> LocalInventory {
+        let gateway = gateway_key();
+        let instances_of = |instances: &BTreeMap<String, Entry>| {
+            instances
+                .iter()
+                .map(|(name, e)| (name.clone(), e.instance.clone()))
+                .collect()
+        };
         LocalInventory {
             instances: self
                 .entries
                 .iter()
-                .map(|(key, instances)| {
-                    let instances = instances
-                        .iter()
-                        .map(|(name, e)| (name.clone(), e.instance.clone()))
-                        .collect();
-                    (key.clone(), instances)
-                })
+                .filter(|(key, _)| **key != gateway)
+                .map(|(key, instances)| (key.clone(), instances_of(instances)))
                 .collect(),
+            gateways: self
+                .entries
+                .get(&gateway)
+                .map(instances_of)
+                .unwrap_or_default(),
         }
     }
 

@@ -70,6 +70,7 @@ fn zone(name: &str, region: &str, services: &[(&str, u32, u32)]) -> pb::RemoteZo
                     healthy,
                     total,
                 }],
+                identities: vec![format!("spiffe://strait.local/ns/demo/sa/{svc}")],
             })
             .collect(),
         ..Default::default()

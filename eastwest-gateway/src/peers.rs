@@ -563,7 +563,12 @@ async fn maintain(pool: PeerPool, peer: std::sync::Weak<Peer>) {
                 if current {
                     p.state.send_replace(PeerConn::Down);
                 }
-                let suspect = p.suspect.swap(false, Ordering::Relaxed);
+                // A connection that timed out went quiet: the peer is likely dead, so the
+                // next dial's 0-RTT connection waits for its handshake before tunnels use it
+                // (they would otherwise wait for a peer that cannot answer). A peer that closed
+                // (a restart, a deny) is redialed with 0-RTT in service at once.
+                let suspect = p.suspect.swap(false, Ordering::Relaxed)
+                    || matches!(reason, quinn::ConnectionError::TimedOut);
                 drop(p);
                 // A connection that lived long was healthy: redial at once. One that died
                 // young (refused after a resumed handshake, a flapping peer) backs off.

@@ -24,6 +24,11 @@
 //!
 //! Unknown `retryOn` names (from a newer zone) are ignored.
 //!
+//! Connect failures are retried without touching the budget: the request never reached a
+//! server, so the retry adds no load where the budget guards against it, and a dead endpoint
+//! that outlier detection has not ejected yet (or may not eject: `maxEjectionPercent`) must not
+//! fail requests. `attempts` still bounds them.
+//!
 //! The budget is linkerd's (and Finagle's): every original request deposits one; a retry may
 //! withdraw one when `min_retries_per_second × 10 + percent/100 × deposits − withdrawals ≥ 1`
 //! over a sliding 10 s window (ten 1 s slots). Retries do not deposit, so they can never
@@ -363,7 +368,11 @@ impl RetryState {
         if self.retries >= config.attempts {
             return RetryDecision::Stop(StopReason::AttemptsExhausted);
         }
-        if !budget.try_withdraw(now) {
+        // A connect failure never reached a server: retrying it elsewhere adds no load to an
+        // overloaded upstream (what the budget guards against), and a dead endpoint that is
+        // not ejected yet must not fail requests once the budget is spent. `attempts` still
+        // bounds it.
+        if outcome != Outcome::ConnectFailure && !budget.try_withdraw(now) {
             return RetryDecision::Stop(StopReason::BudgetExhausted);
         }
         self.retries += 1;
@@ -540,6 +549,19 @@ mod tests {
             granted += (0..100).filter(|_| b.try_withdraw(now)).count();
         }
         assert_eq!(granted, 20 * 60);
+    }
+
+    #[test]
+    fn connect_failures_are_retried_with_the_budget_spent_and_others_are_not() {
+        let t0 = Instant::now();
+        let config = RetryConfig::default();
+        let mut empty = Budget::new(0.0, 0, t0);
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut state = RetryState::new(Method::GET, &mut empty, t0);
+        let d = state.on_failure(&config, &mut empty, Outcome::ConnectFailure, t0, &mut rng);
+        assert!(matches!(d, RetryDecision::RetryAfter(_)), "{d:?}");
+        let d = state.on_failure(&config, &mut empty, Outcome::Response(503), t0, &mut rng);
+        assert_eq!(d, RetryDecision::Stop(StopReason::BudgetExhausted));
     }
 
     #[test]

@@ -47,6 +47,22 @@ enum Command {
     /// Run the east-west gateway of a zone.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// Take a service out of a zone through the control plane (callers fail over).
+    Drain(commands::drill::DrainArgs),
+    /// Put a drained service back into service in a zone.
+    Undrain(commands::drill::DrainArgs),
+    /// Failure drills with load, objectives, a guardrail and a report.
+    #[command(subcommand)]
+    Drill(DrillCommand),
+    /// The whole tour on this machine: a federation, cross-zone calls, DNS, a failover drill,
+    /// a report, and everything torn down.
+    Demo(commands::demo::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DrillCommand {
+    /// Take a service out of a zone under load and report how traffic moved.
+    Failover(Box<commands::drill::FailoverArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +155,10 @@ impl Cli {
             Command::Sidecar(SidecarCommand::Run(args)) => commands::sidecar::run(*args).await,
             Command::DemoApp(args) => commands::sidecar::demo_app(args).await,
             Command::Gateway(GatewayCommand::Run(args)) => commands::gateway::run(*args).await,
+            Command::Drain(args) => commands::drill::drain(args, true).await,
+            Command::Undrain(args) => commands::drill::drain(args, false).await,
+            Command::Drill(DrillCommand::Failover(args)) => commands::drill::failover(*args).await,
+            Command::Demo(args) => commands::demo::run(args).await,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The zone's DNS server as real processes (issue: "Cross-zone service discovery by DNS"):
 //! `strait up --demo`, then Debian's `dig` — not our own client — against each zone's
-//! `addresses.dns`, and `curl` to the address it answers.
+//! `addresses.dns`, and `curl` to the address it answers — for zone-pinned names too, which
+//! must reach their zone only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail by panicking.
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::Federation;
 use common::sidecar::{self, Discovery};
+use strait_proto as pb;
 
 /// What `dig` printed, parsed.
 #[derive(Debug)]
@@ -307,4 +309,133 @@ async fn answers_follow_a_new_service_within_a_second_and_a_second_zone_keeps_th
     assert_eq!(vip(&fed, "ledger", "a"), before.first().cloned());
     ledger_a.close();
     stream.close();
+}
+
+/// `service`'s VIP pinned to `serving`, in `client`'s range, as `strait services -o json`
+/// shows it.
+fn pinned_vip(fed: &Federation, service: &str, serving: &str, client: &str) -> Option<String> {
+    let out = fed.strait(&["services", "-o", "json"]);
+    let services: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = services.as_array()?.iter().find(|s| s["name"] == service)?;
+    let zone = s["zones"]
+        .as_array()?
+        .iter()
+        .find(|z| z["zone"] == serving)?;
+    Some(zone["pinned_vips"][client].as_str()?.to_owned())
+}
+
+/// `curl -s -i URL`: (status, headers, body).
+fn curl_with_headers(url: &str) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "10", url])
+        .output()
+        .expect("curl must be installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_pinned_names_route_only_to_their_zone_and_never_fall_back() {
+    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let dns = fed.address("zone-a", "dns");
+    let clusterset = common::eventually("echo's VIP", Duration::from_secs(30), async || {
+        vip(&fed, "echo", "a")
+    })
+    .await;
+
+    // echo runs in both zones: zone a's DNS has a pinned name for each, answering the VIP
+    // `strait services` shows for that (service, zone) in zone a's range.
+    let mut pinned = Vec::new();
+    for zone in ["a", "b"] {
+        let name = format!("echo.demo.svc.{zone}.mesh.local");
+        let answer = common::eventually("the pinned name", Duration::from_secs(30), async || {
+            let d = dig(&dns, &name, "A", false);
+            (d.status == "NOERROR" && !d.answers.is_empty()).then_some(d)
+        })
+        .await;
+        let address = answer.rdata("A");
+        assert_eq!(address.len(), 1, "{}", answer.raw);
+        let address = address[0].clone();
+        assert_eq!(
+            Some(address.clone()),
+            pinned_vip(&fed, "echo", zone, "a"),
+            "{}",
+            answer.raw
+        );
+        assert_ne!(address, clusterset, "a pinned VIP is not the service's VIP");
+        pinned.push((zone, address));
+    }
+    assert_ne!(pinned[0].1, pinned[1].1);
+
+    // Every call to a pinned VIP is answered by that zone — zone a's client sidecar has
+    // healthy echo endpoints of its own, yet the b VIP always crosses to zone b.
+    for (zone, address) in &pinned {
+        let url = format!("http://{address}:8080/");
+        common::eventually(
+            "the pinned VIP answering",
+            Duration::from_secs(30),
+            async || (curl(&url).0 == 200).then_some(()),
+        )
+        .await;
+        let expected = format!(r#""zone":"{zone}""#);
+        for i in 0..20 {
+            let (status, body) = curl(&url);
+            assert_eq!(status, 200, "call {i} to {url}: {body}");
+            assert!(body.contains(&expected), "call {i} to {url}: {body}");
+            assert!(body.contains(r#""service":"echo""#), "{body}");
+        }
+    }
+
+    // Zone b's echo is taken out through the control plane: its pinned VIP answers 503 at
+    // once instead of falling back to zone a, while zone a's names keep answering.
+    let admin = fed.client();
+    admin
+        .call(|mut c| async move {
+            c.set_drain(pb::SetDrainRequest {
+                service: Some(pb::ServiceRef {
+                    namespace: "demo".into(),
+                    name: "echo".into(),
+                }),
+                zone: "b".into(),
+                drained: true,
+            })
+            .await
+        })
+        .await
+        .unwrap();
+    let b_url = format!("http://{}:8080/", pinned[1].1);
+    let (headers, body) = common::eventually(
+        "503 from the drained zone's pinned VIP",
+        Duration::from_secs(20),
+        async || {
+            let (status, headers, body) = curl_with_headers(&b_url);
+            if status == 200 {
+                assert!(body.contains(r#""zone":"b""#), "fell back: {body}");
+            }
+            (status == 503).then_some((headers, body))
+        },
+    )
+    .await;
+    assert!(
+        headers.contains("x-strait-error: no-healthy-upstream"),
+        "{headers}\n{body}"
+    );
+    for _ in 0..5 {
+        let (status, _, body) = curl_with_headers(&b_url);
+        assert_eq!(status, 503, "{body}");
+    }
+    for url in [
+        format!("http://{}:8080/", pinned[0].1),
+        format!("http://{clusterset}:8080/"),
+    ] {
+        let (status, body) = curl(&url);
+        assert_eq!(status, 200, "{url}: {body}");
+        assert!(body.contains(r#""zone":"a""#), "{url}: {body}");
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Federation, eventually, http_get};
+use common::{Federation, eventually, http_get, leader};
 use strait_global::admin_client::AdminClient;
 use strait_proto as pb;
 
@@ -52,18 +52,6 @@ async fn stored(client: &AdminClient) -> Result<BTreeSet<String>, String> {
         .await
         .map(|reply| reply.resources.into_iter().map(|r| r.name).collect())
         .map_err(|e| e.to_string())
-}
-
-async fn leader(client: &AdminClient) -> Option<u64> {
-    let status = client
-        .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
-        .await
-        .ok()?;
-    status
-        .nodes
-        .iter()
-        .find(|n| n.role == pb::NodeRole::Leader as i32)
-        .map(|n| n.id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -556,6 +556,8 @@ impl pb::admin_server::Admin for AdminService {
                             total: u32::try_from(z.total).unwrap_or(u32::MAX),
                             drained: z.drained,
                             stale: !z.connected,
+                            pinned_vip_index: z.pinned_vip.unwrap_or(0),
+                            pinned_vips: zone_vips(s, z.pinned_vip),
                         })
                         .collect(),
                 })

@@ -104,6 +104,15 @@ pub fn snapshot(state: &FederationState) -> pb::FederationSnapshot {
                 index: *index,
             })
             .collect(),
+        zone_vips: state
+            .zone_vips
+            .iter()
+            .map(|((key, zone), index)| pb::ZoneVip {
+                service: Some(service_ref(key)),
+                zone: zone.clone(),
+                index: *index,
+            })
+            .collect(),
         trust_bundle_pem: ca.map(|c| c.bundle_pem.clone()).unwrap_or_default(),
         deny_list: state.deny_list().into_iter().map(str::to_owned).collect(),
         drains: state

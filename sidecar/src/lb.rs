@@ -52,6 +52,15 @@
 //! canary split into an outage whenever the local subset is down; availability wins, and the
 //! split still holds wherever the subset runs locally.
 //!
+//! # Zone-pinned picks
+//!
+//! A connection to a zone-pinned VIP must be served by that zone or not at all:
+//! [`Balancer::pick_within`] with a zone counts every other zone's group as absent, so the
+//! levels, the spill-over and the panic passes above all play out inside that one group (this
+//! zone's endpoints, or the remote zone through the gateways). Nothing spills to another zone;
+//! when the zone is drained, reports no healthy endpoint, has no gateway, or is not in the
+//! config at all, the pick is `None` (the caller answers 503) — never a silent fallback.
+//!
 //! # Retries
 //!
 //! `exclude` lists the targets a request already tried; they count as unhealthy for that pick
@@ -230,6 +239,8 @@ pub struct Balancer {
 #[derive(Clone, Copy)]
 struct View<'a> {
     now: Instant,
+    /// Only this zone's group may serve (a zone-pinned VIP).
+    zone: Option<&'a str>,
     subset: Option<&'a Subset>,
     exclude: &'a [TargetKey],
     pass: Pass,
@@ -327,6 +338,29 @@ impl Balancer {
         &self.outlier
     }
 
+    /// This zone's endpoints ejected because they could not be connected to, as (address,
+    /// SPIFFE ID): a connect probe that succeeds may [`reinstate`](Self::reinstate) them.
+    pub fn probe_candidates(&self, now: Instant) -> Vec<(String, String)> {
+        let ejected = self.outlier.ejected_for_connect_failures(now);
+        self.levels
+            .iter()
+            .flat_map(|l| &l.groups)
+            .filter_map(|g| match &g.kind {
+                GroupKind::Local(endpoints) => Some(endpoints),
+                GroupKind::Remote { .. } => None,
+            })
+            .flatten()
+            .filter(|e| ejected.contains(&&e.key))
+            .map(|e| (e.endpoint.address.clone(), e.endpoint.spiffe_id.clone()))
+            .collect()
+    }
+
+    /// Ends the ejection of the endpoint at `address` (a probe reached it).
+    pub fn reinstate(&mut self, address: &str, now: Instant) -> bool {
+        self.outlier
+            .reinstate(&TargetKey::Endpoint(address.to_owned()), now)
+    }
+
     /// The share of traffic each level takes now, for `subset` and with `exclude` avoided
     /// (before any panic). All zero means the balancer is in panic mode.
     pub fn loads(
@@ -337,6 +371,7 @@ impl Balancer {
     ) -> Vec<LevelLoad> {
         let view = View {
             now,
+            zone: None,
             subset,
             exclude,
             pass: PASSES[0],
@@ -363,9 +398,23 @@ impl Balancer {
         subset: Option<&Subset>,
         exclude: &[TargetKey],
     ) -> Option<Target> {
+        self.pick_within(now, rng, None, subset, exclude)
+    }
+
+    /// [`Balancer::pick`], restricted to `zone`'s group when `zone` is set (a zone-pinned
+    /// VIP; see the module docs): the target is in that zone or there is none.
+    pub fn pick_within(
+        &self,
+        now: Instant,
+        rng: &mut impl Rng,
+        zone: Option<&str>,
+        subset: Option<&Subset>,
+        exclude: &[TargetKey],
+    ) -> Option<Target> {
         PASSES.iter().find_map(|&pass| {
             let view = View {
                 now,
+                zone,
                 subset,
                 exclude,
                 pass,
@@ -475,6 +524,9 @@ impl Balancer {
 
     /// (healthy, total) of a group in this view.
     fn group_capacity(&self, group: &Group, view: &View<'_>) -> (u64, u64) {
+        if view.zone.is_some_and(|zone| zone != group.zone) {
+            return (0, 0);
+        }
         match &group.kind {
             GroupKind::Local(endpoints) => {
                 let mut total = 0_u64;
@@ -1108,5 +1160,113 @@ mod tests {
         };
         let b = Balancer::for_service(&service);
         assert_eq!(b.loads(Instant::now(), None, &[]).len(), 2);
+    }
+
+    /// Where `DRAWS` picks pinned to `pinned` went, or `None` for a pick that found nothing.
+    fn pinned_histogram(
+        b: &Balancer,
+        now: Instant,
+        pinned: &str,
+        exclude: &[TargetKey],
+    ) -> BTreeMap<Option<String>, usize> {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut counts = BTreeMap::new();
+        for _ in 0..DRAWS {
+            let t = b.pick_within(now, &mut rng, Some(pinned), None, exclude);
+            *counts.entry(t.as_ref().map(where_to)).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn pinned_to_a_remote_zone_never_picks_the_healthy_local_level() {
+        let b = Balancer::new(&two_local_and_zone_b(), BalancerConfig::default());
+        let now = Instant::now();
+        let counts = pinned_histogram(&b, now, "zone-b", &[]);
+        assert_eq!(counts, BTreeMap::from([(Some("zone-b".to_owned()), DRAWS)]));
+        // Unpinned, the same balancer keeps everything local.
+        assert_eq!(share(&histogram(&b, now, None, &[]), "zone-b"), 0.0);
+    }
+
+    #[test]
+    fn pinned_to_this_zone_stays_on_its_endpoints_even_when_all_are_tried() {
+        let b = Balancer::new(&two_local_and_zone_b(), BalancerConfig::default());
+        let now = Instant::now();
+        let counts = pinned_histogram(&b, now, "zone-a", &[]);
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(
+            counts
+                .keys()
+                .all(|k| matches!(k.as_deref(), Some("a1" | "a2")))
+        );
+        // A retry after both endpoints failed goes to one of them again (the last panic
+        // pass), not to zone b.
+        let counts = pinned_histogram(&b, now, "zone-a", &[ep("a1"), ep("a2")]);
+        assert!(
+            counts
+                .keys()
+                .all(|k| matches!(k.as_deref(), Some("a1" | "a2"))),
+            "{counts:?}"
+        );
+        // A retry of a request pinned to zone b stays in zone b too.
+        let counts = pinned_histogram(&b, now, "zone-b", &[zone("zone-b")]);
+        assert_eq!(counts, BTreeMap::from([(Some("zone-b".to_owned()), DRAWS)]));
+    }
+
+    #[test]
+    fn pinned_to_a_zone_with_nothing_healthy_gets_none_not_another_zone() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let now = Instant::now();
+        let pick = |groups: &[pb::LocalityGroup], zone: &str, rng: &mut StdRng| {
+            Balancer::new(groups, BalancerConfig::default()).pick_within(
+                now,
+                rng,
+                Some(zone),
+                None,
+                &[],
+            )
+        };
+        // Zone b reports no healthy endpoint.
+        let mut groups = two_local_and_zone_b();
+        groups[1].weight = 0;
+        assert_eq!(pick(&groups, "zone-b", &mut rng), None);
+        // Zone b drained.
+        let mut groups = two_local_and_zone_b();
+        groups[1].drained = true;
+        assert_eq!(pick(&groups, "zone-b", &mut rng), None);
+        // No gateway to reach zone b.
+        let mut groups = two_local_and_zone_b();
+        groups[1].local_gateways.clear();
+        assert_eq!(pick(&groups, "zone-b", &mut rng), None);
+        // This zone's endpoints all unhealthy: zone b is healthy, and still not used.
+        let groups = vec![
+            local(vec![
+                endpoint("a1", false, "v1"),
+                endpoint("a2", false, "v1"),
+            ]),
+            remote("zone-b", 1, 3, 3),
+        ];
+        assert_eq!(pick(&groups, "zone-a", &mut rng), None);
+        assert!(pick(&groups, "zone-b", &mut rng).is_some());
+        // A zone the service has no group for.
+        assert_eq!(pick(&two_local_and_zone_b(), "zone-z", &mut rng), None);
+    }
+
+    #[test]
+    fn pinned_pick_panics_within_its_zone_when_it_is_ejected() {
+        let mut b = Balancer::new(
+            &[
+                local(vec![endpoint("a1", true, "v1")]),
+                remote("zone-b", 1, 3, 3),
+                remote("zone-c", 1, 3, 3),
+            ],
+            eject_all(),
+        );
+        let now = Instant::now();
+        eject(&mut b, &zone("zone-b"), now);
+        // Outlier ejection is local knowledge, not the control plane's: like any panic, the
+        // pinned pick ignores it rather than answer 503 — but only within zone b.
+        let counts = pinned_histogram(&b, now, "zone-b", &[]);
+        assert_eq!(counts, BTreeMap::from([(Some("zone-b".to_owned()), DRAWS)]));
     }
 }

@@ -7,6 +7,11 @@
 //!   VIP, kept in a manager keyed by that address. A config change binds new addresses and
 //!   closes removed ones; connections already accepted are not touched. An address that
 //!   cannot be bound is logged and tried again every few seconds.
+//! - **Zone-pinned VIPs**: each VIP of a service's `zone_vips` gets listeners on the service's
+//!   ports too, and what arrives there goes to that zone only — this zone's endpoints, or the
+//!   remote zone through the gateways ([`Balancer::pick_within`]); retries stay in the zone.
+//!   When the zone has nothing healthy the app gets `503` `no-healthy-upstream` (HTTP) or a
+//!   closed connection (TCP), never another zone.
 //! - **Sniffing**: the first bytes of a connection decide ([`sniff`]): an HTTP/1.x request
 //!   line or the HTTP/2 preface → HTTP; anything else (or nothing within
 //!   [`SNIFF_TIMEOUT`], for protocols where the server speaks first) → TCP. A port declared
@@ -94,6 +99,10 @@ pub const SNIFF_TIMEOUT: Duration = Duration::from_millis(300);
 /// The header naming the caller's zone on the way out.
 pub const ZONE_HEADER: &str = "x-strait-zone";
 
+/// How often endpoints ejected for connect failures are probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one probe (TCP + TLS + HTTP/2 handshake) may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often listeners that could not be bound are tried again.
 const REBIND_INTERVAL: Duration = Duration::from_secs(2);
 /// How long open connections may finish after shutdown before they are cut.
@@ -370,6 +379,8 @@ struct Binding {
     service: String,
     port: u16,
     tcp_only: bool,
+    /// The zone a zone-pinned VIP routes to; `None` for the locality-aware VIP.
+    zone: Option<String>,
 }
 
 /// State shared by the listeners and their connections.
@@ -452,21 +463,28 @@ impl Shared {
                 addresses.extend(group.local_gateways.iter().cloned());
                 zones.insert(group.zone.clone());
             }
-            let Ok(vip) = service.vip.parse::<IpAddr>() else {
-                continue;
-            };
-            for port in &service.ports {
-                let Ok(number) = u16::try_from(port.port) else {
+            let pinned = service
+                .zone_vips
+                .iter()
+                .map(|(zone, vip)| (vip, Some(zone)));
+            for (vip, zone) in std::iter::once((&service.vip, None)).chain(pinned) {
+                let Ok(vip) = vip.parse::<IpAddr>() else {
                     continue;
                 };
-                bindings.insert(
-                    SocketAddr::new(vip, number),
-                    Binding {
-                        service: key.clone(),
-                        port: number,
-                        tcp_only: port.protocol == pb::Protocol::Tcp as i32,
-                    },
-                );
+                for port in &service.ports {
+                    let Ok(number) = u16::try_from(port.port) else {
+                        continue;
+                    };
+                    bindings.insert(
+                        SocketAddr::new(vip, number),
+                        Binding {
+                            service: key.clone(),
+                            port: number,
+                            tcp_only: port.protocol == pb::Protocol::Tcp as i32,
+                            zone: zone.cloned(),
+                        },
+                    );
+                }
             }
         }
         services.retain(|k, _| seen.contains(k));
@@ -515,6 +533,7 @@ pub async fn serve(ctx: OutboundContext, shutdown: impl Future) -> Result<(), Ou
     rebind.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let current = config.borrow_and_update().clone();
     shared.apply(&current);
+    tokio::spawn(probe_ejected(Arc::downgrade(&shared)));
     loop {
         reconcile(&shared, &mut listeners).await;
         tokio::select! {
@@ -546,6 +565,42 @@ pub async fn serve(ctx: OutboundContext, shutdown: impl Future) -> Result<(), Ou
         tracing::info!("closing outbound connections still open after the drain period");
     }
     Ok(())
+}
+
+/// Tries to connect to this zone's endpoints that were ejected for connect failures, every
+/// [`PROBE_INTERVAL`], and puts back the ones that answer (the pooled connection the probe
+/// opened serves the next request). Without it a restarted instance would wait out its whole
+/// ejection (30 s and more) before it gets traffic again. Ends when the outbound side is gone.
+async fn probe_ejected(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let services: Vec<Arc<ServiceState>> = shared
+            .services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for service in services {
+            let candidates = lock(&service.balancer).probe_candidates(Instant::now());
+            for (address, spiffe_id) in candidates {
+                if shared
+                    .pool
+                    .sender(&address, &spiffe_id, PROBE_TIMEOUT)
+                    .await
+                    .is_ok()
+                    && lock(&service.balancer).reinstate(&address, Instant::now())
+                {
+                    tracing::info!(service = %service.name, %address, "ejected endpoint answers again; reinstated");
+                }
+            }
+        }
+    }
 }
 
 /// Binds the listeners the config wants and closes the ones it no longer does.
@@ -640,7 +695,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, vip: SocketAddr) {
     let mut stop = shared.stop.clone();
     if kind == Sniff::Tcp {
         tokio::select! {
-            () = tcp_proxy(&shared, tcp, &binding.service, binding.port) => {}
+            () = tcp_proxy(&shared, tcp, &binding.service, binding.port, binding.zone.as_deref()) => {}
             () = stopped(&mut stop) => {
                 // TCP has no graceful end: give it the drain period, then cut it.
                 tokio::time::sleep(DRAIN_TIMEOUT).await;
@@ -651,10 +706,15 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, vip: SocketAddr) {
     let service_shared = shared.clone();
     let key: Arc<str> = Arc::from(binding.service.as_str());
     let port = binding.port;
+    let pinned: Option<Arc<str>> = binding.zone.as_deref().map(Arc::from);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let shared = service_shared.clone();
         let key = key.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &key, port, request).await) }
+        let pinned = pinned.clone();
+        async move {
+            let response = handle(&shared, &key, port, pinned.as_deref(), request).await;
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
@@ -733,10 +793,12 @@ impl RequestBody {
     }
 }
 
+/// `pinned`: the zone of a zone-pinned VIP, the only one that may serve the request.
 async fn handle(
     shared: &Shared,
     key: &str,
     port: u16,
+    pinned: Option<&str>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -748,7 +810,7 @@ async fn handle(
         status = tracing::field::Empty,
         zone = tracing::field::Empty,
     );
-    let (response, zone) = route_request(shared, key, port, request)
+    let (response, zone) = route_request(shared, key, port, pinned, request)
         .instrument(span.clone())
         .await;
     let status = response.status();
@@ -773,6 +835,7 @@ async fn route_request(
     shared: &Shared,
     key: &str,
     port: u16,
+    pinned: Option<&str>,
     request: Request<Incoming>,
 ) -> (Response<Body>, ZoneLabel) {
     let Some(service) = shared.service(key) else {
@@ -827,7 +890,10 @@ async fn route_request(
             shared,
             &service,
             &policy,
-            subset.as_ref(),
+            Scope {
+                subset: subset.as_ref(),
+                pinned,
+            },
             port,
             parts,
             body,
@@ -921,12 +987,21 @@ fn upstream_request(parts: &http::request::Parts, body: Body) -> Result<Request<
     Ok(request)
 }
 
+/// Which targets a request's tries may go to.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    /// The route's subset of this zone's endpoints.
+    subset: Option<&'a Subset>,
+    /// The zone of a zone-pinned VIP: the only zone that may serve the request.
+    pinned: Option<&'a str>,
+}
+
 /// The tries of one request.
 async fn send_with_retries(
     shared: &Shared,
     service: &ServiceState,
     policy: &ServicePolicy,
-    subset: Option<&Subset>,
+    scope: Scope<'_>,
     port: u16,
     parts: http::request::Parts,
     mut body: RequestBody,
@@ -940,8 +1015,13 @@ async fn send_with_retries(
     // What the last failed try answered, for when no target is left to try.
     let mut last_failure: Option<(Response<Body>, ZoneLabel)> = None;
     loop {
-        let target =
-            lock(&service.balancer).pick(Instant::now(), &mut rand::rng(), subset, state.tried());
+        let target = lock(&service.balancer).pick_within(
+            Instant::now(),
+            &mut rand::rng(),
+            scope.pinned,
+            scope.subset,
+            state.tried(),
+        );
         let Some(target) = target else {
             if let Some(failure) = last_failure {
                 return failure;
@@ -1235,7 +1315,14 @@ fn error_response_with(status: StatusCode, error: &'static str, detail: &str) ->
 trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Upstream for T {}
 
-async fn tcp_proxy(shared: &Shared, mut downstream: TcpStream, key: &str, port: u16) {
+/// `pinned`: the zone of a zone-pinned VIP, the only one that may serve the connection.
+async fn tcp_proxy(
+    shared: &Shared,
+    mut downstream: TcpStream,
+    key: &str,
+    port: u16,
+    pinned: Option<&str>,
+) {
     let metrics = &shared.ctx.metrics;
     let outcome = |result: &str| metrics.tcp.with_label_values(&[key, result]).inc();
     let Some(service) = shared.service(key) else {
@@ -1250,8 +1337,13 @@ async fn tcp_proxy(shared: &Shared, mut downstream: TcpStream, key: &str, port: 
     // The method only matters for response-based conditions; a TCP connect has none.
     let mut state = RetryState::new(Method::CONNECT, &mut lock(&service.budget), Instant::now());
     let mut upstream = loop {
-        let target =
-            lock(&service.balancer).pick(Instant::now(), &mut rand::rng(), None, state.tried());
+        let target = lock(&service.balancer).pick_within(
+            Instant::now(),
+            &mut rand::rng(),
+            pinned,
+            None,
+            state.tried(),
+        );
         let Some(target) = target else {
             outcome("no_healthy_upstream");
             return;

@@ -152,6 +152,8 @@ struct TargetState {
     ejections: u32,
     /// Set while ejected, and kept after expiry (as the moment it came back) for the decay.
     ejected_until: Option<Instant>,
+    /// Why the last ejection happened.
+    cause: Option<EjectionCause>,
 }
 
 /// Passive outlier detection over one set of targets (the endpoints and remote zones of one
@@ -251,6 +253,7 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
         let multiplier = state.ejections.min(MAX_EJECTION_MULTIPLIER);
         let until = now + base.saturating_mul(multiplier);
         state.ejected_until = Some(until);
+        state.cause = Some(cause);
         state.consecutive_5xx = 0;
         state.consecutive_connect = 0;
         Some(Ejection {
@@ -266,6 +269,31 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
             .get(key)
             .and_then(|s| s.ejected_until)
             .is_some_and(|until| now < until)
+    }
+
+    /// The targets ejected at `now` because they could not be connected to: a successful
+    /// connect probe may [`reinstate`](Self::reinstate) them before their time is up.
+    pub fn ejected_for_connect_failures(&self, now: Instant) -> Vec<&K> {
+        self.targets
+            .iter()
+            .filter(|(_, s)| {
+                s.ejected_until.is_some_and(|u| now < u)
+                    && s.cause == Some(EjectionCause::ConsecutiveConnectFailures)
+            })
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Ends `key`'s ejection at `now` (a probe reached it again: the process behind it came
+    /// back). Its ejection count stays, so a target that keeps failing is ejected for longer.
+    pub fn reinstate(&mut self, key: &K, now: Instant) -> bool {
+        match self.targets.get_mut(key) {
+            Some(s) if s.ejected_until.is_some_and(|u| now < u) => {
+                s.ejected_until = Some(now);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The targets ejected at `now`, with the time each comes back.
@@ -313,6 +341,22 @@ mod tests {
         now: Instant,
     ) -> Option<Ejection> {
         (0..n).fold(None, |_, _| d.record(&key, outcome, now))
+    }
+
+    #[test]
+    fn a_connect_ejection_can_be_ended_by_a_probe_and_a_5xx_one_is_not_offered() {
+        let t0 = Instant::now();
+        let mut d = detector(&["a", "b", "c", "d"]);
+        feed(&mut d, "a", Outcome::ConnectFailure, 5, t0);
+        feed(&mut d, "b", Outcome::Response(503), 5, t0);
+        assert!(d.is_ejected(&"a", t0) && d.is_ejected(&"b", t0));
+        assert_eq!(d.ejected_for_connect_failures(t0), vec![&"a"]);
+        assert!(d.reinstate(&"a", t0 + S));
+        assert!(!d.is_ejected(&"a", t0 + S));
+        assert!(!d.reinstate(&"a", t0 + S), "not ejected any more");
+        // Failing again right away ejects it for twice as long.
+        let e = feed(&mut d, "a", Outcome::ConnectFailure, 5, t0 + 2 * S).unwrap();
+        assert_eq!(e.times, 2);
     }
 
     #[test]

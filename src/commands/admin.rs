@@ -10,7 +10,7 @@ use strait_proto as pb;
 
 use crate::cli::{ClientArgs, Format, OutputArgs};
 
-fn client(args: &ClientArgs) -> anyhow::Result<AdminClient> {
+pub(crate) fn client(args: &ClientArgs) -> anyhow::Result<AdminClient> {
     let path = args
         .config
         .clone()
@@ -39,7 +39,7 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_structured(format: Format, value: &serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn print_structured(format: Format, value: &serde_json::Value) -> anyhow::Result<()> {
     match format {
         Format::Yaml => out!(
             "{}",
@@ -51,7 +51,7 @@ fn print_structured(format: Format, value: &serde_json::Value) -> anyhow::Result
 }
 
 /// Prints rows as aligned columns.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -533,6 +533,8 @@ pub async fn services(args: OutputArgs) -> anyhow::Result<()> {
                     "zones": s.zones.iter().map(|z| json!({
                         "zone": z.zone, "healthy": z.healthy, "total": z.total,
                         "drained": z.drained, "stale": z.stale,
+                        "pinned_vip_index": z.pinned_vip_index,
+                        "pinned_vips": z.pinned_vips,
                     })).collect::<Vec<_>>(),
                 })
             })

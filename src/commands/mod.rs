@@ -2,6 +2,8 @@
 //! prints the result.
 
 pub mod admin;
+pub mod demo;
+pub mod drill;
 pub mod gateway;
 pub mod global;
 pub mod local;

@@ -75,6 +75,25 @@ pub struct ProcessSpec {
     pub log_dir: PathBuf,
 }
 
+impl ProcessSpec {
+    /// The spec that starts `record`'s process again exactly as it was started (same
+    /// arguments, addresses and log), e.g. after a drill killed it.
+    pub fn again(record: &ProcessRecord) -> Option<Self> {
+        let (program, args) = record.command.split_first()?;
+        Some(Self {
+            name: record.name.clone(),
+            kind: record.kind,
+            zone: record.zone.clone(),
+            node_id: record.node_id,
+            program: PathBuf::from(program),
+            args: args.to_vec(),
+            env: BTreeMap::new(),
+            addresses: record.addresses.clone(),
+            log_dir: record.log.parent()?.to_path_buf(),
+        })
+    }
+}
+
 /// A step of a long operation, for the CLI to show.
 ///
 /// `Display` gives a line for each; to print `starting global-1 ... ready (0.8s)` on one line,

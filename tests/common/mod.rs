@@ -245,6 +245,22 @@ impl Drop for Federation {
     }
 }
 
+/// The Raft leader's node id, as the cluster reports it.
+pub async fn leader(client: &AdminClient) -> Option<u64> {
+    let status = client
+        .call(|mut c| async move {
+            c.cluster_status(strait_proto::ClusterStatusRequest {})
+                .await
+        })
+        .await
+        .ok()?;
+    status
+        .nodes
+        .iter()
+        .find(|n| n.role == strait_proto::NodeRole::Leader as i32)
+        .map(|n| n.id)
+}
+
 /// A plain HTTP/1.1 GET: (status, body). (0, "") when nothing answers.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -187,6 +187,9 @@ pub enum Detail {
     ZoneRemoved {
         tokens_revoked: u32,
         vips_released: Vec<(ServiceKey, u32)>,
+        /// Zone-pinned indices released: (service, zone, index).
+        #[serde(default)]
+        zone_vips_released: Vec<(ServiceKey, String, u32)>,
     },
     TokenConsumed {
         token_id: String,
@@ -203,6 +206,11 @@ pub enum Detail {
     InventoryAccepted {
         vips_allocated: Vec<(ServiceKey, u32)>,
         vips_released: Vec<(ServiceKey, u32)>,
+        /// Zone-pinned indices: (service, zone, index).
+        #[serde(default)]
+        zone_vips_allocated: Vec<(ServiceKey, String, u32)>,
+        #[serde(default)]
+        zone_vips_released: Vec<(ServiceKey, String, u32)>,
     },
     /// The results of a [`Command::Batch`], one per command, in order. The entry itself is
     /// always `Ok` (with the revision after its last command); each command's own verdict is

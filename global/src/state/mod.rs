@@ -51,6 +51,7 @@ use self::validate::sha256_hex;
 pub use self::validate::validate_zone_name;
 pub use self::vip::MAX_VIP_INDEX;
 pub use self::vip::VIP_HOLD_MS;
+use self::vip::VipOwner;
 
 /// Everything the global control plane agrees on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +72,12 @@ pub struct FederationState {
     /// VIP index of every exported service.
     #[serde(with = "pairs")]
     pub vips: BTreeMap<ServiceKey, u32>,
-    /// Released VIP indices that nobody else may get yet (see the `vip` module).
+    /// Zone-pinned VIP index of every (service, zone exporting it) pair, from the same index
+    /// space as `vips` (see the `vip` module). Absent in states written before zone-pinned
+    /// VIPs existed; the pairs then get their indices at their zones' next reports.
+    #[serde(default, with = "pairs")]
+    pub zone_vips: BTreeMap<(ServiceKey, String), u32>,
+    /// Released VIP indices (of both kinds) that nobody else may get yet (see the `vip` module).
     pub held_vips: BTreeMap<u32, HeldVip>,
     /// (service, zone) pairs taken out of the service's endpoints.
     pub drains: BTreeSet<(ServiceKey, String)>,
@@ -268,8 +274,14 @@ impl FederationState {
 
     fn remove_zone(&mut self, name: &str, now_ms: u64, max_vip: u32) -> Result<Applied, Rejection> {
         self.active_zone(name)?;
-        let exported = self.exported_services(Some(name), None);
-        let plan = vip::plan(&self.vips, &self.held_vips, &exported, now_ms, max_vip)?;
+        let exported = self.vip_owners(Some(name), None);
+        let plan = vip::plan(
+            &self.vip_allocations(),
+            &self.held_vips,
+            &exported,
+            now_ms,
+            max_vip,
+        )?;
 
         let mut tokens_revoked = 0u32;
         for token in self.tokens.values_mut() {
@@ -281,7 +293,7 @@ impl FederationState {
         }
         self.inventories.remove(name);
         self.drains.retain(|(_, zone)| zone != name);
-        vip::commit(&plan, &mut self.vips, &mut self.held_vips, now_ms);
+        self.commit_vips(&plan, now_ms);
         if let Some(zone) = self.zones.get_mut(name) {
             zone.status = ZoneStatus::Removed;
             zone.removed_at_ms = Some(now_ms);
@@ -292,6 +304,7 @@ impl FederationState {
         Ok(Applied::Changed(Detail::ZoneRemoved {
             tokens_revoked,
             vips_released: plan.released,
+            zone_vips_released: plan.zone_released,
         }))
     }
 
@@ -603,8 +616,14 @@ impl FederationState {
                 &key.name,
             )?;
         }
-        let exported = self.exported_services(Some(zone), Some(services));
-        let plan = vip::plan(&self.vips, &self.held_vips, &exported, now_ms, max_vip)?;
+        let exported = self.vip_owners(Some(zone), Some(services));
+        let plan = vip::plan(
+            &self.vip_allocations(),
+            &self.held_vips,
+            &exported,
+            now_ms,
+            max_vip,
+        )?;
 
         self.inventories.insert(
             zone.to_owned(),
@@ -615,27 +634,57 @@ impl FederationState {
                 reported_at_ms: now_ms,
             },
         );
-        vip::commit(&plan, &mut self.vips, &mut self.held_vips, now_ms);
+        self.commit_vips(&plan, now_ms);
         Ok(Applied::Changed(Detail::InventoryAccepted {
             vips_allocated: plan.allocated,
             vips_released: plan.released,
+            zone_vips_allocated: plan.zone_allocated,
+            zone_vips_released: plan.zone_released,
         }))
     }
 
-    /// The services some zone exports, with `replaced_zone`'s inventory swapped for
-    /// `replacement` (or left out when there is none).
-    fn exported_services(
+    /// What needs a VIP index: every service some zone exports, and every (service, zone)
+    /// pair, with `replaced_zone`'s inventory swapped for `replacement` (or left out when
+    /// there is none).
+    fn vip_owners(
         &self,
         replaced_zone: Option<&str>,
         replacement: Option<&BTreeMap<ServiceKey, ExportedService>>,
-    ) -> BTreeSet<ServiceKey> {
-        self.inventories
+    ) -> BTreeSet<VipOwner> {
+        let kept = self
+            .inventories
             .iter()
             .filter(|(zone, _)| Some(zone.as_str()) != replaced_zone)
-            .flat_map(|(_, inventory)| inventory.services.keys())
-            .chain(replacement.into_iter().flat_map(|s| s.keys()))
-            .cloned()
-            .collect()
+            .map(|(zone, inventory)| (zone.as_str(), &inventory.services));
+        let replaced = replaced_zone.zip(replacement);
+        let mut owners = BTreeSet::new();
+        for (zone, services) in kept.chain(replaced) {
+            for service in services.keys() {
+                owners.insert(VipOwner::Service(service.clone()));
+                owners.insert(VipOwner::Pinned {
+                    service: service.clone(),
+                    zone: zone.to_owned(),
+                });
+            }
+        }
+        owners
+    }
+
+    fn vip_allocations(&self) -> vip::Allocations<'_> {
+        vip::Allocations {
+            vips: &self.vips,
+            zone_vips: &self.zone_vips,
+        }
+    }
+
+    fn commit_vips(&mut self, plan: &vip::VipPlan, now_ms: u64) {
+        vip::commit(
+            plan,
+            &mut self.vips,
+            &mut self.zone_vips,
+            &mut self.held_vips,
+            now_ms,
+        );
     }
 
     fn set_drain(
@@ -697,6 +746,15 @@ impl FederationState {
         self.vips.get(service).copied()
     }
 
+    /// The index of `service`'s VIP pinned to `zone`, while `zone` exports it.
+    pub fn zone_vip(&self, service: &ServiceKey, zone: &str) -> Option<u32> {
+        self.zone_vips
+            .range((service.clone(), zone.to_owned())..)
+            .next()
+            .filter(|((s, z), _)| s == service && z == zone)
+            .map(|(_, index)| *index)
+    }
+
     pub fn is_drained(&self, service: &ServiceKey, zone: &str) -> bool {
         // Avoids building a tuple key (and cloning) per lookup.
         self.drains
@@ -719,6 +777,7 @@ impl FederationState {
                     drained: self.is_drained(service, zone),
                     connected,
                     ports: exported.ports.clone(),
+                    pinned_vip: self.zone_vip(service, zone),
                 });
             }
         }
@@ -751,4 +810,7 @@ pub struct ServiceZoneView {
     /// False when the zone's sync stream is down: the counts are its last report.
     pub connected: bool,
     pub ports: Vec<Port>,
+    /// The index of the service's VIP pinned to this zone.
+    #[serde(default)]
+    pub pinned_vip: Option<u32>,
 }

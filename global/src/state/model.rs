@@ -1,5 +1,5 @@
 //! The records the federation state is made of: CA material, zones, join tokens, policies,
-//! zone inventories and VIP holds. Plain data; the rules that change them live in the parent
+//! zone inventories and VIP holds (service and zone-pinned). Plain data; the rules that change them live in the parent
 //! module.
 
 use std::collections::BTreeMap;
@@ -236,5 +236,10 @@ pub struct ZoneInventory {
 pub struct HeldVip {
     /// The service that had the index; it gets the same index back if it returns in time.
     pub service: ServiceKey,
+    /// For a zone-pinned index, the zone it was pinned to: only the same (service, zone) pair
+    /// gets it back. `None` for the service's own (locality-aware) index, and in states
+    /// written before zone-pinned VIPs existed.
+    #[serde(default)]
+    pub zone: Option<String>,
     pub released_at_ms: u64,
 }

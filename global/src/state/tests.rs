@@ -293,7 +293,12 @@ fn remove_zone_side_effects() {
         detail,
         Detail::ZoneRemoved {
             tokens_revoked: 1,
-            vips_released: vec![(svc("only-b"), 2)],
+            // shared 1, (shared, a) 2; only-b 3, (only-b, b) 4, (shared, b) 5.
+            vips_released: vec![(svc("only-b"), 3)],
+            zone_vips_released: vec![
+                (svc("only-b"), "b".to_owned(), 4),
+                (svc("shared"), "b".to_owned(), 5),
+            ],
         }
     );
     let zone = h
@@ -318,6 +323,10 @@ fn remove_zone_side_effects() {
     assert!(h.state.is_drained(&svc("shared"), "a"));
     assert_eq!(h.state.vip(&svc("shared")), vip_shared);
     assert_eq!(h.state.vip(&svc("only-b")), None);
+    // The removed zone's pinned VIPs are released and held; a's stays.
+    assert_eq!(h.state.zone_vip(&svc("shared"), "b"), None);
+    assert_eq!(h.state.zone_vip(&svc("shared"), "a"), Some(2));
+    assert_eq!(h.state.held_vips[&5].zone.as_deref(), Some("b"));
 
     // Removing again, or an unknown zone.
     assert_eq!(
@@ -751,29 +760,70 @@ fn vip_allocation_lowest_free_and_stable() {
     assert_eq!(
         d,
         Detail::InventoryAccepted {
-            // Sorted by service key, so allocation order is deterministic.
+            // Sorted by service key, so allocation order is deterministic; services first,
+            // then their pairs with the exporting zone (zone-pinned VIPs).
             vips_allocated: vec![(svc("api"), 1), (svc("web"), 2)],
             vips_released: vec![],
+            zone_vips_allocated: vec![
+                (svc("api"), "a".to_owned(), 3),
+                (svc("web"), "a".to_owned(), 4),
+            ],
+            zone_vips_released: vec![],
         }
     );
-    // b exports web too: same index, no new allocation.
+    // b exports web too: same service index, a new pinned one for (web, b).
     let d = h.ok(report("b", 1, &["web", "db"], T0));
     assert_eq!(
         d,
         Detail::InventoryAccepted {
-            vips_allocated: vec![(svc("db"), 3)],
+            vips_allocated: vec![(svc("db"), 5)],
             vips_released: vec![],
+            zone_vips_allocated: vec![
+                (svc("db"), "b".to_owned(), 6),
+                (svc("web"), "b".to_owned(), 7),
+            ],
+            zone_vips_released: vec![],
         }
     );
-    // a stops exporting web; b still does, so web keeps index 2.
-    h.ok(report("a", 2, &["api"], T0));
+    // A report that changes nothing exported allocates nothing.
+    let d = h.ok(report("b", 2, &["web", "db"], T0));
+    assert_eq!(
+        d,
+        Detail::InventoryAccepted {
+            vips_allocated: vec![],
+            vips_released: vec![],
+            zone_vips_allocated: vec![],
+            zone_vips_released: vec![],
+        }
+    );
+    // a stops exporting web; b still does, so web keeps index 2 and (web, b) keeps 7, while
+    // (web, a) is released.
+    let d = h.ok(report("a", 2, &["api"], T0));
+    assert_eq!(
+        d,
+        Detail::InventoryAccepted {
+            vips_allocated: vec![],
+            vips_released: vec![],
+            zone_vips_allocated: vec![],
+            zone_vips_released: vec![(svc("web"), "a".to_owned(), 4)],
+        }
+    );
     assert_eq!(h.state.vip(&svc("web")), Some(2));
+    assert_eq!(h.state.zone_vip(&svc("web"), "b"), Some(7));
+    assert_eq!(h.state.zone_vip(&svc("web"), "a"), None);
 
-    // Every allocated index is distinct.
-    let mut indices: Vec<u32> = h.state.vips.values().copied().collect();
+    // Every allocated index is distinct, services' and pinned ones together.
+    let mut indices: Vec<u32> = h
+        .state
+        .vips
+        .values()
+        .chain(h.state.zone_vips.values())
+        .copied()
+        .collect();
+    let count = indices.len();
     indices.sort_unstable();
     indices.dedup();
-    assert_eq!(indices.len(), h.state.vips.len());
+    assert_eq!(indices.len(), count);
 }
 
 #[test]
@@ -791,28 +841,40 @@ fn vip_released_only_when_no_zone_exports_and_held_before_reuse() {
         Detail::InventoryAccepted {
             vips_allocated: vec![],
             vips_released: vec![(svc("api"), 1)],
+            zone_vips_allocated: vec![],
+            zone_vips_released: vec![(svc("api"), "a".to_owned(), 3)],
         }
     );
     assert_eq!(h.state.vip(&svc("api")), None);
     assert!(h.state.held_vips.contains_key(&1));
+    assert!(h.state.held_vips.contains_key(&3));
 
-    // A new service during the hold does not get index 1...
+    // A new service during the hold gets neither index 1 nor 3 (web 2, (web, a) 4,
+    // (web, b) 5)...
     h.ok(report("a", 3, &["web", "new"], T0 + 2000));
-    assert_eq!(h.state.vip(&svc("new")), Some(3));
-    // ...but api coming back does.
+    assert_eq!(h.state.vip(&svc("new")), Some(6));
+    assert_eq!(h.state.zone_vip(&svc("new"), "a"), Some(7));
+    // ...but api coming back does get its own; (api, b) is another pair, which does not
+    // take (api, a)'s held index.
     h.ok(report("b", 2, &["web", "api"], T0 + 3000));
     assert_eq!(h.state.vip(&svc("api")), Some(1));
-    assert!(h.state.held_vips.is_empty());
+    assert_eq!(h.state.zone_vip(&svc("api"), "b"), Some(8));
+    assert_eq!(h.state.held_vips.keys().copied().collect::<Vec<_>>(), [3]);
+    // And (api, a) gets 3 back when a exports api again within the hold.
+    h.ok(report("a", 4, &["web", "new", "api"], T0 + 3500));
+    assert_eq!(h.state.zone_vip(&svc("api"), "a"), Some(3));
+    h.ok(report("a", 5, &["web", "new"], T0 + 3600));
 
     // Release api again; after the hold, another service may take index 1.
     h.ok(report("b", 3, &["web"], T0 + 4000));
     h.ok(report(
         "a",
-        4,
+        6,
         &["web", "new", "late"],
         T0 + 4000 + VIP_HOLD_MS,
     ));
     assert_eq!(h.state.vip(&svc("late")), Some(1));
+    assert_eq!(h.state.zone_vip(&svc("late"), "a"), Some(3));
     assert!(h.state.held_vips.is_empty());
 }
 
@@ -827,6 +889,50 @@ fn vip_survives_disconnect() {
         now_ms: T0 + 1,
     });
     assert_eq!(h.state.vip(&svc("web")), Some(1));
+    assert_eq!(h.state.zone_vip(&svc("web"), "a"), Some(2));
+}
+
+#[test]
+fn state_without_zone_vips_still_loads() {
+    // A snapshot written before zone-pinned VIPs existed: no `zone_vips`, holds without a
+    // zone.
+    let mut h = two_zones();
+    h.ok(report("a", 1, &["web", "api"], T0));
+    h.ok(report("a", 2, &["web"], T0 + 1000));
+    let mut json: serde_json::Value = serde_json::to_value(&h.state).unwrap_or_default();
+    let object = json
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("not an object"));
+    assert!(object.remove("zone_vips").is_some());
+    for hold in object["held_vips"]
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("no holds"))
+        .values_mut()
+    {
+        assert!(
+            hold.as_object_mut()
+                .and_then(|h| h.remove("zone"))
+                .is_some()
+        );
+    }
+    let old: FederationState = match serde_json::from_value(json) {
+        Ok(s) => s,
+        Err(e) => panic!("an old state does not load: {e}"),
+    };
+    assert!(old.zone_vips.is_empty());
+    assert_eq!(old.vips, h.state.vips);
+    assert!(old.held_vips.values().all(|hold| hold.zone.is_none()));
+
+    // The pairs get indices at the zone's next report, clear of every index in use or held.
+    let mut h = Harness {
+        state: old,
+        index: h.index,
+    };
+    h.ok(report("a", 3, &["web"], T0 + 2000));
+    let web = h.state.vip(&svc("web"));
+    let pinned = h.state.zone_vip(&svc("web"), "a");
+    assert!(pinned.is_some() && pinned != web, "{pinned:?} {web:?}");
+    assert!(!h.state.held_vips.contains_key(&pinned.unwrap_or_default()));
 }
 
 #[test]
@@ -835,13 +941,14 @@ fn vip_exhaustion_rejects_the_report() {
     let state_before = {
         let r = h
             .state
-            .apply_with_vip_limit(100, &report("a", 1, &["a1", "a2"], T0), 2);
+            // a1, a2 and their pairs with zone a: 4 indices.
+            .apply_with_vip_limit(100, &report("a", 1, &["a1", "a2"], T0), 4);
         assert!(r.is_ok(), "{r:?}");
         h.state.clone()
     };
     let r = h
         .state
-        .apply_with_vip_limit(101, &report("b", 1, &["b1"], T0), 2);
+        .apply_with_vip_limit(101, &report("b", 1, &["b1"], T0), 4);
     assert_eq!(
         r,
         CommandResult::Rejected(Rejection::VipSpaceExhausted {
@@ -902,6 +1009,8 @@ fn services_view_joins_zones() {
         .collect();
     assert_eq!(zones, vec![("a", 2, 3, false), ("b", 0, 4, true)]);
     assert_eq!(web.zones[0].ports[0].port, 8080);
+    let pinned: Vec<Option<u32>> = web.zones.iter().map(|z| z.pinned_vip).collect();
+    assert_eq!(pinned, vec![Some(2), Some(3)]);
 }
 
 // === Determinism and serialization ===

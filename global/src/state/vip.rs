@@ -1,15 +1,22 @@
-//! VIP index allocation: which exported service gets which index.
+//! VIP index allocation: which exported service, and which (service, zone) pair, gets which
+//! index.
 //!
 //! Global hands every exported service a small integer; each zone maps it into its own VIP
-//! CIDR, so the same index means the same service everywhere. The rules:
+//! CIDR, so the same index means the same service everywhere. Every (service, serving zone)
+//! pair gets an index of its own too, from the same space: its **zone-pinned VIP**, which
+//! routes only to that zone (`SVC.NS.svc.ZONE.mesh.local`). Both kinds follow the same rules:
 //!
-//! - A service gets an index when the first zone exports it: the lowest index, starting at 1,
-//!   that is neither allocated nor held.
-//! - The index is stable while any zone exports the service (a disconnected zone's inventory is
-//!   kept, so a zone going dark does not release anything).
+//! - An index is allocated when the first zone exports the service (a pinned one: when that
+//!   zone exports it): the lowest index, starting at 1, that is neither allocated (to a
+//!   service or a pair) nor held. Within one command, services are served first, then pairs,
+//!   each in key order, so allocation is deterministic.
+//! - The index is stable while any zone exports the service (a pinned one: while its zone
+//!   does; a disconnected zone's inventory is kept, so a zone going dark does not release
+//!   anything).
 //! - It is released when no zone exports the service anymore (last zone stopped exporting it,
-//!   or was removed). A released index is then **held** for [`VIP_HOLD_MS`]: nobody else gets
-//!   it, and if the same service is exported again within that time it gets the same index back.
+//!   or was removed); a pinned one when its zone stops exporting the service or is removed. A
+//!   released index is then **held** for [`VIP_HOLD_MS`]: nobody else gets it, and if the same
+//!   service (the same pair) is exported again within that time it gets the same index back.
 //!
 //! Why hold released indices: a VIP outlives its allocation in places global does not control —
 //! DNS answers cached for their TTL, sidecars whose config lags, long-lived client connections.
@@ -33,38 +40,138 @@ pub const VIP_HOLD_MS: u64 = 10 * 60 * 1000;
 /// The highest VIP index global hands out.
 pub const MAX_VIP_INDEX: u32 = u32::MAX;
 
+/// What a VIP index is allocated to. Services sort before pairs, so a command allocates the
+/// services' indices first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum VipOwner {
+    /// A service's locality-aware VIP.
+    Service(ServiceKey),
+    /// A service's VIP pinned to one zone that exports it.
+    Pinned { service: ServiceKey, zone: String },
+}
+
+impl VipOwner {
+    /// The owner a hold was made for.
+    fn of_hold(hold: &HeldVip) -> Self {
+        match &hold.zone {
+            None => VipOwner::Service(hold.service.clone()),
+            Some(zone) => VipOwner::Pinned {
+                service: hold.service.clone(),
+                zone: zone.clone(),
+            },
+        }
+    }
+
+    fn into_hold(self, released_at_ms: u64) -> HeldVip {
+        let (service, zone) = match self {
+            VipOwner::Service(service) => (service, None),
+            VipOwner::Pinned { service, zone } => (service, Some(zone)),
+        };
+        HeldVip {
+            service,
+            zone,
+            released_at_ms,
+        }
+    }
+
+    /// For the exhaustion message.
+    fn describe(&self) -> String {
+        match self {
+            VipOwner::Service(service) => service.to_string(),
+            VipOwner::Pinned { service, zone } => format!("{service} (pinned to zone {zone:?})"),
+        }
+    }
+}
+
+/// The allocated indices: services' and pairs' (see [`VipOwner`]).
+pub(crate) struct Allocations<'a> {
+    pub vips: &'a BTreeMap<ServiceKey, u32>,
+    pub zone_vips: &'a BTreeMap<(ServiceKey, String), u32>,
+}
+
+impl Allocations<'_> {
+    fn iter(&self) -> impl Iterator<Item = (VipOwner, u32)> + '_ {
+        let services = self
+            .vips
+            .iter()
+            .map(|(service, &index)| (VipOwner::Service(service.clone()), index));
+        let pinned = self.zone_vips.iter().map(|((service, zone), &index)| {
+            (
+                VipOwner::Pinned {
+                    service: service.clone(),
+                    zone: zone.clone(),
+                },
+                index,
+            )
+        });
+        services.chain(pinned)
+    }
+
+    fn contains(&self, owner: &VipOwner) -> bool {
+        match owner {
+            VipOwner::Service(service) => self.vips.contains_key(service),
+            // Avoids building a tuple key (and cloning) per lookup.
+            VipOwner::Pinned { service, zone } => self
+                .zone_vips
+                .range((service.clone(), zone.clone())..)
+                .next()
+                .is_some_and(|((s, z), _)| s == service && z == zone),
+        }
+    }
+}
+
 /// The VIP changes that follow from a new set of exported services.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct VipPlan {
     pub allocated: Vec<(ServiceKey, u32)>,
     pub released: Vec<(ServiceKey, u32)>,
+    /// Zone-pinned indices: (service, zone, index).
+    pub zone_allocated: Vec<(ServiceKey, String, u32)>,
+    pub zone_released: Vec<(ServiceKey, String, u32)>,
     /// Holds whose time is up.
     expired_holds: Vec<u32>,
-    /// Holds given back to the service that had them.
+    /// Holds given back to the owner that had them.
     reclaimed_holds: Vec<u32>,
 }
 
-/// Works out the VIP changes for `exported`, the services that some zone exports after the
-/// command, without changing anything, so that a command that cannot get an index for every
-/// service is rejected as a whole.
+impl VipPlan {
+    fn push_allocated(&mut self, owner: VipOwner, index: u32) {
+        match owner {
+            VipOwner::Service(service) => self.allocated.push((service, index)),
+            VipOwner::Pinned { service, zone } => self.zone_allocated.push((service, zone, index)),
+        }
+    }
+
+    fn push_released(&mut self, owner: VipOwner, index: u32) {
+        match owner {
+            VipOwner::Service(service) => self.released.push((service, index)),
+            VipOwner::Pinned { service, zone } => self.zone_released.push((service, zone, index)),
+        }
+    }
+}
+
+/// Works out the VIP changes for `exported`, the services and (service, zone) pairs that
+/// exist after the command, without changing anything, so that a command that cannot get an
+/// index for every one of them is rejected as a whole.
 pub(crate) fn plan(
-    vips: &BTreeMap<ServiceKey, u32>,
+    allocations: &Allocations<'_>,
     held: &BTreeMap<u32, HeldVip>,
-    exported: &BTreeSet<ServiceKey>,
+    exported: &BTreeSet<VipOwner>,
     now_ms: u64,
     max_index: u32,
 ) -> Result<VipPlan, Rejection> {
     let mut plan = VipPlan::default();
     // Indices nobody may get: allocated, held, and about to be held.
-    let mut taken: BTreeSet<u32> = vips.values().copied().collect();
+    let mut taken: BTreeSet<u32> = BTreeSet::new();
 
-    for (service, &index) in vips {
-        if !exported.contains(service) {
-            plan.released.push((service.clone(), index));
+    for (owner, index) in allocations.iter() {
+        taken.insert(index);
+        if !exported.contains(&owner) {
+            plan.push_released(owner, index);
         }
     }
 
-    let mut hold_of: BTreeMap<&ServiceKey, u32> = BTreeMap::new();
+    let mut hold_of: BTreeMap<VipOwner, u32> = BTreeMap::new();
     for (&index, hold) in held {
         // saturating: proposers' clocks differ, and a hold must not end early because the
         // next leader's clock is behind.
@@ -72,15 +179,15 @@ pub(crate) fn plan(
             plan.expired_holds.push(index);
         } else {
             taken.insert(index);
-            hold_of.entry(&hold.service).or_insert(index);
+            hold_of.entry(VipOwner::of_hold(hold)).or_insert(index);
         }
     }
 
-    for service in exported {
-        if vips.contains_key(service) {
+    for owner in exported {
+        if allocations.contains(owner) {
             continue;
         }
-        let index = match hold_of.get(service) {
+        let index = match hold_of.get(owner) {
             Some(&index) => {
                 plan.reclaimed_holds.push(index);
                 index
@@ -88,21 +195,22 @@ pub(crate) fn plan(
             None => {
                 let index =
                     lowest_free(&taken, max_index).ok_or_else(|| Rejection::VipSpaceExhausted {
-                        service: service.to_string(),
+                        service: owner.describe(),
                     })?;
                 taken.insert(index);
                 index
             }
         };
-        plan.allocated.push((service.clone(), index));
+        plan.push_allocated(owner.clone(), index);
     }
     Ok(plan)
 }
 
-/// Applies a plan made by [`plan`] against the same `vips` and `held`.
+/// Applies a plan made by [`plan`] against the same maps and `held`.
 pub(crate) fn commit(
     plan: &VipPlan,
     vips: &mut BTreeMap<ServiceKey, u32>,
+    zone_vips: &mut BTreeMap<(ServiceKey, String), u32>,
     held: &mut BTreeMap<u32, HeldVip>,
     now_ms: u64,
 ) {
@@ -111,16 +219,21 @@ pub(crate) fn commit(
     }
     for (service, index) in &plan.released {
         vips.remove(service);
-        held.insert(
-            *index,
-            HeldVip {
-                service: service.clone(),
-                released_at_ms: now_ms,
-            },
-        );
+        held.insert(*index, VipOwner::Service(service.clone()).into_hold(now_ms));
+    }
+    for (service, zone, index) in &plan.zone_released {
+        zone_vips.remove(&(service.clone(), zone.clone()));
+        let owner = VipOwner::Pinned {
+            service: service.clone(),
+            zone: zone.clone(),
+        };
+        held.insert(*index, owner.into_hold(now_ms));
     }
     for (service, index) in &plan.allocated {
         vips.insert(service.clone(), *index);
+    }
+    for (service, zone, index) in &plan.zone_allocated {
+        zone_vips.insert((service.clone(), zone.clone()), *index);
     }
 }
 
@@ -145,8 +258,58 @@ mod tests {
         ServiceKey::new("default", name)
     }
 
-    fn set(names: &[&str]) -> BTreeSet<ServiceKey> {
-        names.iter().map(|n| svc(n)).collect()
+    fn set(names: &[&str]) -> BTreeSet<VipOwner> {
+        names.iter().map(|n| VipOwner::Service(svc(n))).collect()
+    }
+
+    fn pinned(name: &str, zone: &str) -> VipOwner {
+        VipOwner::Pinned {
+            service: svc(name),
+            zone: zone.into(),
+        }
+    }
+
+    /// The maps a plan runs against, as the state keeps them.
+    #[derive(Default)]
+    struct Maps {
+        vips: BTreeMap<ServiceKey, u32>,
+        zone_vips: BTreeMap<(ServiceKey, String), u32>,
+        held: BTreeMap<u32, HeldVip>,
+    }
+
+    impl Maps {
+        fn plan(&self, exported: &BTreeSet<VipOwner>, now_ms: u64, max: u32) -> VipPlan {
+            self.try_plan(exported, now_ms, max).unwrap()
+        }
+
+        fn try_plan(
+            &self,
+            exported: &BTreeSet<VipOwner>,
+            now_ms: u64,
+            max: u32,
+        ) -> Result<VipPlan, Rejection> {
+            let allocations = Allocations {
+                vips: &self.vips,
+                zone_vips: &self.zone_vips,
+            };
+            plan(&allocations, &self.held, exported, now_ms, max)
+        }
+
+        fn commit(&mut self, plan: &VipPlan, now_ms: u64) {
+            commit(
+                plan,
+                &mut self.vips,
+                &mut self.zone_vips,
+                &mut self.held,
+                now_ms,
+            );
+        }
+
+        fn apply(&mut self, exported: &BTreeSet<VipOwner>, now_ms: u64) -> VipPlan {
+            let plan = self.plan(exported, now_ms, MAX_VIP_INDEX);
+            self.commit(&plan, now_ms);
+            plan
+        }
     }
 
     #[test]
@@ -162,36 +325,111 @@ mod tests {
 
     #[test]
     fn exhaustion_rejects_without_partial_allocation() {
-        let vips = BTreeMap::new();
-        let held = BTreeMap::new();
-        let err = plan(&vips, &held, &set(&["a", "b", "c"]), 0, 2).unwrap_err();
+        let maps = Maps::default();
+        let err = maps.try_plan(&set(&["a", "b", "c"]), 0, 2).unwrap_err();
         assert_eq!(
             err,
             Rejection::VipSpaceExhausted {
                 service: "default/c".into()
             }
         );
+        let mut exported = set(&["a"]);
+        exported.insert(pinned("a", "z1"));
+        exported.insert(pinned("a", "z2"));
+        let err = maps.try_plan(&exported, 0, 2).unwrap_err();
+        assert_eq!(
+            err,
+            Rejection::VipSpaceExhausted {
+                service: "default/a (pinned to zone \"z2\")".into()
+            }
+        );
     }
 
     #[test]
     fn hold_expires_then_index_is_reused() {
-        let mut vips = BTreeMap::new();
-        let mut held = BTreeMap::new();
-        let p = plan(&vips, &held, &set(&["a"]), 0, MAX_VIP_INDEX).unwrap();
-        commit(&p, &mut vips, &mut held, 0);
-        let p = plan(&vips, &held, &set(&[]), 1000, MAX_VIP_INDEX).unwrap();
-        commit(&p, &mut vips, &mut held, 1000);
-        assert!(vips.is_empty());
+        let mut maps = Maps::default();
+        maps.apply(&set(&["a"]), 0);
+        maps.apply(&set(&[]), 1000);
+        assert!(maps.vips.is_empty());
 
         // Within the hold: another service does not get index 1.
-        let p = plan(&vips, &held, &set(&["b"]), 2000, MAX_VIP_INDEX).unwrap();
+        let p = maps.plan(&set(&["b"]), 2000, MAX_VIP_INDEX);
         assert_eq!(p.allocated, vec![(svc("b"), 2)]);
 
         // After the hold: it does.
         let later = 1000 + VIP_HOLD_MS;
-        let p = plan(&vips, &held, &set(&["b"]), later, MAX_VIP_INDEX).unwrap();
+        let p = maps.plan(&set(&["b"]), later, MAX_VIP_INDEX);
         assert_eq!(p.allocated, vec![(svc("b"), 1)]);
-        commit(&p, &mut vips, &mut held, later);
-        assert!(held.is_empty());
+        maps.commit(&p, later);
+        assert!(maps.held.is_empty());
+    }
+
+    #[test]
+    fn pinned_indices_share_the_space_services_first() {
+        let mut maps = Maps::default();
+        let mut exported = set(&["web", "api"]);
+        exported.insert(pinned("web", "b"));
+        exported.insert(pinned("web", "a"));
+        exported.insert(pinned("api", "a"));
+        let p = maps.apply(&exported, 0);
+        assert_eq!(p.allocated, vec![(svc("api"), 1), (svc("web"), 2)]);
+        assert_eq!(
+            p.zone_allocated,
+            vec![
+                (svc("api"), "a".to_owned(), 3),
+                (svc("web"), "a".to_owned(), 4),
+                (svc("web"), "b".to_owned(), 5),
+            ]
+        );
+        // Stable: the same set allocates and releases nothing.
+        let p = maps.apply(&exported, 10);
+        assert_eq!(p, VipPlan::default());
+
+        // Zone b stops exporting web: its pinned index is released and held, the service
+        // keeps its own.
+        exported.remove(&pinned("web", "b"));
+        let p = maps.apply(&exported, 1000);
+        assert!(p.released.is_empty());
+        assert_eq!(p.zone_released, vec![(svc("web"), "b".to_owned(), 5)]);
+        assert_eq!(maps.held[&5].zone.as_deref(), Some("b"));
+        assert_eq!(maps.vips[&svc("web")], 2);
+
+        // During the hold, a new service (or another pair) does not get 5...
+        let mut more = exported.clone();
+        more.insert(VipOwner::Service(svc("new")));
+        more.insert(pinned("new", "a"));
+        let p = maps.plan(&more, 2000, MAX_VIP_INDEX);
+        assert_eq!(p.allocated, vec![(svc("new"), 6)]);
+        assert_eq!(p.zone_allocated, vec![(svc("new"), "a".to_owned(), 7)]);
+        // ...but the pair coming back does, and the service's own hold is not confused with
+        // the pair's.
+        exported.insert(pinned("web", "b"));
+        let p = maps.apply(&exported, 2000);
+        assert_eq!(p.zone_allocated, vec![(svc("web"), "b".to_owned(), 5)]);
+        assert!(maps.held.is_empty());
+
+        // Every index is distinct across both kinds.
+        let all: Vec<u32> = maps
+            .vips
+            .values()
+            .chain(maps.zone_vips.values())
+            .copied()
+            .collect();
+        let distinct: BTreeSet<u32> = all.iter().copied().collect();
+        assert_eq!(all.len(), distinct.len());
+    }
+
+    #[test]
+    fn a_pinned_hold_is_not_given_to_the_service() {
+        let mut maps = Maps::default();
+        let mut exported = set(&["web"]);
+        exported.insert(pinned("web", "a"));
+        maps.apply(&exported, 0);
+        // Everything goes; then only the service returns (say, from a zone with no pinned
+        // pair yet in this plan): it gets its own index back, never the pair's.
+        maps.apply(&BTreeSet::new(), 1000);
+        let p = maps.apply(&set(&["web"]), 2000);
+        assert_eq!(p.allocated, vec![(svc("web"), 1)]);
+        assert!(maps.held.contains_key(&2));
     }
 }

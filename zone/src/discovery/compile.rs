@@ -34,6 +34,15 @@
 //! level, groups are sorted by zone name. `drained` comes from the federation view for every
 //! group, this zone's included.
 //!
+//! # VIPs
+//!
+//! [`pb::OutboundService::vip`] is the service's locality-aware VIP: global's index for the
+//! service mapped into this zone's VIP range. [`pb::OutboundService::zone_vips`] holds, for
+//! every zone that serves the service (this zone, if it has instances, and every other
+//! non-denied zone that exports it), the VIP pinned to that zone: global's index for the
+//! (service, zone) pair, mapped into *this* zone's range. Sidecars route a pinned VIP to its
+//! zone only, and DNS answers it as `SVC.NS.svc.ZONE.mesh.local`.
+//!
 //! # Policies
 //!
 //! Each service's [`pb::RoutePolicy`] is compiled from the resources that apply to it (for a
@@ -182,10 +191,35 @@ pub fn outbound_services(ctx: &ZoneContext<'_>) -> Vec<pb::OutboundService> {
                 .map(|s| ((s.namespace.as_str(), s.name.as_str()), v.index))
         })
         .collect();
+    let zone_vips: HashMap<(&str, &str, &str), u32> = ctx
+        .federation
+        .snapshot
+        .zone_vips
+        .iter()
+        .filter_map(|v| {
+            v.service.as_ref().map(|s| {
+                (
+                    (s.namespace.as_str(), s.name.as_str(), v.zone.as_str()),
+                    v.index,
+                )
+            })
+        })
+        .collect();
+    let vips = Vips {
+        service: vips,
+        pinned: zone_vips,
+    };
     services
         .iter()
         .map(|(key, sources)| outbound_service(ctx, &vips, key, sources))
         .collect()
+}
+
+/// Global's VIP indices, indexed for lookups: by (namespace, name), and the zone-pinned ones
+/// by (namespace, name, zone).
+struct Vips<'a> {
+    service: HashMap<(&'a str, &'a str), u32>,
+    pinned: HashMap<(&'a str, &'a str, &'a str), u32>,
 }
 
 /// The other zones of the federation, by name: this zone's own entry (global's copy of what
@@ -204,7 +238,7 @@ fn remote_zones<'a>(ctx: &ZoneContext<'a>) -> Vec<&'a pb::RemoteZone> {
 
 fn outbound_service(
     ctx: &ZoneContext<'_>,
-    vips: &HashMap<(&str, &str), u32>,
+    vips: &Vips<'_>,
     key: &ServiceKey,
     sources: &Sources<'_>,
 ) -> pb::OutboundService {
@@ -223,9 +257,8 @@ fn outbound_service(
             name: key.name.clone(),
         }),
         ports,
-        vip: vip(ctx, vips, key),
-        // Zone-pinned VIPs come with the gateways, in a later step.
-        zone_vips: HashMap::new(),
+        vip: vip(ctx, &vips.service, key),
+        zone_vips: zone_vips(ctx, &vips.pinned, key, sources),
         localities: locality_groups(ctx, key, sources, failover),
         policy: route_policy(&policies),
     }
@@ -257,6 +290,29 @@ fn vip(ctx: &ZoneContext<'_>, vips: &HashMap<(&str, &str), u32>, key: &ServiceKe
         .and_then(|index| ctx.vip_cidr.address(*index).ok())
         .map(|ip| ip.to_string())
         .unwrap_or_default()
+}
+
+/// The service's zone-pinned VIPs in this zone's range: one per zone that serves it (this zone
+/// when it has instances, every other non-denied zone that exports it), each mapped from the
+/// index global allocated to that (service, zone) pair. A zone without an index yet (global
+/// has not seen its export) or whose index does not fit the range has none.
+fn zone_vips(
+    ctx: &ZoneContext<'_>,
+    pinned: &HashMap<(&str, &str, &str), u32>,
+    key: &ServiceKey,
+    sources: &Sources<'_>,
+) -> HashMap<String, String> {
+    let local = sources.local.map(|_| ctx.zone);
+    let remote = sources.remote.iter().map(|(zone, _)| zone.name.as_str());
+    local
+        .into_iter()
+        .chain(remote)
+        .filter_map(|zone| {
+            let index = pinned.get(&(key.namespace.as_str(), key.name.as_str(), zone))?;
+            let ip = ctx.vip_cidr.address(*index).ok()?;
+            Some((zone.to_owned(), ip.to_string()))
+        })
+        .collect()
 }
 
 fn locality_groups(

@@ -367,7 +367,128 @@ fn vips_map_the_index_into_the_zone_range() {
     let config = Fixture::new().compile();
     assert_eq!(service(&config, "echo").vip, "127.240.1.44");
     assert_eq!(service(&config, "web").vip, "", "no index allocated yet");
-    assert!(service(&config, "echo").zone_vips.is_empty());
+    assert!(
+        service(&config, "echo").zone_vips.is_empty(),
+        "no pinned index allocated yet"
+    );
+}
+
+fn zone_vip(service: &str, zone: &str, index: u32) -> pb::ZoneVip {
+    pb::ZoneVip {
+        service: Some(pb::ServiceRef {
+            namespace: "demo".into(),
+            name: service.into(),
+        }),
+        zone: zone.into(),
+        index,
+    }
+}
+
+/// The view with a pinned index for every (service, zone) pair global knows of, plus `extra`.
+fn with_pinned(f: &mut Fixture, extra: &[pb::ZoneVip]) {
+    f.view.snapshot.zone_vips = vec![
+        zone_vip("echo", "a", 301),
+        zone_vip("echo", "b", 302),
+        zone_vip("echo", "c", 303),
+        zone_vip("echo", "d", 304),
+        zone_vip("web", "c", 305),
+    ];
+    f.view.snapshot.zone_vips.extend_from_slice(extra);
+}
+
+fn sorted(map: &HashMap<String, String>) -> Vec<(&str, &str)> {
+    let mut pairs: Vec<(&str, &str)> = map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    pairs.sort_unstable();
+    pairs
+}
+
+#[test]
+fn zone_vips_pin_every_serving_zone_into_this_zones_range() {
+    let mut f = Fixture::new();
+    with_pinned(&mut f, &[]);
+    let config = f.compile();
+    // This zone (it has instances) and every other zone that exports echo, each mapped into
+    // zone a's range (127.240.0.0/16).
+    assert_eq!(
+        sorted(&service(&config, "echo").zone_vips),
+        [
+            ("a", "127.240.1.45"),
+            ("b", "127.240.1.46"),
+            ("c", "127.240.1.47"),
+            ("d", "127.240.1.48"),
+        ]
+    );
+    // web has no service index yet but its pair with c has one: pinned and locality-aware
+    // VIPs are independent.
+    assert_eq!(
+        sorted(&service(&config, "web").zone_vips),
+        [("c", "127.240.1.49")]
+    );
+    assert_eq!(service(&config, "web").vip, "");
+
+    // Every pinned VIP differs from every other VIP of the config.
+    let mut all: Vec<&str> = config
+        .services
+        .iter()
+        .flat_map(|s| {
+            std::iter::once(s.vip.as_str()).chain(s.zone_vips.values().map(String::as_str))
+        })
+        .filter(|v| !v.is_empty())
+        .collect();
+    let count = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), count);
+}
+
+#[test]
+fn zone_vips_only_for_zones_that_serve_the_service_now() {
+    let mut f = Fixture::new();
+    // Stale or foreign entries: a pair for a zone that does not export web, an unknown zone,
+    // a pair whose index does not fit the range.
+    with_pinned(
+        &mut f,
+        &[
+            zone_vip("web", "b", 306),
+            zone_vip("echo", "zz", 307),
+            zone_vip("api", "a", 308),
+        ],
+    );
+    f.view.snapshot.zone_vips[3].index = 70_000; // (echo, d)
+    // This zone has no echo instance any more: no pinned VIP for a, even though global still
+    // has the pair (its copy of a's report lags).
+    f.inventory = inventory(&[]);
+    let config = f.compile();
+    assert_eq!(
+        sorted(&service(&config, "echo").zone_vips),
+        [("b", "127.240.1.46"), ("c", "127.240.1.47")]
+    );
+    assert_eq!(
+        sorted(&service(&config, "web").zone_vips),
+        [("c", "127.240.1.49")]
+    );
+    assert!(
+        config
+            .services
+            .iter()
+            .all(|s| s.service.as_ref().unwrap().name != "api")
+    );
+}
+
+#[test]
+fn denied_zones_get_no_pinned_vip() {
+    let mut f = Fixture::new();
+    with_pinned(&mut f, &[]);
+    f.view.snapshot.deny_list = vec!["c".into()];
+    let config = f.compile();
+    assert_eq!(
+        sorted(&service(&config, "echo").zone_vips),
+        [
+            ("a", "127.240.1.45"),
+            ("b", "127.240.1.46"),
+            ("d", "127.240.1.48"),
+        ]
+    );
 }
 
 #[test]

@@ -1,0 +1,372 @@
+//! `strait demo`: the whole tour in one command — a local federation (3 global nodes, zones a,
+//! b and c), calls from zone a answered in every zone, DNS answers, a failover drill with its
+//! report — then everything torn down, also on Ctrl-C or a failure. Exits non-zero when a step
+//! or an objective failed.
+//!
+//! It drives the same binary as a user would (`strait up`, `strait down` as subprocesses), so
+//! what it shows is what a user gets.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use strait_drill::load::{Load, LoadConfig};
+use strait_drill::timeline::SampleResult;
+use strait_proto as pb;
+
+use crate::cli::{ClientArgs, Format};
+use crate::commands::drill::{self, FailoverArgs, Mode};
+use crate::local::processes;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the federation keeps its data and logs (default: a new directory under the
+    /// system's temp dir, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Leave the federation running at the end (stop it with `strait down --dir DIR`).
+    #[arg(long)]
+    keep: bool,
+}
+
+const ZONES: [&str; 3] = ["a", "b", "c"];
+/// a and b share a region, so zone a fails over to b first; c is further away.
+const REGIONS: &str = "a=region-1,b=region-1,c=region-2";
+
+fn heading(text: &str) {
+    eprintln!("\n== {text}");
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let (dir, temporary) = match &args.dir {
+        Some(dir) => (std::path::absolute(dir)?, false),
+        None => (
+            std::env::temp_dir().join(format!("strait-demo-{}", std::process::id())),
+            true,
+        ),
+    };
+    let program = std::env::current_exe().context("locating the strait binary")?;
+    heading(&format!("Starting a federation in {}", dir.display()));
+    let up = Command::new(&program)
+        .args(["up", "--dir"])
+        .arg(&dir)
+        .args([
+            "--global-nodes",
+            "3",
+            "--zones",
+            &ZONES.join(","),
+            "--regions",
+            REGIONS,
+            "--demo",
+        ])
+        .status()
+        .context("running strait up")?;
+    if !up.success() {
+        bail!("strait up failed (it stopped what it had started)");
+    }
+    let result = tokio::select! {
+        result = tour(&dir) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if args.keep && result.is_ok() {
+        eprintln!(
+            "\nThe federation keeps running: export STRAIT_CONFIG={}  (stop: strait down --dir {})",
+            dir.join("config.yaml").display(),
+            dir.display()
+        );
+    } else {
+        heading("Tearing down");
+        let down = Command::new(&program)
+            .args(["down", "--dir"])
+            .arg(&dir)
+            .status();
+        if !down.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "strait down --dir {} failed; stop it by hand",
+                dir.display()
+            );
+        } else if temporary && matches!(result, Ok(true)) {
+            // Kept after a failure: the logs say what went wrong.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    match result {
+        Ok(true) => {
+            eprintln!("\nDemo finished: every objective met.");
+            Ok(())
+        }
+        Ok(false) => bail!("the demo finished, but an objective was missed (see above)"),
+        Err(err) => Err(err),
+    }
+}
+
+/// The steps between up and down; `Ok(false)` when an objective was missed.
+async fn tour(dir: &Path) -> anyhow::Result<bool> {
+    let config = dir.join("config.yaml");
+    let client_args = ClientArgs {
+        config: Some(config.clone()),
+    };
+    let admin = crate::commands::admin::client(&client_args)?;
+    let services = admin
+        .call(|mut c| async move { c.list_services(pb::ListServicesRequest {}).await })
+        .await?
+        .services;
+    let vip = |name: &str, zone: &str| -> Option<String> {
+        services
+            .iter()
+            .find(|s| s.service.as_ref().is_some_and(|r| r.name == name))
+            .and_then(|s| s.vips.get(zone).cloned())
+    };
+    let records = processes::read(dir)?;
+    let address = |name: &str, which: &str| -> Option<String> {
+        records
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.address(which))
+            .map(str::to_owned)
+    };
+
+    heading("Calls from zone a's client (through its sidecar; other zones through the gateways)");
+    let mut ok = true;
+    let mut calls: Vec<(String, String, String)> = Vec::new();
+    if let Some(v) = vip("echo", "a") {
+        calls.push(("echo".into(), format!("{v}:8080"), "a".into()));
+    }
+    if let Some(v) = vip("ledger", "a") {
+        calls.push((
+            "ledger (runs only in zone c)".into(),
+            format!("{v}:8080"),
+            "c".into(),
+        ));
+    }
+    let pinned = pinned_vips(address("client-a-sidecar", "admin").as_deref()).await;
+    for zone in ["b", "c"] {
+        if let Some(v) = pinned.get(zone) {
+            calls.push((
+                format!("echo pinned to zone {zone}"),
+                format!("{v}:8080"),
+                zone.to_owned(),
+            ));
+        }
+    }
+    for (what, target, expected) in &calls {
+        let answer = call(target).await;
+        match &answer {
+            Ok(body) => {
+                let zone = body["zone"].as_str().unwrap_or("?");
+                eprintln!(
+                    "  curl http://{target}/   {what}: answered by {} in zone {zone}, caller {}",
+                    body["instance"].as_str().unwrap_or("?"),
+                    body["peer_identity"].as_str().unwrap_or("?"),
+                );
+                if zone != expected {
+                    eprintln!("    expected zone {expected}");
+                    ok = false;
+                }
+            }
+            Err(err) => {
+                eprintln!("  curl http://{target}/   {what}: FAILED: {err:#}");
+                ok = false;
+            }
+        }
+    }
+
+    heading("DNS (zone a's server: the names sidecars and apps resolve)");
+    match address("zone-a", "dns").and_then(|a| a.parse::<SocketAddr>().ok()) {
+        None => {
+            eprintln!("  zone a has no DNS address in processes.json");
+            ok = false;
+        }
+        Some(dns) => {
+            let expected_echo = vip("echo", "a");
+            let mut names = vec![
+                "echo.demo.svc.clusterset.local".to_owned(),
+                "ledger.demo.svc.clusterset.local".to_owned(),
+            ];
+            if !pinned.is_empty() {
+                names.push("echo.demo.svc.b.mesh.local".to_owned());
+            }
+            names.push("nope.demo.svc.clusterset.local".to_owned());
+            for name in &names {
+                match resolve(dns, name).await {
+                    Ok((code, addresses)) => {
+                        eprintln!(
+                            "  dig @{} -p {} {name}   {code}{}",
+                            dns.ip(),
+                            dns.port(),
+                            if addresses.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" {}", addresses.join(", "))
+                            }
+                        );
+                        if name.starts_with("echo.demo.svc.clusterset")
+                            && expected_echo
+                                .as_ref()
+                                .is_none_or(|v| !addresses.contains(v))
+                        {
+                            eprintln!("    expected echo's VIP {expected_echo:?}");
+                            ok = false;
+                        }
+                        if name.starts_with("nope") && code != ResponseCode::NXDomain {
+                            ok = false;
+                        }
+                    }
+                    Err(err) => {
+                        eprintln!("  {name}: FAILED: {err:#}");
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+
+    heading("Failover drill: echo drained in zone a while zone a's client calls it");
+    let drill_args = FailoverArgs {
+        client: client_args.clone(),
+        service: "echo".into(),
+        namespace: "demo".into(),
+        zone: "a".into(),
+        from: Some("a".into()),
+        mode: Mode::Drain,
+        rate: 50,
+        duration: Duration::from_secs(3),
+        max_errors: 50,
+        objective_rto: Duration::from_secs(1),
+        objective_errors: 0,
+        dir: Some(dir.to_path_buf()),
+        format: Format::Table,
+    };
+    let report = drill::run_failover(drill_args.clone()).await?;
+    report.print(Format::Table)?;
+    ok &= report.objectives_met;
+    let moved_to_b = report
+        .analysis
+        .answers_by_zone
+        .get("b")
+        .copied()
+        .unwrap_or(0);
+    if moved_to_b == 0 {
+        eprintln!("  expected traffic to move to zone b (same region as a)");
+        ok = false;
+    }
+
+    heading("Failover drill: echo's processes in zone a SIGKILLed, then restarted");
+    let report = drill::run_failover(FailoverArgs {
+        mode: Mode::Kill,
+        duration: Duration::from_secs(2),
+        ..drill_args
+    })
+    .await?;
+    report.print(Format::Table)?;
+    ok &= report.objectives_met;
+    Ok(ok)
+}
+
+/// One call through a VIP, retried for a while (right after `strait up` the zones are still
+/// learning about each other); the demo app's JSON answer.
+async fn call(target: &str) -> anyhow::Result<serde_json::Value> {
+    let addr: SocketAddr = target.parse()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let load = Load::start(LoadConfig::new(addr, 10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let samples = load.stop().await;
+        if let Some(sample) = samples.first() {
+            match &sample.result {
+                SampleResult::Answered { .. } => return fetch_json(addr).await,
+                SampleResult::Failed { reason } if Instant::now() > deadline => {
+                    bail!("{reason}")
+                }
+                SampleResult::Failed { .. } => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn fetch_json(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await??;
+    let text = String::from_utf8_lossy(&reply);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    Ok(serde_json::from_str(body.trim())?)
+}
+
+/// Zone-pinned VIPs of echo, from the client sidecar's running config.
+async fn pinned_vips(admin: Option<&str>) -> BTreeMap<String, String> {
+    let Some(admin) = admin.and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        return BTreeMap::new();
+    };
+    let body = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+        stream
+            .write_all(b"GET /config HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).await.ok()?;
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        let body = text.split_once("\r\n\r\n")?.1.to_owned();
+        serde_json::from_str::<serde_json::Value>(&body).ok()
+    };
+    let Ok(Some(config)) = tokio::time::timeout(Duration::from_secs(5), body).await else {
+        return BTreeMap::new();
+    };
+    config["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["service"]["name"] == "echo")
+        .and_then(|s| s["zone_vips"].as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(z, v)| Some((z.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An A query over UDP: the response code and the addresses.
+async fn resolve(server: SocketAddr, name: &str) -> anyhow::Result<(ResponseCode, Vec<String>)> {
+    let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    message.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    socket.send_to(&message.to_vec()?, server).await?;
+    let mut buf = vec![0_u8; 4096];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .context("no DNS answer within 2 s")??;
+    let reply = Message::from_vec(&buf[..len])?;
+    let addresses = reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    Ok((reply.metadata.response_code, addresses))
+}
+
+fn rand_id() -> u16 {
+    // Good enough for a one-shot query on loopback; the reply is matched by its socket.
+    (std::process::id() as u16) ^ (Instant::now().elapsed().subsec_nanos() as u16)
+}

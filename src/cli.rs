@@ -12,6 +12,10 @@ use crate::commands;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Async runtime worker threads (default: 1 for `sidecar run`, which keeps every request
+    /// on one thread with no cross-thread wake-ups; one per core for everything else).
+    #[arg(long, global = true, env = "STRAIT_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +79,9 @@ enum GatewayCommand {
 enum SidecarCommand {
     /// Run one sidecar.
     Run(Box<commands::sidecar::RunArgs>),
+    /// Install the traffic-capture rules (iptables) that send a pod's VIP traffic and inbound
+    /// app ports through its sidecar (run once, as an init container with NET_ADMIN).
+    Init(Box<commands::sidecar::InitArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +138,22 @@ pub enum Format {
 }
 
 impl Cli {
+    /// How many runtime worker threads the command runs on; `None` is one per core.
+    pub fn worker_threads(&self) -> Option<usize> {
+        // `up` waits for processes with `block_in_place`, which needs a multi-thread runtime.
+        if matches!(self.command, Command::Up(_)) {
+            return None;
+        }
+        self.worker_threads
+            .filter(|&n| n > 0)
+            .or(match self.command {
+                // A sidecar proxies one workload's traffic: on one thread each request's hops
+                // (downstream, pooled upstream, TLS) wake each other without crossing threads.
+                Command::Sidecar(SidecarCommand::Run(_)) => Some(1),
+                _ => None,
+            })
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Global(GlobalCommand::Run(args)) => commands::global::run(*args).await,
@@ -153,6 +176,7 @@ impl Cli {
             Command::Delete(args) => commands::admin::delete(args).await,
             Command::Services(args) => commands::admin::services(args).await,
             Command::Sidecar(SidecarCommand::Run(args)) => commands::sidecar::run(*args).await,
+            Command::Sidecar(SidecarCommand::Init(args)) => commands::sidecar::init(*args),
             Command::DemoApp(args) => commands::sidecar::demo_app(args).await,
             Command::Gateway(GatewayCommand::Run(args)) => commands::gateway::run(*args).await,
             Command::Drain(args) => commands::drill::drain(args, true).await,

@@ -179,6 +179,7 @@ impl GatewaySettings {
             zone: self.zone.clone(),
             trust_domain: self.trust_domain.clone(),
             token_file: self.token_file.clone(),
+            token_kind: Default::default(),
             data_dir: self.data_dir.clone(),
             bundle_file: self.bundle_file.clone(),
             id: self.spiffe_id()?,

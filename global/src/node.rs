@@ -369,3 +369,173 @@ fn renew_own_certificate(ctx: &NodeContext) {
         Err(err) => tracing::warn!(%err, "renewing this node's certificate failed (will retry)"),
     }
 }
+
+// === StatefulSet peers (`--join-dns`) ===
+
+/// A global node's place in a Kubernetes StatefulSet, decided from its pod name alone: the pod
+/// with ordinal 0 founds the federation on its first start, every other one joins it through
+/// the stable DNS names of the pods before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatefulSetRole {
+    /// `K` of the pod name `NAME-K`.
+    pub ordinal: u32,
+    /// `K + 1`: Raft ids start at 1 and are never reused.
+    pub node_id: NodeId,
+    /// `NAME-K.DOMAIN:PORT`, this pod's stable address.
+    pub advertise: String,
+    /// `NAME-0.DOMAIN:PORT`, ..., `NAME-(K-1).DOMAIN:PORT` (ordinal 0 first); empty for
+    /// ordinal 0, which bootstraps.
+    pub join: Vec<String>,
+}
+
+/// Why `--join-dns` cannot place this node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatefulSetError {
+    #[error(
+        "pod name {0:?} is not NAME-ORDINAL (a StatefulSet pod's name; set POD_NAME or --pod-name)"
+    )]
+    PodName(String),
+    #[error(
+        "--join-dns {0:?}: expected the headless Service's domain, HEADLESS.NAMESPACE.svc[.cluster.local][:PORT]"
+    )]
+    Domain(String),
+}
+
+/// Most pods a StatefulSet of global nodes has (Raft groups are 1, 3 or 5; leave room).
+const MAX_ORDINAL: u32 = 1000;
+
+/// Where pod `pod_name` stands in its StatefulSet, whose headless Service has the DNS domain
+/// `join_dns` (`HEADLESS.NS.svc[.cluster.local]`, optionally with `:PORT`; `default_port`, the
+/// node's gRPC port, otherwise).
+pub fn statefulset_role(
+    pod_name: &str,
+    join_dns: &str,
+    default_port: u16,
+) -> Result<StatefulSetRole, StatefulSetError> {
+    let bad_pod = || StatefulSetError::PodName(pod_name.to_owned());
+    let (set, ordinal) = pod_name.rsplit_once('-').ok_or_else(bad_pod)?;
+    let dns_label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if !dns_label(set) || ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad_pod());
+    }
+    let ordinal: u32 = ordinal
+        .parse()
+        .ok()
+        .filter(|o| *o < MAX_ORDINAL)
+        .ok_or_else(bad_pod)?;
+    let bad_domain = || StatefulSetError::Domain(join_dns.to_owned());
+    let (domain, port) = match join_dns.rsplit_once(':') {
+        Some((domain, port)) => (
+            domain,
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(bad_domain)?,
+        ),
+        None => (join_dns, default_port),
+    };
+    let domain = domain.trim_end_matches('.');
+    if domain.split('.').count() < 2 || !domain.split('.').all(dns_label) {
+        return Err(bad_domain());
+    }
+    let address = |k: u32| format!("{set}-{k}.{domain}:{port}");
+    Ok(StatefulSetRole {
+        ordinal,
+        node_id: NodeId::from(ordinal) + 1,
+        advertise: address(ordinal),
+        join: (0..ordinal).map(address).collect(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod statefulset_tests {
+    use super::*;
+
+    #[test]
+    fn ordinal_zero_bootstraps() {
+        let role =
+            statefulset_role("strait-global-0", "strait-global-peers.strait.svc", 7400).unwrap();
+        assert_eq!(
+            role,
+            StatefulSetRole {
+                ordinal: 0,
+                node_id: 1,
+                advertise: "strait-global-0.strait-global-peers.strait.svc:7400".into(),
+                join: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn later_ordinals_join_through_the_pods_before_them() {
+        let role = statefulset_role(
+            "strait-global-2",
+            "strait-global-peers.strait.svc.cluster.local:7500",
+            7400,
+        )
+        .unwrap();
+        assert_eq!(role.ordinal, 2);
+        assert_eq!(role.node_id, 3);
+        assert_eq!(
+            role.advertise,
+            "strait-global-2.strait-global-peers.strait.svc.cluster.local:7500"
+        );
+        assert_eq!(
+            role.join,
+            [
+                "strait-global-0.strait-global-peers.strait.svc.cluster.local:7500",
+                "strait-global-1.strait-global-peers.strait.svc.cluster.local:7500",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_that_are_not_statefulset_pods_are_refused() {
+        for pod in [
+            "strait-global",
+            "strait-global-",
+            "strait-global-x",
+            "-0",
+            "Global-0",
+            "g-1000",
+            "g--1",
+        ] {
+            assert!(
+                matches!(
+                    statefulset_role(pod, "peers.ns.svc", 7400),
+                    Err(StatefulSetError::PodName(_))
+                ),
+                "{pod}"
+            );
+        }
+        for domain in [
+            "peers",
+            "peers.ns.svc:0",
+            "peers.ns.svc:http",
+            "",
+            "peers..svc",
+            "https://peers.ns.svc",
+        ] {
+            assert!(
+                matches!(
+                    statefulset_role("g-1", domain, 7400),
+                    Err(StatefulSetError::Domain(_))
+                ),
+                "{domain}"
+            );
+        }
+        // A trailing dot (a fully qualified name) is fine.
+        assert_eq!(
+            statefulset_role("g-1", "peers.ns.svc.", 7400).unwrap().join,
+            ["g-0.peers.ns.svc:7400"]
+        );
+    }
+}

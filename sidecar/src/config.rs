@@ -3,7 +3,7 @@
 //!
 //! They mirror the command line
 //! `strait sidecar run --zone-cp ADDR --zone Z --token-file F --service S --namespace NS
-//! [--app ADDR] --inbound ADDR --admin ADDR [--labels k=v,...] [--outbound vips|none]
+//! [--app ADDR] --inbound ADDR --admin ADDR [--labels k=v,...] [--outbound vips|none|capture:PORT]
 //! [--data-dir DIR] [--bundle-file F]`, and the same as YAML.
 //!
 //! (The type is not called `SidecarConfig`: that name belongs to the config the zone pushes,
@@ -30,6 +30,10 @@ pub struct SidecarSettings {
     /// The bootstrap token (`strait token workload ...`). Read only when the sidecar has no
     /// usable certificate (first start, or a certificate that expired).
     pub token_file: PathBuf,
+    /// What `token_file` holds: `bootstrap` (default) or, on Kubernetes, `service_account`
+    /// (the pod's projected token, checked by the zone with a TokenReview).
+    #[serde(default)]
+    pub token_kind: crate::identity::TokenKind,
     /// The service this sidecar serves; also its service account
     /// (`spiffe://TD/ns/NAMESPACE/sa/SERVICE`).
     pub service: String,
@@ -72,6 +76,10 @@ pub enum OutboundMode {
     Vips,
     /// No outbound listeners: a sidecar that only receives.
     None,
+    /// One listener on `127.0.0.1:PORT` for connections that traffic capture
+    /// (`strait sidecar init`) redirected there; the VIP each was meant for is read back from
+    /// the connection (`SO_ORIGINAL_DST`). For pods, where VIPs are not local addresses.
+    Capture(u16),
 }
 
 impl std::str::FromStr for OutboundMode {
@@ -81,9 +89,13 @@ impl std::str::FromStr for OutboundMode {
         match s {
             "vips" => Ok(OutboundMode::Vips),
             "none" => Ok(OutboundMode::None),
-            other => Err(format!(
-                "{other:?} is not an outbound mode: use vips or none"
-            )),
+            "capture" => Ok(OutboundMode::Capture(crate::capture::DEFAULT_OUTBOUND_PORT)),
+            other => match other.strip_prefix("capture:").map(str::parse::<u16>) {
+                Some(Ok(port)) if port != 0 => Ok(OutboundMode::Capture(port)),
+                _ => Err(format!(
+                    "{other:?} is not an outbound mode: use vips, none or capture[:PORT]"
+                )),
+            },
         }
     }
 }
@@ -130,6 +142,7 @@ impl SidecarSettings {
             zone: zone.into(),
             trust_domain: default_trust_domain(),
             token_file,
+            token_kind: crate::identity::TokenKind::default(),
             service: service.into(),
             namespace: namespace.into(),
             instance: None,
@@ -252,6 +265,7 @@ impl SidecarSettings {
             zone: self.zone.clone(),
             trust_domain: self.trust_domain.clone(),
             token_file: self.token_file.clone(),
+            token_kind: self.token_kind,
             data_dir: self.data_dir.clone(),
             bundle_file: self.bundle_file.clone(),
             id: self.spiffe_id()?,
@@ -370,6 +384,21 @@ mod tests {
         assert!(err.to_string().contains("outbound") || err.to_string().contains("all"));
         assert_eq!("none".parse::<OutboundMode>(), Ok(OutboundMode::None));
         assert!("all".parse::<OutboundMode>().is_err());
+        assert_eq!(
+            "capture:15101".parse::<OutboundMode>(),
+            Ok(OutboundMode::Capture(15101))
+        );
+        assert_eq!(
+            "capture".parse::<OutboundMode>(),
+            Ok(OutboundMode::Capture(15001))
+        );
+        assert!("capture:0".parse::<OutboundMode>().is_err());
+        let s = SidecarSettings::from_yaml(
+            &yaml.replace("outbound: none", "outbound: {capture: 15001}"),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(s.outbound, OutboundMode::Capture(15001));
     }
 
     #[test]

@@ -552,7 +552,10 @@ pub fn register_message(settings: &SidecarSettings) -> pb::Register {
             subzone: String::new(),
         }),
         inbound_address: settings.inbound.to_string(),
-        outbound_vips: settings.outbound == OutboundMode::Vips,
+        outbound_vips: matches!(
+            settings.outbound,
+            OutboundMode::Vips | OutboundMode::Capture(_)
+        ),
         known_version: 0,
     }
 }

@@ -176,6 +176,9 @@ pub struct IdentitySettings {
     pub trust_domain: String,
     /// The bootstrap token, read only when there is no usable certificate.
     pub token_file: PathBuf,
+    /// What `token_file` holds: a Strait bootstrap token, or (Kubernetes) the pod's projected
+    /// service-account token, which the zone checks with a TokenReview.
+    pub token_kind: TokenKind,
     /// Where the key, certificate and bundle are kept across restarts.
     pub data_dir: Option<PathBuf>,
     /// The federation's trust bundle to verify the zone with on first contact.
@@ -184,6 +187,42 @@ pub struct IdentitySettings {
     pub id: SpiffeId,
     /// Prefix of the identity metrics: `strait_sidecar`, `strait_gateway`.
     pub metrics_prefix: &'static str,
+}
+
+/// What a token file holds, and so which credential it is sent as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// A Strait bootstrap token (`strait token workload`).
+    #[default]
+    Bootstrap,
+    /// A Kubernetes projected service-account token (audience `strait`), re-read at every
+    /// bootstrap because the kubelet rotates it.
+    ServiceAccount,
+}
+
+impl TokenKind {
+    fn credential(self, token: String) -> pb::sign_certificate_request::Credential {
+        use pb::sign_certificate_request::Credential;
+        match self {
+            TokenKind::Bootstrap => Credential::BootstrapToken(token),
+            TokenKind::ServiceAccount => Credential::ServiceAccountToken(token),
+        }
+    }
+}
+
+impl std::str::FromStr for TokenKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bootstrap" => Ok(TokenKind::Bootstrap),
+            "service-account" | "service_account" => Ok(TokenKind::ServiceAccount),
+            other => Err(format!(
+                "{other:?} is not a token kind: use bootstrap or service-account"
+            )),
+        }
+    }
 }
 
 impl IdentitySettings {
@@ -278,6 +317,7 @@ struct Inner {
     zone_cp_id: SpiffeId,
     trust_domain: String,
     token_file: PathBuf,
+    token_kind: TokenKind,
     data_dir: Option<PathBuf>,
     creds: CredentialStore,
     trust: TrustStore,
@@ -382,6 +422,7 @@ impl Identity {
                 zone_cp_id,
                 trust_domain: settings.trust_domain.clone(),
                 token_file: settings.token_file.clone(),
+                token_kind: settings.token_kind,
                 data_dir: settings.data_dir.clone(),
                 creds,
                 trust,
@@ -480,9 +521,7 @@ impl Identity {
             Some(verifier.as_ref()),
             pb::SignCertificateRequest {
                 csr_pem: key.leaf_csr(&inner.id)?,
-                credential: Some(pb::sign_certificate_request::Credential::BootstrapToken(
-                    token,
-                )),
+                credential: Some(inner.token_kind.credential(token)),
                 requested_spiffe_id: inner.id.to_string(),
             },
             &inner.zone_cp_id,
@@ -596,9 +635,7 @@ async fn bootstrap_once(
         Some(verifier.as_ref()),
         pb::SignCertificateRequest {
             csr_pem: key.leaf_csr(id)?,
-            credential: Some(pb::sign_certificate_request::Credential::BootstrapToken(
-                token,
-            )),
+            credential: Some(settings.token_kind.credential(token)),
             requested_spiffe_id: id.to_string(),
         },
         zone_cp_id,

@@ -338,27 +338,46 @@ impl Balancer {
         &self.outlier
     }
 
-    /// This zone's endpoints ejected because they could not be connected to, as (address,
-    /// SPIFFE ID): a connect probe that succeeds may [`reinstate`](Self::reinstate) them.
-    pub fn probe_candidates(&self, now: Instant) -> Vec<(String, String)> {
+    /// The targets a probe may [`reinstate`](Self::reinstate) before their ejection is up:
+    /// this zone's endpoints ejected because they could not be connected to (an app that
+    /// answers 5xx would pass a connect probe), and every ejected remote zone (whatever ejected
+    /// it — a lost path, resets on a dead tunnel — a tunnel through to one of its sidecars is
+    /// the test that it is back).
+    pub fn probe_candidates(&self, now: Instant) -> Vec<Target> {
         let ejected = self.outlier.ejected_for_connect_failures(now);
-        self.levels
-            .iter()
-            .flat_map(|l| &l.groups)
-            .filter_map(|g| match &g.kind {
-                GroupKind::Local(endpoints) => Some(endpoints),
-                GroupKind::Remote { .. } => None,
-            })
-            .flatten()
-            .filter(|e| ejected.contains(&&e.key))
-            .map(|e| (e.endpoint.address.clone(), e.endpoint.spiffe_id.clone()))
-            .collect()
+        let mut targets = Vec::new();
+        for group in self.levels.iter().flat_map(|l| &l.groups) {
+            match &group.kind {
+                GroupKind::Local(endpoints) => {
+                    targets.extend(endpoints.iter().filter(|e| ejected.contains(&&e.key)).map(
+                        |e| Target::Endpoint {
+                            address: e.endpoint.address.clone(),
+                            spiffe_id: e.endpoint.spiffe_id.clone(),
+                            instance: e.endpoint.instance.clone(),
+                        },
+                    ));
+                }
+                GroupKind::Remote {
+                    gateways,
+                    identities,
+                    ..
+                } => {
+                    if self.outlier.is_ejected(&group.key, now) {
+                        targets.push(Target::Remote {
+                            zone: group.zone.clone(),
+                            gateways: gateways.clone(),
+                            identities: identities.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        targets
     }
 
-    /// Ends the ejection of the endpoint at `address` (a probe reached it).
-    pub fn reinstate(&mut self, address: &str, now: Instant) -> bool {
-        self.outlier
-            .reinstate(&TargetKey::Endpoint(address.to_owned()), now)
+    /// Ends the ejection of `key` (a probe reached it).
+    pub fn reinstate(&mut self, key: &TargetKey, now: Instant) -> bool {
+        self.outlier.reinstate(key, now)
     }
 
     /// The share of traffic each level takes now, for `subset` and with `exclude` avoided

@@ -12,11 +12,13 @@
 //!   certificate; [`discovery`]: the config stream from the zone;
 //! - [`inbound`]: mTLS termination, authorization and forwarding to the app;
 //! - [`outbound`]: listeners on service VIPs, routing, balancing and retries to other sidecars;
+//! - [`capture`]: the iptables rules of `strait sidecar init` (traffic capture in a pod);
 //! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`]: the demo workload;
 //! - [`run`]: the whole sidecar on listeners passed in, until shutdown.
 
 pub mod admin;
 pub mod authz;
+pub mod capture;
 pub mod config;
 pub mod demo_app;
 pub mod discovery;

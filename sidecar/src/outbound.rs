@@ -7,6 +7,10 @@
 //!   VIP, kept in a manager keyed by that address. A config change binds new addresses and
 //!   closes removed ones; connections already accepted are not touched. An address that
 //!   cannot be bound is logged and tried again every few seconds.
+//! - **Captured** (`--outbound capture:PORT`, [`serve_captured`]): instead of listeners on the
+//!   VIPs, one listener on `127.0.0.1:PORT` that traffic capture redirects the app's VIP
+//!   connections to; the VIP is read back with `SO_ORIGINAL_DST` and the connection handled
+//!   exactly as if it had arrived on that VIP's listener.
 //! - **Zone-pinned VIPs**: each VIP of a service's `zone_vips` gets listeners on the service's
 //!   ports too, and what arrives there goes to that zone only — this zone's endpoints, or the
 //!   remote zone through the gateways ([`Balancer::pick_within`]); retries stay in the zone.
@@ -357,6 +361,8 @@ struct ServiceState {
     /// The last refusal a gateway gave for this service (when, `x-strait-error` code, text):
     /// when every target is ejected, the sidecar's own 503 says what the remote side said.
     last_refusal: Mutex<Option<(Instant, &'static str, String)>>,
+    /// The port probes of ejected remote zones open their tunnel to (the first one).
+    probe_port: AtomicU32,
 }
 
 /// How long a gateway's refusal explains a `no-healthy-upstream`.
@@ -454,9 +460,13 @@ impl Shared {
                             policy: RwLock::new(policy),
                             in_flight: AtomicU32::new(0),
                             last_refusal: Mutex::new(None),
+                            probe_port: AtomicU32::new(0),
                         }),
                     );
                 }
+            }
+            if let (Some(state), Some(port)) = (services.get(&key), service.ports.first()) {
+                state.probe_port.store(port.port, Ordering::Relaxed);
             }
             for group in &service.localities {
                 addresses.extend(group.endpoints.iter().map(|e| e.address.clone()));
@@ -567,6 +577,112 @@ pub async fn serve(ctx: OutboundContext, shutdown: impl Future) -> Result<(), Ou
     Ok(())
 }
 
+// === traffic capture ===
+
+/// Serves the connections traffic capture redirected to `listener` (`--outbound capture:PORT`,
+/// see [`crate::capture`]) until `shutdown` completes, following config changes: each is
+/// handled as if it had arrived on a listener bound on the VIP it was meant for, read back with
+/// `SO_ORIGINAL_DST`. A connection for an address that is no service's VIP, or one that was not
+/// redirected at all, is closed. After shutdown, open connections get the drain period.
+pub async fn serve_captured(
+    ctx: OutboundContext,
+    listener: TcpListener,
+    shutdown: impl Future,
+) -> Result<(), OutboundError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+    let mut config = ctx.config.clone();
+    let shared = Arc::new(Shared {
+        pool: Pool::new(ctx.creds.clone(), ctx.trust.clone()),
+        ctx,
+        zone: RwLock::new(String::new()),
+        gateway_id: RwLock::new(String::new()),
+        services: RwLock::default(),
+        bindings: RwLock::default(),
+        open: open_tx,
+        stop: stop_rx,
+    });
+    let current = config.borrow_and_update().clone();
+    shared.apply(&current);
+    tokio::spawn(probe_ejected(Arc::downgrade(&shared)));
+    shared.ctx.metrics.listeners.set(1);
+    let accept = tokio::spawn(capture_accept_loop(shared.clone(), listener));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    shutdown.as_mut().await;
+                    break;
+                }
+                let current = config.borrow_and_update().clone();
+                shared.apply(&current);
+            }
+        }
+    }
+    accept.abort();
+    let _ = accept.await;
+    shared.ctx.metrics.listeners.set(0);
+    let _ = stop_tx.send(true);
+    drop(shared);
+    if tokio::time::timeout(DRAIN_TIMEOUT, open_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::info!("closing outbound connections still open after the drain period");
+    }
+    Ok(())
+}
+
+async fn capture_accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let local = listener.local_addr().ok();
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let destination = match original_destination(&tcp) {
+                    Ok(destination) if Some(destination) != local => destination,
+                    Ok(_) => {
+                        tracing::debug!(%peer, "connection to the capture port was not redirected; closing");
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::debug!(%peer, %err, "no original destination; closing");
+                        continue;
+                    }
+                };
+                let known = shared
+                    .bindings
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(&destination);
+                if !known {
+                    tracing::debug!(%peer, %destination, "captured connection for no known VIP; closing");
+                    continue;
+                }
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(connection(shared.clone(), tcp, destination).instrument(
+                    tracing::debug_span!("outbound_conn", %peer, vip = %destination, captured = true),
+                ));
+            }
+            Err(err) => {
+                tracing::warn!(%err, "capture accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// The address a connection was sent to before an iptables `REDIRECT` changed it
+/// (`SO_ORIGINAL_DST`, IPv4).
+pub fn original_destination(tcp: &TcpStream) -> std::io::Result<SocketAddr> {
+    let addr = nix::sys::socket::getsockopt(tcp, nix::sys::socket::sockopt::OriginalDst)?;
+    // Both fields are in network byte order.
+    let ip = std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Ok(SocketAddr::from((ip, u16::from_be(addr.sin_port))))
+}
+
 /// Tries to connect to this zone's endpoints that were ejected for connect failures, every
 /// [`PROBE_INTERVAL`], and puts back the ones that answer (the pooled connection the probe
 /// opened serves the next request). Without it a restarted instance would wait out its whole
@@ -586,17 +702,36 @@ async fn probe_ejected(shared: std::sync::Weak<Shared>) {
             .values()
             .cloned()
             .collect();
+        let gateway_id = shared
+            .gateway_id
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         for service in services {
             let candidates = lock(&service.balancer).probe_candidates(Instant::now());
-            for (address, spiffe_id) in candidates {
-                if shared
-                    .pool
-                    .sender(&address, &spiffe_id, PROBE_TIMEOUT)
-                    .await
-                    .is_ok()
-                    && lock(&service.balancer).reinstate(&address, Instant::now())
-                {
-                    tracing::info!(service = %service.name, %address, "ejected endpoint answers again; reinstated");
+            let port = u16::try_from(service.probe_port.load(Ordering::Relaxed)).unwrap_or(0);
+            for target in candidates {
+                let reached = match &target {
+                    Target::Endpoint {
+                        address, spiffe_id, ..
+                    } => shared
+                        .pool
+                        .sender(address, spiffe_id, PROBE_TIMEOUT)
+                        .await
+                        .is_ok(),
+                    Target::Remote { .. } => {
+                        match remote(&target, &service.name, port, &gateway_id) {
+                            Some(remote) => shared
+                                .pool
+                                .remote_sender(&remote, PROBE_TIMEOUT)
+                                .await
+                                .is_ok(),
+                            None => false,
+                        }
+                    }
+                };
+                if reached && lock(&service.balancer).reinstate(&target.key(), Instant::now()) {
+                    tracing::info!(service = %service.name, target = ?target.key(), "ejected target answers again; reinstated");
                 }
             }
         }

@@ -44,8 +44,12 @@ use crate::inbound::ALPN_H2;
 /// The request and response bodies the outbound side moves.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
-/// HTTP/2 keepalive pings on pooled upstream connections, to notice a dead peer.
+/// HTTP/2 keepalive pings on pooled connections to this zone's sidecars and gateways, to notice
+/// a dead peer (a process that dies is noticed at once: its socket is reset).
 const H2_KEEPALIVE: Duration = Duration::from_secs(10);
+/// Keepalive on connections through a tunnel: a path to another zone can go silent (a
+/// partition, a gateway lost) with nothing reset, and every request on it would wait.
+const TUNNEL_KEEPALIVE: Duration = Duration::from_secs(1);
 /// The name handed to rustls; SPIFFE certificates carry none, the verifier ignores it.
 const SERVER_NAME: &str = "strait.invalid";
 
@@ -245,7 +249,7 @@ impl Pool {
             .clone();
         pooled(&slot, spiffe_id, || async {
             let tls = self.connect(address, spiffe_id, ALPN_H2, timeout).await?;
-            h2_handshake(tls, address.to_owned()).await
+            h2_handshake(tls, address.to_owned(), H2_KEEPALIVE).await
         })
         .await
     }
@@ -359,7 +363,7 @@ impl Pool {
         let ids = remote.identities.join(" ");
         pooled(&slot, &ids, || async {
             let tls = self.connect_remote(remote, ALPN_H2, timeout).await?;
-            h2_handshake(tls, key.clone()).await
+            h2_handshake(tls, key.clone(), TUNNEL_KEEPALIVE).await
         })
         .await
     }
@@ -390,13 +394,19 @@ where
 }
 
 /// The HTTP/2 client handshake over `io`; the connection is driven by its own task.
-async fn h2_handshake<IO>(io: IO, label: String) -> Result<SendRequest<Body>, ConnectError>
+/// A ping unanswered for `keepalive` closes the connection.
+async fn h2_handshake<IO>(
+    io: IO,
+    label: String,
+    keepalive: Duration,
+) -> Result<SendRequest<Body>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_interval(keepalive)
+        .keep_alive_timeout(keepalive)
         .keep_alive_while_idle(true)
         .handshake(TokioIo::new(io))
         .await?;

@@ -1,6 +1,6 @@
 //! `strait sidecar run`: the whole sidecar on listeners passed in — the control half
 //! (identity, discovery, app probe), the inbound listener, the admin endpoint and, with
-//! `outbound: vips`, the outbound listeners — until shutdown.
+//! `outbound: vips` (or `capture:PORT`), the outbound listeners — until shutdown.
 //!
 //! On shutdown every part stops accepting, open connections get a bounded drain period, and
 //! the control half's background tasks are stopped.
@@ -26,6 +26,11 @@ pub enum SidecarError {
     Inbound(#[from] InboundError),
     #[error(transparent)]
     Outbound(#[from] OutboundError),
+    #[error("binding the capture listener {addr}: {source}")]
+    CaptureListener {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("a sidecar task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -39,6 +44,18 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future,
 ) -> Result<(), SidecarError> {
+    // Bound before anything starts, so a port in use fails the start cleanly.
+    let capture = match settings.outbound {
+        OutboundMode::Capture(port) => {
+            // Loopback only: iptables `REDIRECT` in `OUTPUT` sends to 127.0.0.1.
+            let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| SidecarError::CaptureListener { addr, source })?;
+            Some(listener)
+        }
+        OutboundMode::Vips | OutboundMode::None => None,
+    };
     let control = discovery::start_control_with(settings, ControlOptions::default()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopping = move || {
@@ -71,6 +88,15 @@ pub async fn run(
         let ctx = OutboundContext::from_control(&control)?;
         let stop = stopping();
         tasks.spawn(async move { outbound::serve(ctx, stop).await.map_err(SidecarError::from) });
+    }
+    if let Some(listener) = capture {
+        let ctx = OutboundContext::from_control(&control)?;
+        let stop = stopping();
+        tasks.spawn(async move {
+            outbound::serve_captured(ctx, listener, stop)
+                .await
+                .map_err(SidecarError::from)
+        });
     }
     tracing::info!(outbound = ?control.settings.outbound, "sidecar running");
 

@@ -155,6 +155,8 @@ pub struct Report {
     pub analysis: Analysis,
     pub aborted: bool,
     pub objectives_met: bool,
+    /// Why the drill's numbers may not mean what they seem.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -183,6 +185,7 @@ impl Report {
                 "errors": self.args.objective_errors,
             },
             "objectives_met": self.objectives_met,
+            "notes": self.notes,
         })
     }
 
@@ -247,6 +250,9 @@ impl Report {
                 b.start_ms as f64 / 1000.0,
                 zones.join(" ")
             );
+        }
+        for note in &self.notes {
+            crate::outln!("  note: {note}");
         }
         if self.aborted {
             crate::outln!(
@@ -326,7 +332,20 @@ pub async fn run_failover(args: FailoverArgs) -> anyhow::Result<Report> {
     }
     restore?;
     let analysis = timeline::analyze(&samples, &args.zone, phases, SLICE);
-    let objectives_met = !aborted
+    let served_before = samples.iter().any(|s| {
+        s.sent < phases.out_at
+            && matches!(&s.result, SampleResult::Answered { zone } if *zone == args.zone)
+    });
+    let mut notes = Vec::new();
+    if !served_before {
+        notes.push(format!(
+            "zone {} answered none of zone {from}'s requests before it was taken out: the drill \
+             measured nothing (another zone serves zone {from} first; try --from {})",
+            args.zone, args.zone
+        ));
+    }
+    let objectives_met = served_before
+        && !aborted
         && analysis.errors <= args.objective_errors
         && analysis
             .rto_ms
@@ -338,6 +357,7 @@ pub async fn run_failover(args: FailoverArgs) -> anyhow::Result<Report> {
         analysis,
         aborted,
         objectives_met,
+        notes,
     })
 }
 

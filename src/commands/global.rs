@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use strait_global::config::GlobalConfig;
+use strait_global::node::{StatefulSetRole, statefulset_role};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -47,6 +48,16 @@ pub struct RunArgs {
     /// File holding the node join token (`strait token node`).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Run as a pod of a Kubernetes StatefulSet whose headless Service has this DNS domain
+    /// (`HEADLESS.NAMESPACE.svc[.cluster.local][:PORT]`, the port defaulting to --listen's):
+    /// the pod name `NAME-K` gives node id K+1; pod 0 founds the federation, the others join
+    /// through `NAME-0.DOMAIN`, ..., `NAME-(K-1).DOMAIN` with --token-file (waiting for it to
+    /// appear, as a Secret key does).
+    #[arg(long, conflicts_with = "join")]
+    join_dns: Option<String>,
+    /// This pod's name, with --join-dns (default: $HOSTNAME, a StatefulSet pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Where the first node writes the admin credential (default DATA/admin).
     #[arg(long)]
     admin_credentials_dir: Option<PathBuf>,
@@ -65,7 +76,39 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    fn config(self) -> anyhow::Result<GlobalConfig> {
+    /// With `--join-dns`: this pod's place in its StatefulSet.
+    fn statefulset_role(&self) -> anyhow::Result<Option<StatefulSetRole>> {
+        let Some(domain) = &self.join_dns else {
+            return Ok(None);
+        };
+        let pod = self
+            .pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .context("--join-dns needs the pod name: set POD_NAME or --pod-name")?;
+        let port = self.listen.map_or(7400, |l| l.port());
+        let role = statefulset_role(&pod, domain, port)?;
+        if let Some(id) = self.node_id
+            && id != role.node_id
+        {
+            anyhow::bail!(
+                "--node-id {id} contradicts pod {pod} (ordinal {}, so node id {})",
+                role.ordinal,
+                role.node_id
+            );
+        }
+        Ok(Some(role))
+    }
+
+    fn config(mut self) -> anyhow::Result<GlobalConfig> {
+        let role = self.statefulset_role()?;
+        if let Some(role) = &role {
+            self.node_id = Some(role.node_id);
+            if self.advertise.is_none() {
+                self.advertise = Some(role.advertise.clone());
+            }
+            self.join = role.join.clone();
+        }
         let mut config = match &self.config_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -122,7 +165,12 @@ impl RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     strait_observe::init_tracing("global");
+    let statefulset = args.join_dns.is_some();
     let config = args.config()?;
+    if statefulset {
+        tracing::info!(node_id = config.node_id, join = ?config.join, "StatefulSet pod");
+        wait_for_join_token(&config).await;
+    }
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -131,6 +179,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.admin_listen))?;
     strait_global::node::run(config, api, admin, shutdown_signal()).await?;
     Ok(())
+}
+
+/// A joining pod whose token is not there yet waits for it (a key added to an optional Secret
+/// volume appears in the pod within a minute) instead of crash-looping. A node that has its
+/// credentials already needs no token.
+async fn wait_for_join_token(config: &GlobalConfig) {
+    let Some(path) = &config.token_file else {
+        return;
+    };
+    if config.join.is_empty() || config.data_dir.join("node.json").exists() {
+        return;
+    }
+    let mut last_log: Option<std::time::Instant> = None;
+    while !path.exists() {
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            tracing::warn!(
+                token_file = %path.display(),
+                "waiting for this node's join token: create it with `strait token node --node-id {}` and add it to the Secret",
+                config.node_id
+            );
+            last_log = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

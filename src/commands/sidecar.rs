@@ -1,4 +1,4 @@
-//! `strait sidecar run` and `strait demo-app`.
+//! `strait sidecar run`, `strait sidecar init` (traffic capture) and `strait demo-app`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,9 +16,13 @@ pub struct RunArgs {
     /// The zone this sidecar runs in.
     #[arg(long)]
     zone: String,
-    /// Bootstrap token (`strait token workload`).
+    /// Bootstrap token (`strait token workload`), or with `--token-kind service-account` the
+    /// pod's projected service-account token (audience `strait`).
     #[arg(long)]
     token_file: PathBuf,
+    /// `bootstrap` or `service-account` (Kubernetes: checked by the zone with a TokenReview).
+    #[arg(long, default_value = "bootstrap")]
+    token_kind: String,
     #[arg(long)]
     service: String,
     #[arg(long)]
@@ -38,7 +42,8 @@ pub struct RunArgs {
     /// Endpoint labels, `k=v,k=v`.
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
-    /// `vips`: listen on the zone's service VIPs; `none`: inbound only.
+    /// `vips`: listen on the zone's service VIPs; `none`: inbound only; `capture:PORT`: accept
+    /// the app's VIP connections redirected by `strait sidecar init` on 127.0.0.1:PORT.
     #[arg(long, default_value = "vips")]
     outbound: String,
     #[arg(long)]
@@ -63,6 +68,10 @@ impl RunArgs {
             self.admin,
         );
         s.instance = self.instance;
+        s.token_kind = self
+            .token_kind
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--token-kind: {e}"))?;
         s.app = self.app;
         s.labels = self
             .labels
@@ -97,6 +106,81 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.admin))?;
     strait_sidecar::run::run(settings, inbound, admin, super::global::shutdown_signal()).await?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// VIP ranges whose TCP traffic goes to the sidecar's outbound port (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    vip_cidr: Vec<String>,
+    /// App ports whose incoming TCP goes to the sidecar's mTLS inbound port (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    inbound_ports: Vec<u16>,
+    /// The uid the sidecar runs as: its own traffic is never captured.
+    #[arg(long)]
+    proxy_uid: u32,
+    /// Also exclude this gid.
+    #[arg(long)]
+    proxy_gid: Option<u32>,
+    /// Where the sidecar accepts redirected outbound connections (`--outbound capture:PORT`).
+    #[arg(long, default_value_t = strait_sidecar::capture::DEFAULT_OUTBOUND_PORT)]
+    outbound_port: u16,
+    /// The sidecar's mutual TLS inbound port.
+    #[arg(long, default_value_t = strait_sidecar::capture::DEFAULT_INBOUND_PORT)]
+    inbound_port: u16,
+    /// Print the commands instead of running them.
+    #[arg(long)]
+    dry_run: bool,
+    /// The iptables program to run.
+    #[arg(long, default_value = "iptables")]
+    iptables: String,
+}
+
+/// `strait sidecar init`: installs the traffic-capture rules in this network namespace (the
+/// pod's init container, with NET_ADMIN), or prints them with `--dry-run`.
+pub fn init(args: InitArgs) -> anyhow::Result<()> {
+    use strait_sidecar::capture::{self, CaptureSpec, Cidr};
+    let mut spec = CaptureSpec::new(args.proxy_uid);
+    spec.vip_cidrs = args
+        .vip_cidr
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| c.parse::<Cidr>())
+        .collect::<Result<_, _>>()?;
+    spec.inbound_ports = args.inbound_ports;
+    spec.proxy_gid = args.proxy_gid;
+    spec.outbound_port = args.outbound_port;
+    spec.inbound_port = args.inbound_port;
+    let rules = capture::plan(&spec)?;
+    for rule in &rules {
+        println!("{}", rule.shell(&args.iptables));
+        if args.dry_run {
+            continue;
+        }
+        let out = std::process::Command::new(&args.iptables)
+            .args(&rule.args)
+            .output()
+            .with_context(|| format!("running {}", args.iptables))?;
+        if !out.status.success() && !rule.may_fail {
+            anyhow::bail!(
+                "`{}` failed ({}): {}",
+                rule.shell(&args.iptables),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    if !args.dry_run {
+        eprintln!(
+            "traffic capture installed: {} VIP range(s) -> 127.0.0.1:{}, {} inbound port(s) -> {}; uid {} excluded",
+            spec.vip_cidrs.len(),
+            spec.outbound_port,
+            spec.inbound_ports.len(),
+            spec.inbound_port,
+            spec.proxy_uid
+        );
+    }
     Ok(())
 }
 

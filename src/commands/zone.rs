@@ -1,12 +1,12 @@
-//! `strait zone run`: one zone control plane (universal mode).
+//! `strait zone run`: one zone control plane (universal or Kubernetes mode).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
-use strait_zone::config::ZoneConfig;
+use clap::{Args, ValueEnum};
+use strait_zone::config::{Mode, ZoneConfig};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -54,6 +54,44 @@ pub struct RunArgs {
     /// TTL of DNS answers, whole seconds (e.g. 5s).
     #[arg(long, value_parser = humantime::parse_duration)]
     dns_ttl: Option<Duration>,
+    /// Inventory source: `universal` (sidecars register) or `kubernetes` (Services,
+    /// EndpointSlices, Pods and MCS ServiceExports of the cluster; needs in-cluster
+    /// credentials or a kubeconfig).
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Kubernetes mode: the namespace the zone runs in (its leader-election Lease lives there).
+    #[arg(long, env = "POD_NAMESPACE")]
+    kubernetes_namespace: Option<String>,
+    /// Kubernetes mode: this replica's name in the leader-election Lease.
+    #[arg(long, env = "POD_NAME")]
+    replica: Option<String>,
+    /// Kubernetes mode: the leader-election Lease's name.
+    #[arg(long)]
+    lease_name: Option<String>,
+    /// Kubernetes mode: the sidecar's inbound port on every pod (endpoints are podIP:PORT).
+    #[arg(long)]
+    endpoint_inbound_port: Option<u16>,
+    /// Kubernetes mode: serve the sidecar injector (HTTPS admission webhook) on this address.
+    #[arg(long, requires_all = ["webhook_cert", "webhook_key", "sidecar_image", "sidecar_zone_cp"])]
+    webhook: Option<SocketAddr>,
+    /// The webhook's certificate chain (PEM; re-read when it changes).
+    #[arg(long)]
+    webhook_cert: Option<PathBuf>,
+    /// The webhook's private key (PEM).
+    #[arg(long)]
+    webhook_key: Option<PathBuf>,
+    /// The image the webhook injects (sidecar and init container).
+    #[arg(long)]
+    sidecar_image: Option<String>,
+    /// How injected sidecars reach this zone control plane (host:port of its Service).
+    #[arg(long)]
+    sidecar_zone_cp: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Universal,
+    Kubernetes,
 }
 
 impl RunArgs {
@@ -104,6 +142,40 @@ impl RunArgs {
         }
         if !self.global.is_empty() {
             config.global = self.global;
+        }
+        if let Some(mode) = self.mode {
+            config.mode = match mode {
+                ModeArg::Universal => Mode::Universal,
+                ModeArg::Kubernetes => Mode::Kubernetes,
+            };
+        }
+        let kubernetes = &mut config.kubernetes;
+        if let Some(namespace) = self.kubernetes_namespace {
+            kubernetes.namespace = namespace;
+        }
+        if self.replica.is_some() {
+            kubernetes.replica = self.replica;
+        }
+        if let Some(lease_name) = self.lease_name {
+            kubernetes.lease_name = lease_name;
+        }
+        if let Some(port) = self.endpoint_inbound_port {
+            kubernetes.endpoint_inbound_port = port;
+        }
+        if let (Some(listen), Some(cert_file), Some(key_file), Some(sidecar_image), Some(zone_cp)) = (
+            self.webhook,
+            self.webhook_cert,
+            self.webhook_key,
+            self.sidecar_image,
+            self.sidecar_zone_cp,
+        ) {
+            config.webhook = Some(strait_zone::config::WebhookSettings {
+                listen,
+                cert_file,
+                key_file,
+                sidecar_image,
+                sidecar_zone_cp: zone_cp,
+            });
         }
         if let Some(cidr) = self.vip_cidr {
             config.vip_cidr = cidr

@@ -55,6 +55,117 @@ pub struct ZoneConfig {
     /// TTL of every DNS answer, and of negative answers.
     #[serde(default = "default_dns_ttl", with = "humantime_serde")]
     pub dns_ttl: Duration,
+    /// Where the zone's inventory comes from: sidecar registrations (`universal`) or the
+    /// Kubernetes API (`kubernetes`).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Settings of Kubernetes mode; ignored in universal mode.
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
+    /// The sidecar injector (Kubernetes mode): an HTTPS mutating admission webhook for pods;
+    /// none serves no webhook.
+    #[serde(default)]
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// The sidecar injector's listener and what it injects (see
+/// [`crate::kubernetes::webhook`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct WebhookSettings {
+    /// HTTPS listener the API server calls.
+    pub listen: SocketAddr,
+    /// Its certificate chain and key (PEM), re-read when they change.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The image of the injected sidecar and init container.
+    pub sidecar_image: String,
+    /// How injected sidecars reach this zone control plane (`host:port`, its Service).
+    pub sidecar_zone_cp: String,
+}
+
+impl WebhookSettings {
+    fn validate(&self, mode: Mode) -> Result<(), ConfigError> {
+        if mode != Mode::Kubernetes {
+            return Err(invalid(
+                "webhook",
+                "the sidecar injector needs mode: kubernetes",
+            ));
+        }
+        if self.cert_file.as_os_str().is_empty() || self.key_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "webhook.cert_file",
+                "the webhook needs a certificate and a key",
+            ));
+        }
+        if self.sidecar_image.trim().is_empty() {
+            return Err(invalid("webhook.sidecar_image", "must not be empty"));
+        }
+        let port_ok = self
+            .sidecar_zone_cp
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+        if !port_ok {
+            return Err(invalid(
+                "webhook.sidecar_zone_cp",
+                format!("{:?} is not host:port", self.sidecar_zone_cp),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a zone's inventory comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Sidecars register the instances they serve over the discovery stream.
+    #[default]
+    Universal,
+    /// Services, EndpointSlices, Pods and MCS `ServiceExport`s of the cluster the zone runs
+    /// in; remote services are written back as `ServiceImport`s (see
+    /// [`crate::kubernetes`]).
+    Kubernetes,
+}
+
+/// Kubernetes mode (`mode: kubernetes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", default)]
+pub struct KubernetesSettings {
+    /// The namespace the zone control plane runs in (its leader-election Lease lives there).
+    pub namespace: String,
+    /// Name of the `coordination.k8s.io/v1` Lease the replicas elect their leader on; only
+    /// the leader writes `ServiceExport` status and `ServiceImport`s.
+    pub lease_name: String,
+    /// This replica's name in the Lease (the pod name); none: a random one per start.
+    pub replica: Option<String>,
+    /// How long a leader's Lease holds without renewal before another replica takes over.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// How often the leader renews (and the others check) the Lease.
+    #[serde(with = "humantime_serde")]
+    pub lease_renew_interval: Duration,
+    /// The port of an endpoint's sidecar inbound listener (mTLS): other sidecars and the
+    /// gateway reach a pod at `podIP:PORT`.
+    pub endpoint_inbound_port: u16,
+}
+
+/// The inbound port of the injected sidecar.
+pub const DEFAULT_ENDPOINT_INBOUND_PORT: u16 = 15008;
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        Self {
+            namespace: "strait-system".to_owned(),
+            lease_name: "strait-zone-leader".to_owned(),
+            replica: None,
+            lease_duration: Duration::from_secs(15),
+            lease_renew_interval: Duration::from_secs(5),
+            endpoint_inbound_port: DEFAULT_ENDPOINT_INBOUND_PORT,
+        }
+    }
 }
 
 fn default_region() -> String {
@@ -147,6 +258,9 @@ impl ZoneConfig {
             renew_check_interval: default_renew_check_interval(),
             dns: None,
             dns_ttl: default_dns_ttl(),
+            mode: Mode::default(),
+            kubernetes: KubernetesSettings::default(),
+            webhook: None,
         }
     }
 
@@ -208,7 +322,67 @@ impl ZoneConfig {
         if self.dns_ttl.subsec_nanos() != 0 || self.dns_ttl > Duration::from_secs(86_400) {
             return Err(invalid("dns_ttl", "must be whole seconds, at most 1d"));
         }
+        if self.mode == Mode::Kubernetes {
+            self.kubernetes.validate()?;
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.validate(self.mode)?;
+        }
         Ok(())
+    }
+}
+
+impl KubernetesSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        validate_dns_label(&self.namespace)
+            .map_err(|reason| invalid("kubernetes.namespace", reason))?;
+        if self.lease_name.is_empty() || self.lease_name.len() > 253 {
+            return Err(invalid(
+                "kubernetes.lease_name",
+                "must be 1 to 253 characters",
+            ));
+        }
+        if self.replica.as_ref().is_some_and(String::is_empty) {
+            return Err(invalid("kubernetes.replica", "must not be empty"));
+        }
+        // Whole seconds: the Lease stores `leaseDurationSeconds`.
+        if self.lease_duration < Duration::from_secs(2) || self.lease_duration.subsec_nanos() != 0 {
+            return Err(invalid(
+                "kubernetes.lease_duration",
+                "must be whole seconds, at least 2s",
+            ));
+        }
+        // A leader must get several renewals in before its Lease runs out.
+        if self.lease_renew_interval.is_zero()
+            || self.lease_renew_interval * 2 > self.lease_duration
+        {
+            return Err(invalid(
+                "kubernetes.lease_renew_interval",
+                "must be above zero and at most half of lease_duration",
+            ));
+        }
+        if self.endpoint_inbound_port == 0 {
+            return Err(invalid("kubernetes.endpoint_inbound_port", "must not be 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn validate_dns_label(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a DNS label (lowercase letters, digits and '-', at most 63)"
+        ))
     }
 }
 
@@ -301,5 +475,41 @@ mod tests {
         let mut c = config();
         c.dns_ttl = Duration::from_millis(1500);
         assert_eq!(c.validate().unwrap_err().field, "dns_ttl");
+    }
+
+    #[test]
+    fn kubernetes_mode_settings() {
+        let yaml = "name: a\nglobal: [\"g:7400\"]\ndata_dir: /d\nlisten: 0.0.0.0:7500\nadmin_listen: 0.0.0.0:7501\nmode: kubernetes\nkubernetes:\n  namespace: mesh\n  endpoint_inbound_port: 15006\n";
+        let c = ZoneConfig::from_yaml(yaml, "z").unwrap();
+        assert_eq!(c.mode, Mode::Kubernetes);
+        assert_eq!(c.kubernetes.namespace, "mesh");
+        assert_eq!(c.kubernetes.endpoint_inbound_port, 15006);
+        assert_eq!(c.kubernetes.lease_name, "strait-zone-leader");
+        assert_eq!(c.kubernetes.lease_duration, Duration::from_secs(15));
+        c.validate().unwrap();
+        assert_eq!(config().mode, Mode::Universal);
+
+        let mut c = config();
+        c.mode = Mode::Kubernetes;
+        c.kubernetes.namespace = "Bad_NS".into();
+        assert_eq!(c.validate().unwrap_err().field, "kubernetes.namespace");
+        let mut c = config();
+        c.mode = Mode::Kubernetes;
+        c.kubernetes.lease_renew_interval = Duration::from_secs(10);
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "kubernetes.lease_renew_interval"
+        );
+        // Universal mode does not look at the Kubernetes settings.
+        let mut c = config();
+        c.kubernetes.endpoint_inbound_port = 0;
+        c.validate().unwrap();
+        c.mode = Mode::Kubernetes;
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "kubernetes.endpoint_inbound_port"
+        );
+        let err = ZoneConfig::from_yaml(&format!("{yaml}  bogus: 1\n"), "z").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

@@ -10,13 +10,17 @@
 //! - **no credential, but a client certificate** (renewal): the TLS layer has verified the
 //!   chain to the trust bundle and the identity rules; a workload, or this zone's gateway,
 //!   renews its own identity. Other identities are refused.
-//! - **service-account token** (Kubernetes mode, TokenReview): not available yet.
+//! - **service-account token** (Kubernetes mode): a projected token with audience `strait`,
+//!   checked by a [`TokenReviewer`] (the API server's `TokenReview`,
+//!   [`crate::kubernetes::tokenreview`]). Authorizes exactly `spiffe://TD/ns/NS/sa/SA` for the
+//!   service account `system:serviceaccount:NS:SA` the API server authenticated. A zone
+//!   without a reviewer (universal mode) refuses these tokens as unsupported.
 //!
 //! `requested_spiffe_id`, when set, must be the authorized identity, and the CSR's one URI SAN
 //! must be it too ([`strait_trust::Issuer::sign_leaf`] enforces that with the other CSR checks).
 //! Tokens are never logged; their `id` claim is.
 //!
-//! Metrics: `strait_zone_certificates_issued_total{kind="bootstrap"|"renewal"}` and
+//! Metrics: `strait_zone_certificates_issued_total{kind="bootstrap"|"renewal"|"service_account"}` and
 //! `strait_zone_certificate_refusals_total{reason}` (reasons: [`Refusal`]).
 
 use std::fmt;
@@ -86,14 +90,18 @@ pub enum Refusal {
     IdentityMismatch,
     /// The CSR is unreadable, badly signed, asks for a CA, has the wrong SANs or key.
     BadCsr,
-    /// A credential kind this zone does not support (Kubernetes TokenReview).
+    /// A credential kind this zone does not support (a service-account token without
+    /// Kubernetes mode).
     Unsupported,
     /// The zone's CA can not sign now (expired, or an internal failure).
     CaUnavailable,
+    /// The Kubernetes API server could not review a service-account token (the caller may
+    /// retry).
+    ReviewUnavailable,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::NoCredential,
         Refusal::InvalidToken,
         Refusal::ExpiredToken,
@@ -103,6 +111,7 @@ impl Refusal {
         Refusal::BadCsr,
         Refusal::Unsupported,
         Refusal::CaUnavailable,
+        Refusal::ReviewUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +125,7 @@ impl Refusal {
             Refusal::BadCsr => "bad_csr",
             Refusal::Unsupported => "unsupported",
             Refusal::CaUnavailable => "ca_unavailable",
+            Refusal::ReviewUnavailable => "review_unavailable",
         }
     }
 }
@@ -131,14 +141,94 @@ impl fmt::Display for Refusal {
 enum Kind {
     Bootstrap,
     Renewal,
+    /// A Kubernetes service-account token, reviewed by the API server.
+    ServiceAccount,
 }
 
 impl Kind {
+    const ALL: [Kind; 3] = [Kind::Bootstrap, Kind::Renewal, Kind::ServiceAccount];
+
     fn as_str(self) -> &'static str {
         match self {
             Kind::Bootstrap => "bootstrap",
             Kind::Renewal => "renewal",
+            Kind::ServiceAccount => "service_account",
         }
+    }
+}
+
+// === service-account tokens ===
+
+/// A Kubernetes service account, as the API server authenticated it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceAccount {
+    /// The service account a Kubernetes username names: `system:serviceaccount:NS:SA`, both
+    /// parts non-empty and free of `:`; `None` for any other user.
+    pub fn from_username(username: &str) -> Option<Self> {
+        let rest = username.strip_prefix("system:serviceaccount:")?;
+        let (namespace, name) = rest.split_once(':')?;
+        if namespace.is_empty() || name.is_empty() || name.contains(':') {
+            return None;
+        }
+        Some(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// Why a service-account token does not authorize anyone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// The API server did not authenticate the token (forged, expired, of a deleted pod or
+    /// service account, or another cluster's).
+    #[error("the API server did not authenticate the token: {0}")]
+    NotAuthenticated(String),
+    /// Authenticated, but not for the audience the zone asks for.
+    #[error("the token is not for audience {expected:?} (the API server confirmed {got:?})")]
+    WrongAudience { expected: String, got: Vec<String> },
+    /// Authenticated, as a user that is not `system:serviceaccount:NS:SA`.
+    #[error(
+        "the token authenticates {0:?}, which is not a service account \
+         (system:serviceaccount:NAMESPACE:NAME)"
+    )]
+    NotServiceAccount(String),
+    /// The API server could not be asked, or answered with an error: the caller may retry.
+    #[error("the TokenReview failed: {0}")]
+    Unavailable(String),
+}
+
+/// Checks a Kubernetes service-account token.
+///
+/// Rules every implementation keeps: `Ok` only for a token the cluster authenticated *for this
+/// zone's audience* (`strait`), as the service account it returns and nothing else; a token
+/// that is not authenticated, is for another audience or is not a service account's is a
+/// refusal, never an error to retry ([`ReviewError::Unavailable`] is only for "could not ask").
+/// The token is a secret: never logged.
+#[tonic::async_trait]
+pub trait TokenReviewer: Send + Sync + fmt::Debug + 'static {
+    async fn review(&self, token: &str) -> Result<ServiceAccount, ReviewError>;
+}
+
+fn review_refusal(e: ReviewError) -> Refused {
+    let message = format!("service-account token refused: {e}");
+    match e {
+        ReviewError::NotAuthenticated(_) | ReviewError::WrongAudience { .. } => {
+            Refused::new(Refusal::InvalidToken, Status::unauthenticated(message))
+        }
+        ReviewError::NotServiceAccount(_) => Refused::new(
+            Refusal::IdentityNotAllowed,
+            Status::permission_denied(message),
+        ),
+        ReviewError::Unavailable(_) => Refused::new(
+            Refusal::ReviewUnavailable,
+            Status::unavailable(format!("{message}; try again")),
+        ),
     }
 }
 
@@ -170,7 +260,7 @@ impl IdentityMetrics {
         )?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
-        for kind in [Kind::Bootstrap, Kind::Renewal] {
+        for kind in Kind::ALL {
             issued.with_label_values(&[kind.as_str()]);
         }
         for reason in Refusal::ALL {
@@ -188,6 +278,8 @@ pub struct IdentityService {
     trust: TrustStore,
     metrics: IdentityMetrics,
     registry: Registry,
+    /// Checks service-account tokens (Kubernetes mode); `None`: they are unsupported.
+    reviewer: Option<Arc<dyn TokenReviewer>>,
 }
 
 impl fmt::Debug for IdentityService {
@@ -196,6 +288,7 @@ impl fmt::Debug for IdentityService {
             .field("config", &self.config)
             .field("ca", &self.ca)
             .field("trust", &self.trust)
+            .field("reviewer", &self.reviewer)
             .finish_non_exhaustive()
     }
 }
@@ -260,7 +353,14 @@ impl IdentityService {
             config: Arc::new(config),
             ca,
             trust,
+            reviewer: None,
         })
+    }
+
+    /// Accepts Kubernetes service-account tokens, checked by `reviewer`.
+    pub fn with_token_reviewer(mut self, reviewer: Arc<dyn TokenReviewer>) -> Self {
+        self.reviewer = Some(reviewer);
+        self
     }
 
     /// The registry holding this service's metrics.
@@ -273,7 +373,7 @@ impl IdentityService {
     }
 
     /// Who the caller may be, from its credential.
-    fn authorize(
+    async fn authorize(
         &self,
         credential: Option<pb::sign_certificate_request::Credential>,
         peer: Option<&[CertificateDer<'static>]>,
@@ -288,13 +388,41 @@ impl IdentityService {
                 tracing::debug!(token_id = %claims.id, spiffe_id = %claims.spiffe_id, "bootstrap token verified");
                 Ok((claims.spiffe_id, Kind::Bootstrap))
             }
-            Some(Credential::ServiceAccountToken(_)) => Err(Refused::new(
-                Refusal::Unsupported,
-                Status::unimplemented(
-                    "service-account tokens are for Kubernetes mode (TokenReview), which this \
-                     zone does not run; use a bootstrap token from `strait token workload`",
-                ),
-            )),
+            Some(Credential::ServiceAccountToken(token)) => {
+                let Some(reviewer) = &self.reviewer else {
+                    return Err(Refused::new(
+                        Refusal::Unsupported,
+                        Status::unimplemented(
+                            "service-account tokens are for Kubernetes mode (TokenReview), \
+                             which this zone does not run; use a bootstrap token from `strait \
+                             token workload`",
+                        ),
+                    ));
+                };
+                if token.trim().is_empty() {
+                    return Err(Refused::new(
+                        Refusal::InvalidToken,
+                        Status::unauthenticated("the service-account token is empty"),
+                    ));
+                }
+                let account = reviewer.review(&token).await.map_err(review_refusal)?;
+                let id = SpiffeId::workload(
+                    &self.config.trust_domain,
+                    &account.namespace,
+                    &account.name,
+                )
+                .map_err(|e| {
+                    Refused::new(
+                        Refusal::IdentityNotAllowed,
+                        Status::permission_denied(format!(
+                            "service account {}/{} has no valid SPIFFE ID: {e}",
+                            account.namespace, account.name
+                        )),
+                    )
+                })?;
+                tracing::debug!(spiffe_id = %id, "service-account token reviewed");
+                Ok((id, Kind::ServiceAccount))
+            }
             Some(Credential::BootstrapToken(_)) | None => {
                 let Some(certs) = peer else {
                     return Err(Refused::new(
@@ -332,13 +460,13 @@ impl IdentityService {
         }
     }
 
-    fn sign(
+    async fn sign(
         &self,
         req: pb::SignCertificateRequest,
         peer: Option<&[CertificateDer<'static>]>,
     ) -> Result<(pb::SignCertificateResponse, Kind), Refused> {
         let now = SystemTime::now();
-        let (authorized, kind) = self.authorize(req.credential, peer, now)?;
+        let (authorized, kind) = self.authorize(req.credential, peer, now).await?;
         if !req.requested_spiffe_id.is_empty() && req.requested_spiffe_id != authorized.to_string()
         {
             return Err(Refused::new(
@@ -457,7 +585,7 @@ impl pb::identity_server::Identity for IdentityService {
             credential,
         );
         async move {
-            match self.sign(req, peer.as_deref().map(Vec::as_slice)) {
+            match self.sign(req, peer.as_deref().map(Vec::as_slice)).await {
                 Ok((response, kind)) => {
                     self.metrics
                         .issued

@@ -2,6 +2,12 @@
 //! view, the workload CA and the discovery server over TLS, the sync stream with global, the
 //! DNS server (when configured) and the admin HTTP endpoints, until shutdown.
 //!
+//! In Kubernetes mode (`mode: kubernetes`) the cluster's watches ([`crate::kubernetes`]) run
+//! *beside* the discovery registry rather than instead of it: the workload instances the zone
+//! reports and routes to come from the cluster (ServiceExport + EndpointSlices), while
+//! sidecars still register to get their config and gateways still register as the zone's
+//! gateways. Every replica watches and serves; only the Lease holder writes to the API.
+//!
 //! Static stability is the order of things here: the persisted federation snapshot is
 //! published *before* anything is served or global is contacted, and `/ready` needs only
 //! credentials and a federation view — received now or persisted earlier. A zone whose global
@@ -17,13 +23,15 @@ use strait_proto as pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, ZoneConfig};
+use crate::config::{ConfigError, Mode, ZoneConfig};
 use crate::credentials::{ALPN_H2, CredentialsError, ZoneCredentials, create_private_dir};
 use crate::discovery::{DiscoveryConfig, DiscoveryError, DiscoveryServer};
 use crate::dns::DnsSettings;
 use crate::dns::server::{DnsError, DnsMetrics, DnsSockets};
 use crate::federation::FederationView;
 use crate::identity::{IdentityConfig, IdentityError, IdentityService};
+use crate::kubernetes::controller::KubernetesContext;
+use crate::kubernetes::source::SourceSettings;
 use crate::store::{StoreError, ZoneStore};
 use crate::sync::{SyncClient, SyncConfig, SyncError, SyncMetrics};
 
@@ -50,7 +58,21 @@ pub enum ZoneError {
     Metrics(#[from] prometheus::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error(
+        "kubernetes mode: no Kubernetes API client (in-cluster service account or kubeconfig): {0}"
+    )]
+    KubeClient(#[source] kube::Error),
+    #[error("sidecar injector: {0}")]
+    Webhook(#[from] crate::kubernetes::webhook::WebhookError),
+    #[error("sidecar injector: binding {addr}: {source}")]
+    WebhookListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
+
+/// How long Kubernetes mode's tasks get at shutdown (the leader releases its Lease).
+const KUBERNETES_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Resolves when the stop flag is raised.
 async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -115,6 +137,45 @@ pub async fn run_with_dns(
         );
     }
     let (federation_tx, federation_rx) = watch::channel(Arc::new(persisted));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Kubernetes mode: the cluster is the inventory source, beside the registry (which still
+    // takes sidecar registrations and holds the gateways). Universal mode never builds a
+    // Kubernetes client, so it needs no kubeconfig.
+    let kube_client = match config.mode {
+        Mode::Universal => None,
+        Mode::Kubernetes => Some(
+            kube::Client::try_default()
+                .await
+                .map_err(ZoneError::KubeClient)?,
+        ),
+    };
+    let kubernetes = kube_client.clone().map(|client| {
+        let settings = &config.kubernetes;
+        let replica = settings
+            .replica
+            .clone()
+            .unwrap_or_else(|| format!("{}-{:08x}", config.name, rand::random::<u32>()));
+        crate::kubernetes::controller::spawn(
+            client,
+            KubernetesContext {
+                source: SourceSettings {
+                    zone: config.name.clone(),
+                    region: config.region.clone(),
+                    trust_domain: trust_domain.clone(),
+                    endpoint_inbound_port: settings.endpoint_inbound_port,
+                },
+                vip_cidr: config.vip_cidr,
+                namespace: settings.namespace.clone(),
+                lease_name: settings.lease_name.clone(),
+                replica,
+                lease_duration: settings.lease_duration,
+                lease_renew_interval: settings.lease_renew_interval,
+            },
+            federation_rx.clone(),
+            || stopped(stop_rx.clone()),
+        )
+    });
 
     let registry = Registry::new();
     let identity = IdentityService::with_registry(
@@ -127,17 +188,30 @@ pub async fn run_with_dns(
         creds.trust.clone(),
         &registry,
     )?;
-    let (discovery, inventory) = DiscoveryServer::new(
-        DiscoveryConfig {
-            zone: config.name.clone(),
-            region: config.region.clone(),
-            trust_domain: trust_domain.clone(),
-            vip_cidr: config.vip_cidr,
-            registration_grace: config.registration_grace,
-        },
-        federation_rx.clone(),
-        store.clone(),
-    )?;
+    // Kubernetes mode: sidecars may also prove who they are with their projected
+    // service-account token (TokenReview).
+    let identity = match &kube_client {
+        Some(client) => identity.with_token_reviewer(Arc::new(
+            crate::kubernetes::tokenreview::KubeTokenReviewer::new(client.clone()),
+        )),
+        None => identity,
+    };
+    let discovery_config = DiscoveryConfig {
+        zone: config.name.clone(),
+        region: config.region.clone(),
+        trust_domain: trust_domain.clone(),
+        vip_cidr: config.vip_cidr,
+        registration_grace: config.registration_grace,
+    };
+    let (discovery, inventory) = match &kubernetes {
+        None => DiscoveryServer::new(discovery_config, federation_rx.clone(), store.clone())?,
+        Some(kubernetes) => DiscoveryServer::with_workloads(
+            discovery_config,
+            federation_rx.clone(),
+            store.clone(),
+            kubernetes.inventory.clone(),
+        )?,
+    };
     registry.register(Box::new(MergedRegistries(vec![
         discovery.metrics().clone(),
     ])))?;
@@ -186,7 +260,6 @@ pub async fn run_with_dns(
     }
     admin_state.readiness.set_not_ready("starting");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let admin_task = tokio::spawn(strait_observe::serve(
         admin,
         admin_state.clone(),
@@ -214,6 +287,35 @@ pub async fn run_with_dns(
         ))
     });
 
+    // The sidecar injector (Kubernetes mode), on a listener of its own: the API server calls it.
+    let webhook_task = match &config.webhook {
+        Some(webhook) => {
+            use crate::kubernetes::webhook;
+            let tls = webhook::tls_config(webhook.cert_file.clone(), webhook.key_file.clone())?;
+            let listener = TcpListener::bind(webhook.listen).await.map_err(|source| {
+                ZoneError::WebhookListen {
+                    addr: webhook.listen,
+                    source,
+                }
+            })?;
+            let mut settings = webhook::InjectSettings::new(
+                webhook.sidecar_image.clone(),
+                config.name.clone(),
+                webhook.sidecar_zone_cp.clone(),
+                trust_domain.clone(),
+                config.vip_cidr.to_string(),
+            );
+            settings.inbound_port = config.kubernetes.endpoint_inbound_port;
+            Some(tokio::spawn(webhook::serve(
+                listener,
+                tls,
+                Arc::new(settings),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
+
     let served = tonic::transport::Server::builder()
         .add_service(pb::identity_server::IdentityServer::new(identity))
         .add_service(discovery.into_service())
@@ -238,8 +340,25 @@ pub async fn run_with_dns(
         dns_task.abort();
         let _ = dns_task.await;
     }
+    if let Some(webhook_task) = webhook_task {
+        webhook_task.abort();
+        let _ = webhook_task.await;
+    }
     let _ = sync_task.await;
     let _ = admin_task.await;
+    if let Some(kubernetes) = kubernetes {
+        // The stop flag is up: the elector steps down and releases the Lease, so another
+        // replica takes over at once. Bounded, as the API server may be what failed.
+        for task in kubernetes.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(KUBERNETES_STOP_TIMEOUT, task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
     served?;
     tracing::info!("zone control plane stopped");
     Ok(())

@@ -146,6 +146,9 @@ struct Inner {
     config: DiscoveryConfig,
     registry: Mutex<Registry>,
     inventory_tx: watch::Sender<Arc<LocalInventory>>,
+    /// Kubernetes mode: the workload instances come from the cluster (this watch), not from
+    /// registrations; gateways still register.
+    workloads: Option<InventoryWatch>,
     world: watch::Receiver<Arc<World>>,
     /// Wakes the background task: the registry changed (persist) or a grace started.
     wake: Arc<Notify>,
@@ -270,6 +273,29 @@ impl DiscoveryServer {
         federation: FederationWatch,
         store: ZoneStore,
     ) -> Result<(Self, InventoryWatch), DiscoveryError> {
+        Self::build(config, federation, store, None)
+    }
+
+    /// [`new`](Self::new) for Kubernetes mode: the zone's workload instances are the ones in
+    /// `workloads` (see [`crate::kubernetes::source`]) instead of what sidecars register.
+    /// Sidecars still register (that is how they get their config) and gateways still make up
+    /// the inventory's gateways; a sidecar's registration just does not add an endpoint, so
+    /// every pod is counted once, as its EndpointSlice says.
+    pub fn with_workloads(
+        config: DiscoveryConfig,
+        federation: FederationWatch,
+        store: ZoneStore,
+        workloads: InventoryWatch,
+    ) -> Result<(Self, InventoryWatch), DiscoveryError> {
+        Self::build(config, federation, store, Some(workloads))
+    }
+
+    fn build(
+        config: DiscoveryConfig,
+        federation: FederationWatch,
+        store: ZoneStore,
+        workloads: Option<InventoryWatch>,
+    ) -> Result<(Self, InventoryWatch), DiscoveryError> {
         let now = Instant::now();
         let restored = match store.get(REGISTRY_KEY)? {
             None => Vec::new(),
@@ -288,7 +314,7 @@ impl DiscoveryServer {
             );
         }
         let registry = Registry::restore(config.registration_grace, restored, now);
-        let inventory = Arc::new(registry.inventory());
+        let inventory = Arc::new(compose(registry.inventory(), workloads.as_ref()));
         let (inventory_tx, inventory_rx) = watch::channel(inventory.clone());
 
         let context = WorldContext::from(&config);
@@ -303,6 +329,7 @@ impl DiscoveryServer {
             config,
             registry: Mutex::new(registry),
             inventory_tx,
+            workloads: workloads.clone(),
             world: world_rx,
             wake: wake.clone(),
             sidecars: Mutex::new(BTreeMap::new()),
@@ -324,6 +351,12 @@ impl DiscoveryServer {
             registry_task(Arc::downgrade(&inner), wake, alive_rx, store)
                 .instrument(tracing::info_span!("discovery_registry")),
         );
+        if let Some(workloads) = workloads {
+            tokio::spawn(
+                workloads_task(Arc::downgrade(&inner), workloads)
+                    .instrument(tracing::info_span!("discovery_workloads")),
+            );
+        }
         Ok((Self { inner }, inventory_rx))
     }
 
@@ -594,7 +627,7 @@ impl Inner {
         let mut registry = lock(&self.registry);
         let (out, changed) = f(&mut registry);
         if changed {
-            let inventory = registry.inventory();
+            let inventory = compose(registry.inventory(), self.workloads.as_ref());
             self.inventory_tx.send_if_modified(|current| {
                 if **current == inventory {
                     false
@@ -607,6 +640,24 @@ impl Inner {
         drop(registry);
         self.wake.notify_one();
         out
+    }
+}
+
+/// The zone's inventory: the registry's, or in Kubernetes mode the cluster's workloads with
+/// the registry's gateways.
+fn compose(mut registered: LocalInventory, workloads: Option<&InventoryWatch>) -> LocalInventory {
+    if let Some(workloads) = workloads {
+        registered.instances = workloads.borrow().instances.clone();
+    }
+    registered
+}
+
+/// Republishes the inventory whenever the cluster's workloads change. Ends with the server
+/// or the source.
+async fn workloads_task(inner: Weak<Inner>, mut workloads: InventoryWatch) {
+    while workloads.changed().await.is_ok() {
+        let Some(inner) = inner.upgrade() else { return };
+        inner.mutate(|_| ((), true));
     }
 }
 
@@ -1156,6 +1207,58 @@ mod tests {
                 .insert(i.instance.clone(), (*i).clone());
         }
         Arc::new(inv)
+    }
+
+    #[tokio::test]
+    async fn with_workloads_the_cluster_gives_the_instances_and_the_registry_the_gateways() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ZoneStore::open(dir.path().join("state")).unwrap();
+        let (_federation_tx, federation) = watch::channel(Arc::new(FederationView::default()));
+        let echo = sim("echo", "echo-pod-1", "z1");
+        let (workloads_tx, workloads) = watch::channel(inventory(&[&echo]));
+        let (server, mut zone_inventory) =
+            DiscoveryServer::with_workloads(settings(), federation, store, workloads).unwrap();
+        assert_eq!(
+            zone_inventory.borrow().instances,
+            inventory(&[&echo]).instances
+        );
+
+        // A sidecar's registration adds no endpoint (its pod is in the EndpointSlice already);
+        // a gateway's does.
+        let registered = sim("echo", "echo-sidecar", "z1");
+        let result = server.inner.mutate(|r| {
+            let result = r.register(1, registered);
+            (result, true)
+        });
+        assert_eq!(result, Ok(true));
+        let gateway = Instance::gateway(
+            "gw-1".into(),
+            pb::Locality {
+                region: "eu".into(),
+                zone: "a".into(),
+                subzone: String::new(),
+            },
+            "127.0.0.1:15009".into(),
+            "203.0.113.1:15443".into(),
+            "spiffe://strait.local/zone/a/gateway".into(),
+        );
+        gateways::register(&server.inner, gateway).unwrap();
+        {
+            let now = zone_inventory.borrow_and_update();
+            assert_eq!(now.instances, inventory(&[&echo]).instances);
+            assert_eq!(now.gateways.keys().collect::<Vec<_>>(), ["gw-1"]);
+        }
+
+        // The cluster changes: the zone's inventory follows, gateways kept.
+        let echo2 = sim("echo", "echo-pod-2", "z2");
+        workloads_tx.send_replace(inventory(&[&echo, &echo2]));
+        tokio::time::timeout(Duration::from_secs(5), zone_inventory.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let now = zone_inventory.borrow().clone();
+        assert_eq!(now.instances, inventory(&[&echo, &echo2]).instances);
+        assert_eq!(now.gateways.len(), 1);
     }
 
     /// A view carrying the policies of `yaml`.

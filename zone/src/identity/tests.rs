@@ -68,6 +68,11 @@ impl Drop for Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// With `reviewer` checking service-account tokens (Kubernetes mode).
+    async fn start_with(reviewer: Option<Arc<dyn TokenReviewer>>) -> Self {
         let root = RootCa::generate(TD, DEFAULT_ROOT_VALIDITY).unwrap();
         let ca = zone_ca(&root, ZONE);
         let cp = SpiffeId::zone_cp(TD, ZONE).unwrap();
@@ -83,6 +88,10 @@ impl Harness {
             trust.clone(),
         )
         .unwrap();
+        let service = match reviewer {
+            Some(reviewer) => service.with_token_reviewer(reviewer),
+            None => service,
+        };
         let tls = server_config_optional_client_auth(&cp_creds, &trust, Arc::new(AllowAny), h2())
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -459,7 +468,7 @@ async fn no_credential_is_unauthenticated() {
 }
 
 #[tokio::test]
-async fn kubernetes_tokens_are_not_supported_yet() {
+async fn service_account_tokens_need_kubernetes_mode() {
     let h = Harness::start().await;
     let id = workload();
     let key = KeyPair::generate().unwrap();
@@ -570,9 +579,139 @@ fn metrics_have_every_label_from_the_start() {
             .find(|f| f.name() == name)
             .map_or(0, |f| f.get_metric().len())
     };
-    assert_eq!(series("strait_zone_certificates_issued_total"), 2);
+    assert_eq!(series("strait_zone_certificates_issued_total"), 3);
     assert_eq!(
         series("strait_zone_certificate_refusals_total"),
         Refusal::ALL.len()
     );
+}
+
+/// A scripted TokenReview: each token's verdict, as the API server would give it.
+#[derive(Debug, Default)]
+struct ScriptedReviewer {
+    verdicts: std::collections::HashMap<String, Result<ServiceAccount, ReviewError>>,
+}
+
+#[tonic::async_trait]
+impl TokenReviewer for ScriptedReviewer {
+    async fn review(&self, token: &str) -> Result<ServiceAccount, ReviewError> {
+        self.verdicts
+            .get(token)
+            .cloned()
+            .unwrap_or_else(|| Err(ReviewError::NotAuthenticated("unknown token".into())))
+    }
+}
+
+fn sa_request(key: &KeyPair, id: &SpiffeId, token: &str) -> pb::SignCertificateRequest {
+    pb::SignCertificateRequest {
+        csr_pem: key.leaf_csr(id).unwrap(),
+        credential: Some(Credential::ServiceAccountToken(token.to_owned())),
+        requested_spiffe_id: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_reviewed_service_account_token_gets_exactly_its_workload_identity() {
+    let cart = ServiceAccount {
+        namespace: "shop".into(),
+        name: "cart".into(),
+    };
+    let mut reviewer = ScriptedReviewer::default();
+    reviewer.verdicts.insert("cart-token".into(), Ok(cart));
+    reviewer.verdicts.insert(
+        "node-token".into(),
+        Err(ReviewError::NotServiceAccount("system:node:n1".into())),
+    );
+    reviewer.verdicts.insert(
+        "other-audience".into(),
+        Err(ReviewError::WrongAudience {
+            expected: "strait".into(),
+            got: vec!["https://kubernetes.default.svc".into()],
+        }),
+    );
+    reviewer.verdicts.insert(
+        "api-down".into(),
+        Err(ReviewError::Unavailable("connection refused".into())),
+    );
+    let h = Harness::start_with(Some(Arc::new(reviewer))).await;
+    let id = workload(); // spiffe://strait.local/ns/shop/sa/cart
+    let key = KeyPair::generate().unwrap();
+
+    let response = sign(&mut h.anonymous(), sa_request(&key, &id, "cart-token"))
+        .await
+        .unwrap();
+    assert_eq!(response.spiffe_id, id.to_string());
+    assert_chains_to_root(&h, &response.cert_chain_pem, &id);
+    assert_eq!(h.issued("service_account"), 1);
+
+    // The token authorizes its own service account only.
+    let other = SpiffeId::workload(TD, "shop", "payments").unwrap();
+    let other_key = KeyPair::generate().unwrap();
+    let mut req = sa_request(&other_key, &other, "cart-token");
+    assert_refused(
+        sign(&mut h.anonymous(), req.clone()).await,
+        Code::PermissionDenied,
+        "",
+    );
+    req.requested_spiffe_id = other.to_string();
+    assert_refused(
+        sign(&mut h.anonymous(), req).await,
+        Code::PermissionDenied,
+        "credential authorizes spiffe://strait.local/ns/shop/sa/cart",
+    );
+    assert_eq!(h.refused(Refusal::IdentityMismatch), 2);
+
+    // Refused by the API server, for another audience, not a service account, empty.
+    assert_refused(
+        sign(&mut h.anonymous(), sa_request(&key, &id, "forged")).await,
+        Code::Unauthenticated,
+        "did not authenticate",
+    );
+    assert_refused(
+        sign(&mut h.anonymous(), sa_request(&key, &id, "other-audience")).await,
+        Code::Unauthenticated,
+        "audience",
+    );
+    assert_eq!(h.refused(Refusal::InvalidToken), 2);
+    assert_refused(
+        sign(&mut h.anonymous(), sa_request(&key, &id, "node-token")).await,
+        Code::PermissionDenied,
+        "not a service account",
+    );
+    assert_eq!(h.refused(Refusal::IdentityNotAllowed), 1);
+    assert_refused(
+        sign(&mut h.anonymous(), sa_request(&key, &id, "  ")).await,
+        Code::Unauthenticated,
+        "empty",
+    );
+    // The API server could not be asked: a retryable status, counted apart.
+    assert_refused(
+        sign(&mut h.anonymous(), sa_request(&key, &id, "api-down")).await,
+        Code::Unavailable,
+        "try again",
+    );
+    assert_eq!(h.refused(Refusal::ReviewUnavailable), 1);
+    assert_eq!(h.issued("service_account"), 1);
+}
+
+#[test]
+fn service_account_usernames() {
+    assert_eq!(
+        ServiceAccount::from_username("system:serviceaccount:shop:cart"),
+        Some(ServiceAccount {
+            namespace: "shop".into(),
+            name: "cart".into()
+        })
+    );
+    for user in [
+        "system:node:n1",
+        "system:serviceaccount:shop",
+        "system:serviceaccount::cart",
+        "system:serviceaccount:shop:",
+        "system:serviceaccount:shop:cart:extra",
+        "alice",
+        "",
+    ] {
+        assert_eq!(ServiceAccount::from_username(user), None, "{user}");
+    }
 }

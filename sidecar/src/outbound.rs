@@ -404,6 +404,21 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of a new outbound side; `open` is held by every connection (the drain waits
+    /// for all), `stop` tells connections to finish.
+    fn new(ctx: OutboundContext, open: mpsc::Sender<()>, stop: watch::Receiver<bool>) -> Arc<Self> {
+        Arc::new(Shared {
+            pool: Pool::new(ctx.creds.clone(), ctx.trust.clone()),
+            ctx,
+            zone: RwLock::new(String::new()),
+            gateway_id: RwLock::new(String::new()),
+            services: RwLock::default(),
+            bindings: RwLock::default(),
+            open,
+            stop,
+        })
+    }
+
     fn service(&self, key: &str) -> Option<Arc<ServiceState>> {
         self.services
             .read()
@@ -527,16 +542,7 @@ pub async fn serve(ctx: OutboundContext, shutdown: impl Future) -> Result<(), Ou
     let (stop_tx, stop_rx) = watch::channel(false);
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let mut config = ctx.config.clone();
-    let shared = Arc::new(Shared {
-        pool: Pool::new(ctx.creds.clone(), ctx.trust.clone()),
-        ctx,
-        zone: RwLock::new(String::new()),
-        gateway_id: RwLock::new(String::new()),
-        services: RwLock::default(),
-        bindings: RwLock::default(),
-        open: open_tx,
-        stop: stop_rx,
-    });
+    let shared = Shared::new(ctx, open_tx, stop_rx);
     let mut listeners: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut rebind = tokio::time::interval(REBIND_INTERVAL);
@@ -592,16 +598,7 @@ pub async fn serve_captured(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let mut config = ctx.config.clone();
-    let shared = Arc::new(Shared {
-        pool: Pool::new(ctx.creds.clone(), ctx.trust.clone()),
-        ctx,
-        zone: RwLock::new(String::new()),
-        gateway_id: RwLock::new(String::new()),
-        services: RwLock::default(),
-        bindings: RwLock::default(),
-        open: open_tx,
-        stop: stop_rx,
-    });
+    let shared = Shared::new(ctx, open_tx, stop_rx);
     let current = config.borrow_and_update().clone();
     shared.apply(&current);
     tokio::spawn(probe_ejected(Arc::downgrade(&shared)));

@@ -263,18 +263,34 @@ pub async fn leader(client: &AdminClient) -> Option<u64> {
 
 /// A plain HTTP/1.1 GET: (status, body). (0, "") when nothing answers.
 pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_request(addr, path, &[], Duration::from_secs(2)).await
+}
+
+/// A `GET` with extra headers over a fresh connection, each step bounded by `timeout`:
+/// (status, body), (0, "") when nothing answers.
+pub async fn http_request(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(Ok(mut stream)) =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
     else {
         return (0, String::new());
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return (0, String::new());
     }
     let mut reply = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut reply)).await;
+    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut reply)).await;
     let reply = String::from_utf8_lossy(&reply).into_owned();
     let status = reply
         .split(' ')

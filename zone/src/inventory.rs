@@ -75,6 +75,21 @@ impl Instance {
         }
     }
 
+    /// The instance as an endpoint of a sidecar config or a gateway config.
+    pub fn endpoint(&self) -> pb::Endpoint {
+        pb::Endpoint {
+            address: self.inbound_address.clone(),
+            instance: self.instance.clone(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            spiffe_id: self.identity.clone(),
+            healthy: self.healthy,
+        }
+    }
+
     /// A gateway's public address (empty for a workload instance).
     pub fn public_address(&self) -> &str {
         self.labels

@@ -324,20 +324,7 @@ fn locality_groups(
     let mut groups = Vec::new();
     let mut priority = 0_u32;
     if let Some(instances) = sources.local {
-        let endpoints: Vec<pb::Endpoint> = instances
-            .values()
-            .map(|i| pb::Endpoint {
-                address: i.inbound_address.clone(),
-                instance: i.instance.clone(),
-                labels: i
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                spiffe_id: i.identity.clone(),
-                healthy: i.healthy,
-            })
-            .collect();
+        let endpoints: Vec<pb::Endpoint> = instances.values().map(Instance::endpoint).collect();
         let healthy = endpoints.iter().filter(|e| e.healthy).count();
         let total = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
         groups.push(pb::LocalityGroup {

@@ -50,20 +50,7 @@ pub fn gateway_config(
                     name: key.name.clone(),
                 }),
                 ports,
-                endpoints: instances
-                    .values()
-                    .map(|i| pb::Endpoint {
-                        address: i.inbound_address.clone(),
-                        instance: i.instance.clone(),
-                        labels: i
-                            .labels
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect(),
-                        spiffe_id: i.identity.clone(),
-                        healthy: i.healthy,
-                    })
-                    .collect(),
+                endpoints: instances.values().map(Instance::endpoint).collect(),
                 drained: view.is_drained(&key.namespace, &key.name, zone),
             }
         })

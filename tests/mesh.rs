@@ -245,3 +245,50 @@ async fn rate_limits_hold_their_configured_rate() {
         "{ok} allowed: far below the configured rate"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_tls_permissive_lets_plaintext_in_without_an_identity_until_strict_again() {
+    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let echo = vip(&fed, "echo", "a");
+    let inbound = fed.address("echo-v1-a-sidecar", "inbound");
+    let spoof = [(
+        "x-strait-peer-identity",
+        "spiffe://strait.local/ns/demo/sa/client",
+    )];
+    assert_eq!(get(&inbound, "/", &[]).await.0, 0, "STRICT by default");
+
+    let mesh_tls = |mode: &str| {
+        format!(
+            "apiVersion: strait.dev/v1alpha1\nkind: MeshTLS\nmetadata: {{name: echo-tls, namespace: demo}}\n\
+             spec:\n  targetRef: {{service: echo}}\n  mode: {mode}\n"
+        )
+    };
+    apply(&fed, &mesh_tls("PERMISSIVE"));
+    let body = eventually("plaintext served", Duration::from_secs(10), async || {
+        let (status, body) = get(&inbound, "/", &spoof).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    let answer = json(&body);
+    assert_eq!(answer["service"], "echo");
+    assert!(
+        answer["peer_identity"].is_null(),
+        "a plaintext caller has no identity, a spoofed one is removed: {answer}"
+    );
+    // Mesh callers still arrive over mTLS with their identity.
+    let (status, body) = get(&echo, "/", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body)["peer_identity"],
+        "spiffe://strait.local/ns/demo/sa/client"
+    );
+
+    apply(&fed, &mesh_tls("STRICT"));
+    eventually(
+        "plaintext refused again",
+        Duration::from_secs(10),
+        async || (get(&inbound, "/", &[]).await.0 == 0).then_some(()),
+    )
+    .await;
+    assert_eq!(get(&echo, "/", &[]).await.0, 200);
+}

@@ -7,8 +7,17 @@
 //! 1. TLS 1.3 handshake with the sidecar's live certificate; the client must present a
 //!    workload certificate of the federation (`spiffe://TD/ns/NS/sa/SA`), verified against the
 //!    live trust bundle. A plaintext client, or one whose certificate chains to another root,
-//!    fails here. (**STRICT only for now**: `MeshTLS` PERMISSIVE, which would let plaintext
-//!    callers in, is not implemented; plaintext is always refused.)
+//!    fails here.
+//!
+//!    Under `MeshTLS` **PERMISSIVE** (the running config's `InboundPolicy.tls_mode`, read as
+//!    each connection arrives) the first byte decides first ([`transport`]): a TLS handshake
+//!    record (`0x16`) goes on as above; anything else is a **plaintext** caller from outside
+//!    the mesh, sniffed like an outbound connection (HTTP/1.x or HTTP/2 prior knowledge →
+//!    HTTP, anything else → TCP) and served with no identity: authorized as an unauthenticated
+//!    caller (a `TrafficPermission` rule naming identities never matches it), and any
+//!    `x-strait-peer-identity` it sent is removed. Under STRICT (the default) nothing is
+//!    peeked. A plaintext HTTP connection still open when the mode goes back to STRICT gets
+//!    `403` `plaintext-refused` (and is closed) on its next request.
 //! 2. By ALPN: `h2` or `http/1.1` (or none) → HTTP; `strait-tcp` → a byte pipe.
 //! 3. HTTP, per request: the inbound `PermissionPolicy` of the running config decides
 //!    ([`authorize`]); denied → `403`. Any `x-strait-peer-identity` the caller sent is removed
@@ -22,10 +31,17 @@
 //! Before the first config is accepted the policy is unknown, so the sidecar fails closed:
 //! HTTP gets `503` with `x-strait-error: no-config`, TCP is closed.
 //!
+//! Idle timeout: plaintext connections (PERMISSIVE) that read nothing for
+//! [`DEFAULT_IDLE_TIMEOUT`] are closed, as the outbound side closes an app's connections. Mutual
+//! TLS connections are not idled out here: they come from client sidecars, which close TCP
+//! connections by the service's `Timeout.idle` themselves and keep their pooled HTTP/2
+//! connections alive with pings (closing those here would race with requests under way).
+//!
 //! Metrics: `strait_sidecar_inbound_requests_total{status_class}`,
 //! `strait_sidecar_inbound_request_duration_seconds` (to the response headers),
 //! `strait_sidecar_inbound_connections` (open), `strait_sidecar_inbound_handshake_failures_total`,
-//! `strait_sidecar_inbound_tcp_connections_total{result}`.
+//! `strait_sidecar_inbound_tcp_connections_total{result}`,
+//! `strait_sidecar_inbound_plaintext_connections_total{protocol}`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,15 +60,17 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use strait_proto as pb;
+use strait_trust::IdentityKind;
 use strait_trust::tls::{CredentialStore, PeerIdentity, TrustStore, authorize_fn};
-use strait_trust::{IdentityKind, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::authz::{InboundAuthz, Reason};
+use crate::authz::{InboundAuthz, Reason, TlsMode};
 use crate::discovery::Control;
+use crate::limits::idle::{self, DEFAULT_IDLE_TIMEOUT, PipeEnd};
+use crate::outbound::Sniff;
 
 /// ALPN for HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -65,6 +83,8 @@ pub const ALPN_TCP: &[u8] = b"strait-tcp";
 pub const PEER_IDENTITY_HEADER: &str = "x-strait-peer-identity";
 /// The header naming why the sidecar itself answered with an error.
 pub const ERROR_HEADER: &str = "x-strait-error";
+/// The first byte of every TLS connection: the content type of a handshake record.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,6 +132,7 @@ pub struct InboundMetrics {
     pub connections: IntGauge,
     pub handshake_failures: IntCounter,
     pub tcp: IntCounterVec,
+    pub plaintext: IntCounterVec,
 }
 
 impl InboundMetrics {
@@ -135,7 +156,7 @@ impl InboundMetrics {
         )?;
         let connections = IntGauge::with_opts(Opts::new(
             "strait_sidecar_inbound_connections",
-            "Open inbound connections (after the TLS handshake).",
+            "Open inbound connections (after the TLS handshake, or plaintext under PERMISSIVE).",
         ))?;
         let handshake_failures = IntCounter::with_opts(Opts::new(
             "strait_sidecar_inbound_handshake_failures_total",
@@ -148,6 +169,14 @@ impl InboundMetrics {
             ),
             &["result"],
         )?;
+        let plaintext = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_inbound_plaintext_connections_total",
+                "Plaintext inbound connections accepted under MeshTLS PERMISSIVE, by protocol.",
+            ),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(plaintext.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connections.clone()))?;
@@ -159,12 +188,16 @@ impl InboundMetrics {
         for result in ["forwarded", "denied", "app_unavailable", "no_config"] {
             tcp.with_label_values(&[result]);
         }
+        for protocol in ["http", "tcp"] {
+            plaintext.with_label_values(&[protocol]);
+        }
         Ok(Self {
             requests,
             duration,
             connections,
             handshake_failures,
             tcp,
+            plaintext,
         })
     }
 }
@@ -184,8 +217,8 @@ fn status_class(status: StatusCode) -> &'static str {
 /// What an inbound authorization decision looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct InboundRequest<'a> {
-    /// The caller's verified SPIFFE ID.
-    pub caller: &'a str,
+    /// The caller's verified SPIFFE ID; `None` for a plaintext caller (PERMISSIVE).
+    pub caller: Option<&'a str>,
     /// Empty for a TCP connection.
     pub method: &'a str,
     /// Empty for a TCP connection.
@@ -194,7 +227,8 @@ pub struct InboundRequest<'a> {
 
 /// The inbound decision for `policy` (this sidecar's `InboundPolicy`): `Ok` to let the
 /// request through, `Err(reason)` to refuse it. The rules are [`crate::authz`]'s; no policy
-/// allows every caller that passed the handshake (a workload of the federation).
+/// allows every caller that passed the handshake (a workload of the federation), and a
+/// plaintext caller only under PERMISSIVE.
 ///
 /// Compiles the policy on every call; the listener itself compiles once per config
 /// (a private cache keyed by the config).
@@ -213,7 +247,7 @@ fn decide(
     let authz = authz
         .as_ref()
         .map_err(|e| format!("the inbound policy cannot be loaded: {e}"))?;
-    let decision = authz.decide(Some(request.caller), request.method, request.path);
+    let decision = authz.decide(request.caller, request.method, request.path);
     if decision.allowed {
         return Ok(());
     }
@@ -251,6 +285,29 @@ impl AuthzCache {
         }
         *guard = Some((config.clone(), authz.clone()));
         authz
+    }
+}
+
+// === MeshTLS ===
+
+/// How an inbound connection is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The TLS handshake (and, past it, mutual TLS with a verified identity).
+    MutualTls,
+    /// A plaintext caller without an identity (PERMISSIVE only).
+    Plaintext,
+}
+
+/// The transport of a connection whose first byte is `first_byte`, under `mode`: STRICT is
+/// always mutual TLS (a plaintext client then fails the handshake, as it always has; the
+/// listener does not even peek); PERMISSIVE is mutual TLS when the connection opens with a
+/// TLS handshake record, plaintext otherwise.
+pub fn transport(mode: TlsMode, first_byte: u8) -> Transport {
+    if mode.allows_plaintext() && first_byte != TLS_HANDSHAKE_RECORD {
+        Transport::Plaintext
+    } else {
+        Transport::MutualTls
     }
 }
 
@@ -443,9 +500,28 @@ async fn connection(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let metrics = &shared.ctx.metrics;
+    // The mode as this connection arrives; STRICT peeks at nothing.
+    let mode = TlsMode::from_policy(shared.ctx.config.borrow().inbound.as_ref());
+    if mode.allows_plaintext() {
+        let mut first = [0_u8; 1];
+        // A TLS client speaks first; a plaintext one that waits for the server is TCP.
+        match tokio::time::timeout(crate::outbound::SNIFF_TIMEOUT, tcp.peek(&mut first)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(_)) => {
+                if transport(mode, first[0]) == Transport::Plaintext {
+                    plaintext(shared, tcp, peer, stop, None).await;
+                    return;
+                }
+            }
+            Err(_) => {
+                plaintext(shared, tcp, peer, stop, Some(Sniff::Tcp)).await;
+                return;
+            }
+        }
+    }
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
@@ -475,17 +551,64 @@ async fn connection(
     };
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let _open = OpenConnection::new(&metrics.connections);
+    let caller = caller.to_string();
     if alpn.as_deref() == Some(ALPN_TCP) {
-        tcp_pipe(&shared, tls, &caller, peer).await;
+        // No idle timeout here: the client sidecar applies the service's own.
+        tcp_pipe(&shared, tls, Some(&caller), peer, None).await;
         return;
     }
+    serve_http(shared, tls, Some(Arc::from(caller)), peer, stop, None).await;
+}
 
-    let caller: Arc<str> = Arc::from(caller.to_string());
+/// A plaintext connection under PERMISSIVE: sniffed (unless `kind` is known already), then
+/// served as HTTP or TCP with no caller identity, closed once idle for
+/// [`DEFAULT_IDLE_TIMEOUT`].
+async fn plaintext(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+    kind: Option<Sniff>,
+) {
+    let kind = match kind {
+        Some(kind) => kind,
+        None => match crate::outbound::sniff_stream(&tcp).await {
+            Some(kind) => kind,
+            None => return,
+        },
+    };
+    let metrics = &shared.ctx.metrics;
+    let _open = OpenConnection::new(&metrics.connections);
+    if kind == Sniff::Http {
+        metrics.plaintext.with_label_values(&["http"]).inc();
+        tracing::debug!(%peer, "plaintext HTTP connection (PERMISSIVE)");
+        let activity = idle::Activity::new();
+        let io = idle::Tracked::new(tcp, activity.clone());
+        serve_http(shared, io, None, peer, stop, Some(&activity)).await;
+    } else {
+        metrics.plaintext.with_label_values(&["tcp"]).inc();
+        tracing::debug!(%peer, "plaintext TCP connection (PERMISSIVE)");
+        tcp_pipe(&shared, tcp, None, peer, Some(DEFAULT_IDLE_TIMEOUT)).await;
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on `io` from `caller` (`None`: plaintext) until the client
+/// closes, the listener stops, or (with `idle`) nothing was read for [`DEFAULT_IDLE_TIMEOUT`].
+async fn serve_http<IO>(
+    shared: Arc<Shared>,
+    io: IO,
+    caller: Option<Arc<str>>,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    idle: Option<&idle::Activity>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let shared = service_shared.clone();
         let caller = caller.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, request, &caller, peer).await) }
+        async move { Ok::<_, Infallible>(handle(&shared, request, caller.as_deref(), peer).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -493,12 +616,28 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let idle = async {
+        match idle {
+            Some(activity) => idle::silent_for(activity, DEFAULT_IDLE_TIMEOUT).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(err) = result {
                 tracing::debug!(%peer, %err, "inbound connection ended with an error");
+            }
+        }
+        () = idle => {
+            tracing::debug!(%peer, "closing an idle inbound connection");
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+                }
             }
         }
         () = stopped(&mut stop) => {
@@ -517,14 +656,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn handle(
     shared: &Shared,
     request: Request<Incoming>,
-    caller: &str,
+    caller: Option<&str>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let start = Instant::now();
     let span = tracing::info_span!(
         "inbound",
         %peer,
-        caller,
+        caller = caller.unwrap_or("plaintext"),
         method = %request.method(),
         path = request.uri().path(),
         status = tracing::field::Empty,
@@ -546,7 +685,11 @@ async fn handle(
     response
 }
 
-async fn forward(shared: &Shared, request: Request<Incoming>, caller: &str) -> Response<Body> {
+async fn forward(
+    shared: &Shared,
+    request: Request<Incoming>,
+    caller: Option<&str>,
+) -> Response<Body> {
     let config = shared.ctx.config.borrow().clone();
     if config.version == 0 {
         return error_response(
@@ -555,8 +698,29 @@ async fn forward(shared: &Shared, request: Request<Incoming>, caller: &str) -> R
             "the sidecar has no config from its zone yet\n",
         );
     }
+    let authz = shared.authz.get(&config);
+    if caller.is_none()
+        && !authz
+            .as_ref()
+            .as_ref()
+            .is_ok_and(|a| a.tls_mode.allows_plaintext())
+    {
+        // A plaintext connection from before the mode went back to STRICT.
+        tracing::info!("plaintext request refused: MeshTLS is STRICT");
+        let mut response = error_response(
+            StatusCode::FORBIDDEN,
+            "plaintext-refused",
+            "forbidden: this service accepts mutual TLS only (MeshTLS STRICT)\n",
+        );
+        if request.version() == Version::HTTP_11 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return response;
+    }
     let decision = decide(
-        &shared.authz.get(&config),
+        &authz,
         &InboundRequest {
             caller,
             method: request.method().as_str(),
@@ -616,11 +780,12 @@ async fn forward(shared: &Shared, request: Request<Incoming>, caller: &str) -> R
 
 /// The request as the app gets it: absolute `http://APP/path?query` over HTTP/1.1, hop-by-hop
 /// headers removed, the caller's verified identity in [`PEER_IDENTITY_HEADER`] (whatever the
-/// caller sent there is dropped), `Host` kept (or taken from an HTTP/2 `:authority`).
+/// caller sent there is dropped; a plaintext caller, `None`, gets no header at all), `Host`
+/// kept (or taken from an HTTP/2 `:authority`).
 fn app_request(
     request: Request<Incoming>,
     app: SocketAddr,
-    caller: &str,
+    caller: Option<&str>,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts
@@ -643,12 +808,19 @@ fn app_request(
     {
         parts.headers.insert(header::HOST, value);
     }
-    let identity =
-        HeaderValue::from_str(caller).map_err(|e| format!("caller identity as a header: {e}"))?;
-    // `insert` replaces every value the caller may have sent.
-    parts
-        .headers
-        .insert(HeaderName::from_static(PEER_IDENTITY_HEADER), identity);
+    match caller {
+        Some(caller) => {
+            let identity = HeaderValue::from_str(caller)
+                .map_err(|e| format!("caller identity as a header: {e}"))?;
+            // `insert` replaces every value the caller may have sent.
+            parts
+                .headers
+                .insert(HeaderName::from_static(PEER_IDENTITY_HEADER), identity);
+        }
+        None => {
+            parts.headers.remove(PEER_IDENTITY_HEADER);
+        }
+    }
     Ok(Request::from_parts(parts, body))
 }
 
@@ -688,30 +860,34 @@ fn error_response(status: StatusCode, error: &'static str, body: &'static str) -
     response
 }
 
-/// A TCP connection: authorize the caller, then copy bytes both ways to the app.
-async fn tcp_pipe(
+/// A TCP connection: authorize the caller (`None`: plaintext), then copy bytes both ways to
+/// the app, until both end or (with `idle_timeout`) nothing moved for that long.
+async fn tcp_pipe<IO>(
     shared: &Shared,
-    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
-    caller: &SpiffeId,
+    mut tls: IO,
+    caller: Option<&str>,
     peer: SocketAddr,
-) {
+    idle_timeout: Option<Duration>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let metrics = &shared.ctx.metrics;
-    let caller = caller.to_string();
+    let shown = caller.unwrap_or("plaintext");
     let config = shared.ctx.config.borrow().clone();
     let outcome = |result: &str| metrics.tcp.with_label_values(&[result]).inc();
     if config.version == 0 {
         outcome("no_config");
-        tracing::info!(%peer, %caller, "TCP connection closed: no config yet");
+        tracing::info!(%peer, caller = shown, "TCP connection closed: no config yet");
         return;
     }
     let request = InboundRequest {
-        caller: &caller,
+        caller,
         method: "",
         path: "",
     };
     if let Err(reason) = decide(&shared.authz.get(&config), &request) {
         outcome("denied");
-        tracing::info!(%peer, %caller, %reason, "TCP connection denied by TrafficPermission");
+        tracing::info!(%peer, caller = shown, %reason, "TCP connection denied by TrafficPermission");
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
         return;
     }
@@ -735,11 +911,21 @@ async fn tcp_pipe(
         };
     let _ = upstream.set_nodelay(true);
     outcome("forwarded");
-    match tokio::io::copy_bidirectional(&mut tls, &mut upstream).await {
-        Ok((up, down)) => {
-            tracing::debug!(%peer, %caller, up, down, "TCP connection finished");
+    let end = match idle_timeout {
+        Some(timeout) => idle::pipe(tls, upstream, timeout).await,
+        None => match tokio::io::copy_bidirectional(&mut tls, &mut upstream).await {
+            Ok((up, down)) => PipeEnd::Done(up, down),
+            Err(err) => PipeEnd::Error(err),
+        },
+    };
+    match end {
+        PipeEnd::Done(up, down) => {
+            tracing::debug!(%peer, caller = shown, up, down, "TCP connection finished");
         }
-        Err(err) => tracing::debug!(%peer, %caller, %err, "TCP connection ended with an error"),
+        PipeEnd::Error(err) => {
+            tracing::debug!(%peer, caller = shown, %err, "TCP connection ended with an error");
+        }
+        PipeEnd::Idle => tracing::debug!(%peer, caller = shown, "TCP connection closed: idle"),
     }
 }
 
@@ -759,7 +945,7 @@ mod tests {
 
     fn req<'a>(caller: &'a str, method: &'a str, path: &'a str) -> InboundRequest<'a> {
         InboundRequest {
-            caller,
+            caller: Some(caller),
             method,
             path,
         }
@@ -817,6 +1003,67 @@ mod tests {
         });
         let err = authorize(Some(&bad), &req(WEB, "GET", "/")).unwrap_err();
         assert!(err.contains("cannot be loaded"), "{err}");
+    }
+
+    #[test]
+    fn permissive_tells_tls_from_plaintext_by_the_first_byte() {
+        use Transport::{MutualTls, Plaintext};
+        // STRICT: always the handshake, whatever arrives (plaintext then fails it).
+        for byte in [TLS_HANDSHAKE_RECORD, b'G', b'P', 0x00, 0x15, 0x17] {
+            assert_eq!(transport(TlsMode::Strict, byte), MutualTls, "{byte:#x}");
+        }
+        // PERMISSIVE: a handshake record is TLS; HTTP, the HTTP/2 preface, anything else is
+        // plaintext (TLS alerts or application data never open a connection).
+        assert_eq!(
+            transport(TlsMode::Permissive, TLS_HANDSHAKE_RECORD),
+            MutualTls
+        );
+        for byte in [b'G', b'P', b'h', 0x00, 0x15, 0x17, 0xff] {
+            assert_eq!(transport(TlsMode::Permissive, byte), Plaintext, "{byte:#x}");
+        }
+    }
+
+    #[test]
+    fn plaintext_callers_are_unauthenticated() {
+        let inbound = |tls_mode: pb::MeshTlsMode, permission| pb::InboundPolicy {
+            tls_mode: tls_mode as i32,
+            permission,
+            rate_limit: None,
+        };
+        let plain = |method, path| InboundRequest {
+            caller: None,
+            method,
+            path,
+        };
+        // STRICT refuses plaintext before any rule, even with no permission policy.
+        let strict = inbound(pb::MeshTlsMode::Strict, None);
+        let err = authorize(Some(&strict), &plain("GET", "/")).unwrap_err();
+        assert!(err.contains("STRICT"), "{err}");
+        assert!(
+            authorize(None, &plain("GET", "/")).is_err(),
+            "no policy is STRICT"
+        );
+        // PERMISSIVE without TrafficPermission lets it in, HTTP and TCP.
+        let open = inbound(pb::MeshTlsMode::Permissive, None);
+        assert!(authorize(Some(&open), &plain("GET", "/")).is_ok());
+        assert!(authorize(Some(&open), &plain("", "")).is_ok());
+        // A rule naming identities never matches a plaintext caller; default-deny denies it.
+        let named = inbound(
+            pb::MeshTlsMode::Permissive,
+            Some(pb::PermissionPolicy {
+                default_deny: true,
+                rules: vec![
+                    rule(true, &["spiffe://strait.local/ns/demo/sa/*"], &[], &[]),
+                    rule(true, &[], &["GET"], &["/public"]),
+                ],
+            }),
+        );
+        let p = Some(&named);
+        assert!(authorize(p, &plain("GET", "/")).is_err());
+        assert!(authorize(p, &plain("", "")).is_err(), "TCP");
+        assert!(authorize(p, &req(API, "GET", "/")).is_ok());
+        // A rule without `from` matches anyone, plaintext included.
+        assert!(authorize(p, &plain("GET", "/public/x")).is_ok());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - [`outlier`]: passive outlier detection and ejection with backoff;
 //! - [`retry`]: the retry budget and which failures may be retried;
 //! - [`route`]: `TrafficRoute` matching and weighted subset splits;
-//! - [`fault`], [`ratelimit`], [`authz`]: fault injection, token buckets, `TrafficPermission`.
+//! - [`fault`], [`ratelimit`], [`authz`]: fault injection, token buckets, `TrafficPermission`;
+//! - [`limits`]: `CircuitBreaker` connection and request counters, idle timeouts.
 //!
 //! IO around it:
 //! - [`config`]: the sidecar's own settings; [`identity`]: bootstrap and renewal of its
@@ -26,6 +27,7 @@ pub mod fault;
 pub mod identity;
 pub mod inbound;
 pub mod lb;
+pub mod limits;
 pub mod outbound;
 pub mod outlier;
 pub mod pool;

@@ -25,6 +25,10 @@
 //!   each try goes to a target the [`Balancer`] picks (avoiding the targets already tried),
 //!   over mutual TLS to the destination sidecar's inbound listener (the endpoint's SPIFFE ID
 //!   is required of the server; ALPN `h2`), on one pooled HTTP/2 connection per endpoint.
+//!   A target without an open pooled connection needs one: the request waits for it (a place
+//!   in `maxPendingRequests`) and the connection takes a place in `maxConnections` for its
+//!   life ([`crate::limits::breaker`]). A target over either limit is passed over for another
+//!   one; when none is left, `503` `overflow` at once.
 //!   Failed tries are retried as [`RetryState`] decides. Request bodies up to
 //!   [`MAX_REPLAY_BODY`] are buffered so a retry can replay them; a longer or unsized body
 //!   streams, and its request is retried only when it never left (connect failures).
@@ -38,12 +42,19 @@
 //!   code in `x-strait-error` and its reason in the body.
 //! - **TCP**: a target is picked the same way (connect failures retried on another target),
 //!   mutual TLS with ALPN `strait-tcp` (through a tunnel of its own for another zone), then
-//!   bytes are copied both ways.
+//!   bytes are copied both ways. Each holds a place in `maxConnections` for its life, and one
+//!   in `maxPendingRequests` while it connects; over either, it is closed at once.
+//! - **Idle timeout** (`Timeout.idle`, [`crate::limits::idle`], default one hour): a
+//!   downstream connection from the app (HTTP or TCP) that read nothing for that long is
+//!   closed: TCP at once, both ways; HTTP gracefully (a response under way finishes). The
+//!   timeout of the connection's service when it was accepted applies. The pooled upstream
+//!   connections are not idled out (the destination's listener or a ping failure closes them;
+//!   the pool reopens closed ones).
 //!
 //! Sidecar-answered errors carry `x-strait-error`: `no-healthy-upstream` (503, nothing can
 //! take the request, or no try could connect), `upstream-reset` (502),
 //! `upstream-timeout` (504), `request-timeout` (504), `fault-injected`, `overflow` (503,
-//! `maxRequests`), `unknown-service` (503).
+//! `maxRequests`, `maxConnections`, `maxPendingRequests`), `unknown-service` (503).
 //!
 //! Timeouts (`Timeout` policy, mesh defaults when absent): connect
 //! [`DEFAULT_CONNECT_TIMEOUT`] per connection (TCP and TLS), request
@@ -56,7 +67,8 @@
 //! `strait_sidecar_outbound_retries_total{service}`,
 //! `strait_sidecar_outbound_ejections_total{service}`, `strait_sidecar_outbound_connections`
 //! (open downstream connections), `strait_sidecar_outbound_listeners` (bound),
-//! `strait_sidecar_outbound_tcp_connections_total{service, result}`.
+//! `strait_sidecar_outbound_tcp_connections_total{service, result}`,
+//! `strait_sidecar_outbound_overflows_total{service, limit}`.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -87,8 +99,10 @@ use crate::discovery::Control;
 use crate::fault::FaultInjector;
 use crate::inbound::{ALPN_TCP, ERROR_HEADER, PEER_IDENTITY_HEADER};
 use crate::lb::{Balancer, BalancerConfig, Target};
+use crate::limits::breaker::{self, Counter, Overflow, Permit};
+use crate::limits::idle::{self, PipeEnd};
 use crate::outlier::Outcome;
-use crate::pool::{Body, ConnectError, Pool, Remote};
+use crate::pool::{Body, ConnPermit, ConnectError, Lookup, Pool, Remote};
 use crate::retry::{Budget, RetryConfig, RetryDecision, RetryState};
 use crate::route::{RequestView, RouteTable, Subset};
 
@@ -193,6 +207,7 @@ pub struct OutboundMetrics {
     pub connections: IntGauge,
     pub listeners: IntGauge,
     pub tcp: IntCounterVec,
+    pub overflows: IntCounterVec,
 }
 
 impl OutboundMetrics {
@@ -250,7 +265,16 @@ impl OutboundMetrics {
         registry.register(Box::new(ejections.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(listeners.clone()))?;
+        let overflows = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_outbound_overflows_total",
+                "Requests and TCP connections refused by a CircuitBreaker limit, by service and \
+                 limit (max_requests, max_connections, max_pending_requests).",
+            ),
+            &["service", "limit"],
+        )?;
         registry.register(Box::new(tcp.clone()))?;
+        registry.register(Box::new(overflows.clone()))?;
         Ok(Self {
             requests,
             duration,
@@ -259,6 +283,7 @@ impl OutboundMetrics {
             connections,
             listeners,
             tcp,
+            overflows,
         })
     }
 }
@@ -321,13 +346,18 @@ struct ServicePolicy {
     retry: RetryConfig,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// Downstream connections silent this long are closed.
+    idle_timeout: Duration,
     max_requests: Option<u32>,
+    max_connections: Option<u32>,
+    max_pending: Option<u32>,
 }
 
 impl ServicePolicy {
     fn compile(service: &pb::OutboundService) -> Result<Self, String> {
         let policy = service.policy.as_ref();
         let timeout = policy.and_then(|p| p.timeout.as_ref());
+        let breaker = policy.and_then(|p| p.circuit_breaker.as_ref());
         let ms = |v: u64, default: Duration| {
             if v == 0 {
                 default
@@ -341,10 +371,10 @@ impl ServicePolicy {
             retry: RetryConfig::from_policy(policy.and_then(|p| p.retry.as_ref())),
             connect_timeout: ms(timeout.map_or(0, |t| t.connect_ms), DEFAULT_CONNECT_TIMEOUT),
             request_timeout: ms(timeout.map_or(0, |t| t.request_ms), DEFAULT_REQUEST_TIMEOUT),
-            max_requests: policy
-                .and_then(|p| p.circuit_breaker.as_ref())
-                .map(|c| c.max_requests)
-                .filter(|&m| m > 0),
+            idle_timeout: idle::from_policy_ms(timeout.map_or(0, |t| t.idle_ms)),
+            max_requests: breaker.and_then(|c| breaker::limit(c.max_requests)),
+            max_connections: breaker.and_then(|c| breaker::limit(c.max_connections)),
+            max_pending: breaker.and_then(|c| breaker::limit(c.max_pending_requests)),
         })
     }
 }
@@ -357,7 +387,14 @@ struct ServiceState {
     balancer: Mutex<Balancer>,
     budget: Mutex<Budget>,
     policy: RwLock<Arc<ServicePolicy>>,
-    in_flight: AtomicU32,
+    /// Requests in flight (`maxRequests`).
+    in_flight: Counter,
+    /// Upstream connections open (`maxConnections`): pooled HTTP/2 connections and tunnels,
+    /// TCP connections.
+    connections: Arc<Counter>,
+    /// Requests and TCP connections waiting for an upstream connection
+    /// (`maxPendingRequests`).
+    pending: Counter,
     /// The last refusal a gateway gave for this service (when, `x-strait-error` code, text):
     /// when every target is ejected, the sidecar's own 503 says what the remote side said.
     last_refusal: Mutex<Option<(Instant, &'static str, String)>>,
@@ -473,7 +510,9 @@ impl Shared {
                             balancer: Mutex::new(Balancer::for_service(service)),
                             budget: Mutex::new(Budget::from_config(&policy.retry, now)),
                             policy: RwLock::new(policy),
-                            in_flight: AtomicU32::new(0),
+                            in_flight: Counter::default(),
+                            connections: Arc::default(),
+                            pending: Counter::default(),
                             last_refusal: Mutex::new(None),
                             probe_port: AtomicU32::new(0),
                         }),
@@ -530,7 +569,10 @@ fn default_policy() -> ServicePolicy {
         retry: RetryConfig::default(),
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        idle_timeout: idle::DEFAULT_IDLE_TIMEOUT,
         max_requests: None,
+        max_connections: None,
+        max_pending: None,
     }
 }
 
@@ -707,20 +749,27 @@ async fn probe_ejected(shared: std::sync::Weak<Shared>) {
         for service in services {
             let candidates = lock(&service.balancer).probe_candidates(Instant::now());
             let port = u16::try_from(service.probe_port.load(Ordering::Relaxed)).unwrap_or(0);
+            let max_connections = service
+                .policy
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .max_connections;
+            // The connection a probe opens stays pooled for requests: it counts.
+            let permit = || ConnPermit::Later(service.connections.clone(), max_connections);
             for target in candidates {
                 let reached = match &target {
                     Target::Endpoint {
                         address, spiffe_id, ..
                     } => shared
                         .pool
-                        .sender(address, spiffe_id, PROBE_TIMEOUT)
+                        .sender(address, spiffe_id, PROBE_TIMEOUT, permit())
                         .await
                         .is_ok(),
                     Target::Remote { .. } => {
                         match remote(&target, &service.name, port, &gateway_id) {
                             Some(remote) => shared
                                 .pool
-                                .remote_sender(&remote, PROBE_TIMEOUT)
+                                .remote_sender(&remote, PROBE_TIMEOUT, permit())
                                 .await
                                 .is_ok(),
                             None => false,
@@ -825,6 +874,14 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, vip: SocketAddr) {
         }
     };
     let mut stop = shared.stop.clone();
+    let idle_timeout = shared
+        .service(&binding.service)
+        .map_or(idle::DEFAULT_IDLE_TIMEOUT, |s| {
+            s.policy
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .idle_timeout
+        });
     if kind == Sniff::Tcp {
         tokio::select! {
             () = tcp_proxy(&shared, tcp, &binding.service, binding.port, binding.zone.as_deref()) => {}
@@ -851,12 +908,26 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, vip: SocketAddr) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    let activity = idle::Activity::new();
+    let io = idle::Tracked::new(tcp, activity.clone());
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(err) = result {
                 tracing::debug!(%err, "outbound connection ended with an error");
+            }
+        }
+        () = idle::silent_for(&activity, idle_timeout) => {
+            // Graceful: an idle HTTP/1.1 connection closes at once, a response under way
+            // (or an HTTP/2 stream) finishes first.
+            tracing::debug!(?idle_timeout, "closing an idle outbound connection");
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+                }
             }
         }
         () = stopped(&mut stop) => {
@@ -873,7 +944,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Peeks at the first bytes until [`sniff`] can tell, or [`SNIFF_TIMEOUT`] passes (TCP).
 /// `None` when the client closed without sending anything.
-async fn sniff_stream(tcp: &TcpStream) -> Option<Sniff> {
+pub(crate) async fn sniff_stream(tcp: &TcpStream) -> Option<Sniff> {
     let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT;
     let mut buf = [0_u8; 24];
     loop {
@@ -998,14 +1069,8 @@ async fn route_request(
     if let Some(status) = fault.abort {
         return (error_response(status, "fault-injected"), NONE);
     }
-    let _in_flight = match InFlight::acquire(&service, policy.max_requests) {
-        Some(guard) => guard,
-        None => {
-            return (
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "overflow"),
-                NONE,
-            );
-        }
+    let Some(_in_flight) = service.in_flight.acquire(policy.max_requests) else {
+        return (overflow(shared, &service, Overflow::Requests), NONE);
     };
     let zone = shared
         .zone
@@ -1041,24 +1106,72 @@ async fn route_request(
     }
 }
 
-/// Counts a request against `maxRequests` while it lives.
-struct InFlight(Arc<ServiceState>);
-
-impl InFlight {
-    fn acquire(service: &Arc<ServiceState>, max: Option<u32>) -> Option<Self> {
-        let before = service.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight(service.clone());
-        match max {
-            Some(max) if before >= max => None,
-            _ => Some(guard),
-        }
-    }
+/// The `503` `overflow` answer for a request a `CircuitBreaker` limit refused, counted.
+fn overflow(shared: &Shared, service: &ServiceState, limit: Overflow) -> Response<Body> {
+    shared
+        .ctx
+        .metrics
+        .overflows
+        .with_label_values(&[service.name.as_str(), limit.label()])
+        .inc();
+    tracing::debug!(limit = limit.label(), "circuit breaker overflow");
+    error_response(StatusCode::SERVICE_UNAVAILABLE, "overflow")
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
+/// How a try gets its connection: decided before it starts, so a target over a limit is
+/// passed over without counting as a try.
+enum Admitted<'a> {
+    /// An open pooled connection: no wait, no new connection.
+    Open(hyper::client::conn::http2::SendRequest<Body>),
+    /// The try waits for a connection (a place in `maxPendingRequests`, held until the
+    /// connection is ready); a new one takes `permit`.
+    Wait {
+        pending: Permit<'a>,
+        permit: ConnPermit,
+    },
+}
+
+/// Admits a try to `target` under the service's `CircuitBreaker` limits, or says which one it
+/// is over.
+fn admit<'a>(
+    shared: &Shared,
+    service: &'a ServiceState,
+    policy: &ServicePolicy,
+    target: &Target,
+    port: u16,
+    gateway_id: &str,
+) -> Result<Admitted<'a>, Overflow> {
+    let lookup = match target {
+        Target::Endpoint {
+            address, spiffe_id, ..
+        } => shared.pool.open_sender(address, spiffe_id),
+        Target::Remote { .. } => match remote(target, &service.name, port, gateway_id) {
+            Some(remote) => shared.pool.open_remote_sender(&remote),
+            None => Lookup::Vacant,
+        },
+    };
+    let busy = match lookup {
+        Lookup::Open(sender) => return Ok(Admitted::Open(sender)),
+        Lookup::Busy => true,
+        Lookup::Vacant => false,
+    };
+    let pending = service
+        .pending
+        .acquire(policy.max_pending)
+        .ok_or(Overflow::Pending)?;
+    let permit = if busy {
+        // A connect is under way: this request most likely shares it, and takes a place
+        // only if it ends up connecting itself.
+        ConnPermit::Later(service.connections.clone(), policy.max_connections)
+    } else {
+        ConnPermit::Held(
+            service
+                .connections
+                .acquire_owned(policy.max_connections)
+                .ok_or(Overflow::Connections)?,
+        )
+    };
+    Ok(Admitted::Wait { pending, permit })
 }
 
 /// Headers as they leave: hop-by-hop and a spoofed peer identity removed, the zone added;
@@ -1146,6 +1259,11 @@ async fn send_with_retries(
     );
     // What the last failed try answered, for when no target is left to try.
     let mut last_failure: Option<(Response<Body>, ZoneLabel)> = None;
+    // The CircuitBreaker limit that passed over a target, for when no target is left, and
+    // the targets passed over (the balancer offers tried targets again when it has nothing
+    // else: one of these offered again means every target left is over a limit).
+    let mut overflowed: Option<Overflow> = None;
+    let mut passed_over: Vec<crate::lb::TargetKey> = Vec::new();
     loop {
         let target = lock(&service.balancer).pick_within(
             Instant::now(),
@@ -1157,6 +1275,9 @@ async fn send_with_retries(
         let Some(target) = target else {
             if let Some(failure) = last_failure {
                 return failure;
+            }
+            if let Some(limit) = overflowed {
+                return (overflow(shared, service, limit), NONE);
             }
             let refusal = lock(&service.last_refusal)
                 .as_ref()
@@ -1173,11 +1294,46 @@ async fn send_with_retries(
             );
         };
         let key = target.key();
+        if let Some(limit) = overflowed
+            && passed_over.contains(&key)
+        {
+            return last_failure.unwrap_or_else(|| (overflow(shared, service, limit), NONE));
+        }
         state.on_try(key.clone());
+        // Only a remote target needs it: no copy for this zone's endpoints.
+        let gateway_id = match target {
+            Target::Remote { .. } => shared
+                .gateway_id
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            Target::Endpoint { .. } => String::new(),
+        };
+        let admitted = match admit(shared, service, policy, &target, port, &gateway_id) {
+            Ok(admitted) => admitted,
+            Err(limit) => {
+                // Not a try: no balancer, outlier or retry accounting; another target with an
+                // open connection may still take the request.
+                tracing::debug!(target = ?key, limit = limit.label(), "target over a circuit breaker limit");
+                overflowed = Some(limit);
+                passed_over.push(key);
+                continue;
+            }
+        };
         let started = Instant::now();
         lock(&service.balancer).on_start(&key, started);
-        let (outcome, response) =
-            try_once(shared, policy, &target, service, port, &parts, &mut body).await;
+        let (outcome, response) = try_once(
+            shared,
+            policy,
+            &target,
+            service,
+            port,
+            &gateway_id,
+            admitted,
+            &parts,
+            &mut body,
+        )
+        .await;
         let now = Instant::now();
         let ejection =
             lock(&service.balancer).on_complete(&key, now, now.duration_since(started), outcome);
@@ -1286,47 +1442,43 @@ fn connect_failure(err: &ConnectError) -> (Outcome, Option<Response<Body>>) {
     }
 }
 
-/// One try: connect (pooled), send, wait for the response headers.
+/// One try: connect (pooled, as `admitted` says), send, wait for the response headers.
+#[allow(clippy::too_many_arguments)]
 async fn try_once(
     shared: &Shared,
     policy: &ServicePolicy,
     target: &Target,
     service: &ServiceState,
     port: u16,
+    gateway_id: &str,
+    admitted: Admitted<'_>,
     parts: &http::request::Parts,
     body: &mut RequestBody,
 ) -> (Outcome, Option<Response<Body>>) {
     let name = service.name.as_str();
-    let gateway_id = shared
-        .gateway_id
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let (sender, forget): (_, Box<dyn Fn() + Send + Sync + '_>) = match target {
-        Target::Endpoint {
-            address, spiffe_id, ..
-        } => (
-            shared
-                .pool
-                .sender(address, spiffe_id, policy.connect_timeout)
-                .await,
-            Box::new(move || shared.pool.forget(address)),
-        ),
-        Target::Remote { .. } => {
-            let Some(remote) = remote(target, name, port, &gateway_id) else {
-                return (Outcome::ConnectFailure, None);
+    let (sender, pending) = match admitted {
+        Admitted::Open(sender) => (Ok(sender), None),
+        Admitted::Wait { pending, permit } => {
+            let sender = match target {
+                Target::Endpoint {
+                    address, spiffe_id, ..
+                } => {
+                    shared
+                        .pool
+                        .sender(address, spiffe_id, policy.connect_timeout, permit)
+                        .await
+                }
+                Target::Remote { .. } => {
+                    let Some(remote) = remote(target, name, port, gateway_id) else {
+                        return (Outcome::ConnectFailure, None);
+                    };
+                    shared
+                        .pool
+                        .remote_sender(&remote, policy.connect_timeout, permit)
+                        .await
+                }
             };
-            (
-                shared
-                    .pool
-                    .remote_sender(&remote, policy.connect_timeout)
-                    .await,
-                Box::new(move || {
-                    if let Some(remote) = self::remote(target, name, port, "") {
-                        shared.pool.forget_remote(&remote);
-                    }
-                }),
-            )
+            (sender, Some(pending))
         }
     };
     let mut sender = match sender {
@@ -1341,9 +1493,18 @@ async fn try_once(
         }
     };
     if sender.ready().await.is_err() {
-        forget();
+        match target {
+            Target::Endpoint { address, .. } => shared.pool.forget(address),
+            Target::Remote { .. } => {
+                if let Some(remote) = remote(target, name, port, "") {
+                    shared.pool.forget_remote(&remote);
+                }
+            }
+        }
         return (Outcome::ConnectFailure, None);
     }
+    // Connected: no longer waiting.
+    drop(pending);
     let Some(request_body) = body.take() else {
         return (Outcome::Reset, None);
     };
@@ -1450,7 +1611,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Upstream for T {}
 /// `pinned`: the zone of a zone-pinned VIP, the only one that may serve the connection.
 async fn tcp_proxy(
     shared: &Shared,
-    mut downstream: TcpStream,
+    downstream: TcpStream,
     key: &str,
     port: u16,
     pinned: Option<&str>,
@@ -1466,9 +1627,26 @@ async fn tcp_proxy(
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
+    // CircuitBreaker: the upstream connection is held for the proxied connection's life; the
+    // pending place while it connects (tries included). Over either: closed at once.
+    let over = |limit: Overflow| {
+        outcome("overflow");
+        metrics
+            .overflows
+            .with_label_values(&[service.name.as_str(), limit.label()])
+            .inc();
+    };
+    let Some(pending) = service.pending.acquire(policy.max_pending) else {
+        over(Overflow::Pending);
+        return;
+    };
+    let Some(_connection) = service.connections.acquire(policy.max_connections) else {
+        over(Overflow::Connections);
+        return;
+    };
     // The method only matters for response-based conditions; a TCP connect has none.
     let mut state = RetryState::new(Method::CONNECT, &mut lock(&service.budget), Instant::now());
-    let mut upstream = loop {
+    let upstream = loop {
         let target = lock(&service.balancer).pick_within(
             Instant::now(),
             &mut rand::rng(),
@@ -1550,10 +1728,20 @@ async fn tcp_proxy(
             }
         }
     };
+    drop(pending);
     outcome("forwarded");
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(service = key, up, down, "TCP connection finished"),
-        Err(err) => tracing::debug!(service = key, %err, "TCP connection ended with an error"),
+    match idle::pipe(downstream, upstream, policy.idle_timeout).await {
+        PipeEnd::Done(up, down) => {
+            tracing::debug!(service = key, up, down, "TCP connection finished");
+        }
+        PipeEnd::Error(err) => {
+            tracing::debug!(service = key, %err, "TCP connection ended with an error");
+        }
+        PipeEnd::Idle => tracing::debug!(
+            service = key,
+            idle = ?policy.idle_timeout,
+            "TCP connection closed: idle"
+        ),
     }
 }
 
@@ -1584,6 +1772,8 @@ mod tests {
         assert_eq!(default.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(default.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         assert_eq!(default.max_requests, None);
+        assert_eq!((default.max_connections, default.max_pending), (None, None));
+        assert_eq!(default.idle_timeout, Duration::from_secs(3600));
         let service = pb::OutboundService {
             policy: Some(pb::RoutePolicy {
                 timeout: Some(pb::TimeoutPolicy {
@@ -1603,6 +1793,28 @@ mod tests {
         assert_eq!(p.connect_timeout, Duration::from_millis(250));
         assert_eq!(p.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         assert_eq!(p.max_requests, Some(7));
+        assert_eq!((p.max_connections, p.max_pending), (None, None));
+        assert_eq!(p.idle_timeout, idle::DEFAULT_IDLE_TIMEOUT);
+
+        let service = pb::OutboundService {
+            policy: Some(pb::RoutePolicy {
+                timeout: Some(pb::TimeoutPolicy {
+                    idle_ms: 90_000,
+                    ..Default::default()
+                }),
+                circuit_breaker: Some(pb::CircuitBreakerPolicy {
+                    max_connections: 3,
+                    max_pending_requests: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let p = ServicePolicy::compile(&service).unwrap();
+        assert_eq!(p.idle_timeout, Duration::from_secs(90));
+        assert_eq!(p.max_requests, None);
+        assert_eq!((p.max_connections, p.max_pending), (Some(3), Some(2)));
     }
 
     #[test]

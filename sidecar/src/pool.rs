@@ -13,6 +13,13 @@
 //!   pooled HTTP/2 connection per (zone, service, port) inside such a tunnel; TCP gets a
 //!   tunnel per connection.
 //!
+//! **`CircuitBreaker.maxConnections`**: a connection opened for a service carries an
+//! [`OwnedPermit`] of that service's connection counter, given back when the connection ends
+//! (its driver task finishes, or the TCP stream is dropped). The gateway connections tunnels
+//! ride on are shared by every service and carry none; each tunnel counts as one connection of
+//! its service. The callers check the limit before they ask for a new connection, and find an
+//! open pooled one without waiting ([`Pool::open_sender`], [`Pool::open_remote_sender`]).
+//!
 //! A gateway that refuses a tunnel says why ([`TunnelStatus`], e.g. `zone-unreachable`): the
 //! caller counts it as a connect failure (so the balancer moves to the next locality) and
 //! shows the code to the app when nothing else answers. Local gateways are tried in turn: one
@@ -40,6 +47,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::inbound::ALPN_H2;
+use crate::limits::breaker::{Counter, OwnedPermit};
 
 /// The request and response bodies the outbound side moves.
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
@@ -76,6 +84,8 @@ pub(crate) enum ConnectError {
     },
     #[error("the gateway answered the tunnel with HTTP {0} and no tunnel status")]
     BadGatewayAnswer(StatusCode),
+    #[error("maxConnections reached: no new connection may be opened for this service")]
+    Overflow,
 }
 
 impl ConnectError {
@@ -84,6 +94,7 @@ impl ConnectError {
         match self {
             ConnectError::Refused { status, .. } => wire::status_code_name(*status),
             ConnectError::NoGateway => "no-gateway",
+            ConnectError::Overflow => "overflow",
             _ => "no-healthy-upstream",
         }
     }
@@ -93,6 +104,41 @@ type TlsStream<IO> = tokio_rustls::client::TlsStream<IO>;
 /// TLS client configs by (accepted SPIFFE IDs, space separated; ALPN).
 type TlsKey = (String, &'static [u8]);
 type Slot = Arc<tokio::sync::Mutex<Option<(String, SendRequest<Body>)>>>;
+
+/// What a pool slot holds for a target, looked up without waiting.
+pub(crate) enum Lookup {
+    /// An open connection for the right identity.
+    Open(SendRequest<Body>),
+    /// Someone is connecting (or holds the slot this instant): wait for it and share it.
+    Busy,
+    /// Nothing usable: a new connection is needed.
+    Vacant,
+}
+
+/// What a new pooled connection holds for its life: a place in its service's
+/// `maxConnections`.
+pub(crate) enum ConnPermit {
+    /// Taken by the caller, which saw that a connection was needed.
+    Held(OwnedPermit),
+    /// To take from this counter (against this limit) only if a connection must be opened:
+    /// for callers that found a connect under way and expect to share it.
+    Later(Arc<Counter>, Option<u32>),
+    /// Not counted (the gateway connections every service shares, probes).
+    Unlimited,
+}
+
+impl ConnPermit {
+    fn take(self) -> Result<Option<OwnedPermit>, ConnectError> {
+        match self {
+            ConnPermit::Held(permit) => Ok(Some(permit)),
+            ConnPermit::Later(counter, max) => counter
+                .acquire_owned(max)
+                .map(Some)
+                .ok_or(ConnectError::Overflow),
+            ConnPermit::Unlimited => Ok(None),
+        }
+    }
+}
 
 /// A service in another zone, reached through this zone's gateways.
 #[derive(Debug, Clone, Copy)]
@@ -235,22 +281,38 @@ impl Pool {
             .map_err(|_| ConnectError::Timeout)?
     }
 
+    /// The pooled HTTP/2 connection to `address` if one is open for `spiffe_id` and free
+    /// this instant (no connect under way): the fast path, without waiting.
+    pub(crate) fn open_sender(&self, address: &str, spiffe_id: &str) -> Lookup {
+        let slots = lock(&self.h2);
+        slots.get(address).map_or(Lookup::Vacant, |slot| {
+            look_up(slot, |held| held == spiffe_id)
+        })
+    }
+
     /// The pooled HTTP/2 connection to `address` (an endpoint or a gateway), opened when
-    /// there is none (or it closed).
+    /// there is none (or it closed). A new connection holds `permit` for its life.
     pub(crate) async fn sender(
         &self,
         address: &str,
         spiffe_id: &str,
         timeout: Duration,
+        permit: ConnPermit,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let slot = lock(&self.h2)
             .entry(address.to_owned())
             .or_default()
             .clone();
-        pooled(&slot, spiffe_id, || async {
-            let tls = self.connect(address, spiffe_id, ALPN_H2, timeout).await?;
-            h2_handshake(tls, address.to_owned(), H2_KEEPALIVE).await
-        })
+        pooled(
+            &slot,
+            |held| held == spiffe_id,
+            spiffe_id,
+            move || async move {
+                let permit = permit.take()?;
+                let tls = self.connect(address, spiffe_id, ALPN_H2, timeout).await?;
+                h2_handshake(tls, address.to_owned(), H2_KEEPALIVE, permit).await
+            },
+        )
         .await
     }
 
@@ -290,7 +352,10 @@ impl Pool {
         timeout: Duration,
     ) -> Result<Upgraded, ConnectError> {
         let open = async {
-            let mut sender = self.sender(gateway, remote.gateway_id, timeout).await?;
+            // The connection to the gateway is shared by every service: no permit.
+            let mut sender = self
+                .sender(gateway, remote.gateway_id, timeout, ConnPermit::Unlimited)
+                .await?;
             sender.ready().await?;
             let request = Request::builder()
                 .method(Method::CONNECT)
@@ -349,11 +414,23 @@ impl Pool {
             .map_err(|_| ConnectError::Timeout)?
     }
 
-    /// The pooled HTTP/2 connection to `remote` through a tunnel.
+    /// [`Pool::open_sender`] for `remote`, through a tunnel.
+    pub(crate) fn open_remote_sender(&self, remote: &Remote<'_>) -> Lookup {
+        let slots = lock(&self.tunnelled);
+        slots
+            .get(&remote.pool_key())
+            .map_or(Lookup::Vacant, |slot| {
+                look_up(slot, |held| joined_eq(held, remote.identities))
+            })
+    }
+
+    /// The pooled HTTP/2 connection to `remote` through a tunnel. A new connection holds
+    /// `permit` for its life.
     pub(crate) async fn remote_sender(
         &self,
         remote: &Remote<'_>,
         timeout: Duration,
+        permit: ConnPermit,
     ) -> Result<SendRequest<Body>, ConnectError> {
         let key = remote.pool_key();
         let slot = lock(&self.tunnelled)
@@ -361,18 +438,48 @@ impl Pool {
             .or_default()
             .clone();
         let ids = remote.identities.join(" ");
-        pooled(&slot, &ids, || async {
-            let tls = self.connect_remote(remote, ALPN_H2, timeout).await?;
-            h2_handshake(tls, key.clone(), TUNNEL_KEEPALIVE).await
-        })
+        pooled(
+            &slot,
+            |held| held == ids,
+            &ids,
+            move || async move {
+                let permit = permit.take()?;
+                let tls = self.connect_remote(remote, ALPN_H2, timeout).await?;
+                h2_handshake(tls, key, TUNNEL_KEEPALIVE, permit).await
+            },
+        )
         .await
     }
 }
 
-/// The connection in `slot` if it is open and was made for `id`, else a new one from
-/// `connect`. One connect per slot at a time: concurrent callers wait for it and share it.
+/// Whether `held` is `ids` joined by single spaces (without allocating the join).
+fn joined_eq(held: &str, ids: &[String]) -> bool {
+    if ids.is_empty() {
+        return held.is_empty();
+    }
+    let mut parts = held.split(' ');
+    ids.iter().all(|id| parts.next() == Some(id.as_str())) && parts.next().is_none()
+}
+
+/// What `slot` holds for an id `matches` accepts, without waiting.
+fn look_up(slot: &Slot, matches: impl Fn(&str) -> bool) -> Lookup {
+    let Ok(guard) = slot.try_lock() else {
+        return Lookup::Busy;
+    };
+    match guard.as_ref() {
+        Some((held, sender)) if matches(held) && !sender.is_closed() => {
+            Lookup::Open(sender.clone())
+        }
+        _ => Lookup::Vacant,
+    }
+}
+
+/// The connection in `slot` if it is open and was made for an id `matches` accepts (`id`),
+/// else a new one from `connect`. One connect per slot at a time: concurrent callers wait for
+/// it and share it.
 async fn pooled<F, Fut>(
     slot: &Slot,
+    matches: impl Fn(&str) -> bool,
     id: &str,
     connect: F,
 ) -> Result<SendRequest<Body>, ConnectError>
@@ -382,7 +489,7 @@ where
 {
     let mut guard = slot.lock().await;
     if let Some((held, sender)) = guard.as_ref()
-        && held == id
+        && matches(held)
         && !sender.is_closed()
     {
         return Ok(sender.clone());
@@ -393,12 +500,14 @@ where
     Ok(sender)
 }
 
-/// The HTTP/2 client handshake over `io`; the connection is driven by its own task.
+/// The HTTP/2 client handshake over `io`; the connection is driven by its own task, which
+/// holds `permit` (a place in its service's `maxConnections`) until the connection ends.
 /// A ping unanswered for `keepalive` closes the connection.
 async fn h2_handshake<IO>(
     io: IO,
     label: String,
     keepalive: Duration,
+    permit: Option<OwnedPermit>,
 ) -> Result<SendRequest<Body>, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -411,9 +520,28 @@ where
         .handshake(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(err) = conn.await {
             tracing::debug!(upstream = %label, %err, "upstream HTTP/2 connection ended");
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joined_ids_compare_without_a_join() {
+        let ids = [
+            "spiffe://td/ns/a/sa/x".to_owned(),
+            "spiffe://td/ns/a/sa/y".to_owned(),
+        ];
+        assert!(joined_eq(&ids.join(" "), &ids));
+        assert!(!joined_eq("spiffe://td/ns/a/sa/x", &ids));
+        assert!(!joined_eq(&format!("{} z", ids.join(" ")), &ids));
+        assert!(joined_eq("", &[]));
+        assert!(!joined_eq("x", &[]));
+    }
 }

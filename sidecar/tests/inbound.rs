@@ -430,3 +430,187 @@ async fn a_renewed_certificate_serves_new_connections_and_old_ones_keep_going() 
     // The connection made before the renewal was not dropped.
     assert_eq!(old.get("/", &[]).await.unwrap().status, 200);
 }
+
+impl Sidecar {
+    /// Sets `MeshTLS` (and `TrafficPermission`) as a new config version.
+    fn set_mode(&self, mode: pb::MeshTlsMode, permission: Option<pb::PermissionPolicy>) {
+        let mut config = pb::SidecarConfig::clone(&self.config.borrow());
+        config.version += 1;
+        config.inbound = Some(pb::InboundPolicy {
+            tls_mode: mode as i32,
+            permission,
+            rate_limit: None,
+        });
+        self.config.send_replace(Arc::new(config));
+    }
+}
+
+/// A plaintext HTTP/1.1 (or, with `h2`, HTTP/2 prior knowledge) client on a fresh
+/// connection.
+async fn plaintext_http(addr: SocketAddr, h2: bool) -> Result<Http, hyper::Error> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    if h2 {
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        Ok(Http::Two(send))
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        Ok(Http::One(send))
+    }
+}
+
+/// Whether a plaintext HTTP/1.1 request gets no HTTP answer (the connection just ends).
+async fn plaintext_refused(addr: SocketAddr) -> bool {
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, plain.read_to_end(&mut buf))
+        .await
+        .expect("the sidecar closes a plaintext connection");
+    !String::from_utf8_lossy(&buf).contains("HTTP/1.1")
+}
+
+#[tokio::test]
+async fn mesh_tls_permissive_serves_plaintext_without_an_identity_and_strict_refuses_it() {
+    let pki = Pki::new();
+    let (app, _app_task) = demo_app("echo", "echo-1").await;
+    let sidecar = Sidecar::start(&pki, Some(app), config()).await;
+    let web = pki.workload("frontend", "web");
+    let spoof = [(
+        "x-strait-peer-identity",
+        "spiffe://strait.local/ns/demo/sa/admin",
+    )];
+
+    // STRICT (the default): plaintext refused, mutual TLS served with the identity.
+    assert!(plaintext_refused(sidecar.addr).await, "STRICT");
+    let mut mtls = client(&sidecar, &web, &pki.trust, ALPN_H2).await;
+    assert_eq!(
+        mtls.get("/", &spoof).await.unwrap().json()["peer_identity"],
+        WEB
+    );
+
+    // PERMISSIVE: plaintext HTTP/1.1 and HTTP/2 served, with no identity (a spoofed one is
+    // removed); mutual TLS, on the open connection and a new one, still with the identity.
+    sidecar.set_mode(pb::MeshTlsMode::Permissive, None);
+    let mut plain = plaintext_http(sidecar.addr, false).await.unwrap();
+    for mut http in [
+        plaintext_http(sidecar.addr, true).await.unwrap(),
+        plaintext_http(sidecar.addr, false).await.unwrap(),
+    ] {
+        let got = http.get("/x", &spoof).await.unwrap();
+        assert_eq!(got.status, 200, "{got:?}");
+        assert!(got.json()["peer_identity"].is_null(), "{got:?}");
+        assert_eq!(got.json()["instance"], "echo-1");
+    }
+    assert!(plain.get("/", &spoof).await.unwrap().json()["peer_identity"].is_null());
+    assert_eq!(
+        mtls.get("/", &spoof).await.unwrap().json()["peer_identity"],
+        WEB
+    );
+    let mut mtls1 = client(&sidecar, &web, &pki.trust, ALPN_HTTP1).await;
+    assert_eq!(
+        mtls1.get("/", &spoof).await.unwrap().json()["peer_identity"],
+        WEB
+    );
+    assert_eq!(
+        metric(
+            &sidecar.registry,
+            "strait_sidecar_inbound_plaintext_connections_total",
+            &[("protocol", "http")]
+        ),
+        3.0
+    );
+
+    // A rule naming identities does not match a plaintext caller: default-deny denies it.
+    sidecar.set_mode(
+        pb::MeshTlsMode::Permissive,
+        Some(pb::PermissionPolicy {
+            default_deny: true,
+            rules: vec![pb::PermissionRule {
+                allow: true,
+                from: vec!["spiffe://strait.local/ns/*/sa/web".into()],
+                methods: vec![],
+                path_prefixes: vec![],
+            }],
+        }),
+    );
+    let got = plain.get("/", &[]).await.unwrap();
+    assert_eq!(got.status, 403, "{got:?}");
+    assert_eq!(got.headers.get("x-strait-error").unwrap(), "denied");
+    assert_eq!(mtls.get("/", &[]).await.unwrap().status, 200);
+
+    // Back to STRICT: the open plaintext connection is refused (and closed), new ones fail
+    // as before; mutual TLS carries on.
+    sidecar.set_mode(pb::MeshTlsMode::Strict, None);
+    let got = plain.get("/", &[]).await.unwrap();
+    assert_eq!(got.status, 403, "{got:?}");
+    assert_eq!(
+        got.headers.get("x-strait-error").unwrap(),
+        "plaintext-refused"
+    );
+    assert!(plaintext_refused(sidecar.addr).await, "STRICT again");
+    assert_eq!(
+        mtls.get("/", &[]).await.unwrap().json()["peer_identity"],
+        WEB
+    );
+}
+
+#[tokio::test]
+async fn mesh_tls_permissive_pipes_plaintext_tcp() {
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let _echo = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let sidecar = Sidecar::start(&pki, Some(app), config()).await;
+    let addr = sidecar.addr;
+    // What comes back for `first`, or `None` when the sidecar closes the connection.
+    let echo = |first: &'static [u8]| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(first).await;
+        let mut back = vec![0; first.len()];
+        tokio::time::timeout(PATIENCE, s.read_exact(&mut back))
+            .await
+            .expect("an answer or a close")
+            .ok()
+            .map(|_| back)
+    };
+
+    // STRICT: the bytes go nowhere.
+    assert_eq!(echo(b"hello, plain tcp\n").await, None);
+    sidecar.set_mode(pb::MeshTlsMode::Permissive, None);
+    assert_eq!(
+        echo(b"hello, plain tcp\n").await.as_deref(),
+        Some(&b"hello, plain tcp\n"[..])
+    );
+    // A server-first client that sends nothing is TCP too (after the sniff wait).
+    let mut quiet = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    quiet.write_all(b"late\n").await.unwrap();
+    let mut back = [0_u8; 5];
+    tokio::time::timeout(PATIENCE, quiet.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"late\n");
+    assert_eq!(
+        metric(
+            &sidecar.registry,
+            "strait_sidecar_inbound_plaintext_connections_total",
+            &[("protocol", "tcp")]
+        ),
+        2.0
+    );
+}

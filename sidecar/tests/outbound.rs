@@ -625,3 +625,256 @@ async fn whole_sidecars_call_each_other_through_the_zone_vip() {
             .unwrap();
     }
 }
+
+fn breaker(max_connections: u32, max_pending_requests: u32) -> pb::CircuitBreakerPolicy {
+    pb::CircuitBreakerPolicy {
+        max_connections,
+        max_pending_requests,
+        // Outlier detection as the zone sends it by default.
+        consecutive_5xx: 5,
+        consecutive_connect_failures: 5,
+        interval_ms: 10_000,
+        base_ejection_ms: 30_000,
+        max_ejection_percent: 50.0,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn max_connections_passes_over_unconnected_endpoints_and_closes_tcp_beyond_it() {
+    let pki = Pki::new();
+    let one = Upstream::start(&pki, "echo-1", "v1").await;
+    let two = Upstream::start(&pki, "echo-2", "v1").await;
+    let (app, app_task) = tcp_echo().await;
+    let tcp_up = Upstream::in_front_of(&pki, "echo-tcp", "v1", app, app_task).await;
+    let http_vip = free_vip();
+    let tcp_vip = free_vip();
+    let policy = Some(pb::RoutePolicy {
+        circuit_breaker: Some(breaker(1, 0)),
+        ..Default::default()
+    });
+    let client = Client::start(
+        &pki,
+        config(
+            1,
+            vec![
+                service(
+                    http_vip,
+                    pb::Protocol::Http,
+                    vec![one.endpoint(), two.endpoint()],
+                    policy.clone(),
+                ),
+                service(tcp_vip, pb::Protocol::Tcp, vec![tcp_up.endpoint()], policy),
+            ],
+        ),
+    )
+    .await;
+
+    // HTTP: one connection to one endpoint; every request is served on it (the other
+    // endpoint would need a second connection, so it is passed over, not failed).
+    let mut http = plain(http_vip).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        seen.insert(instance(&get(&mut http, "/", &[]).await));
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+
+    // TCP: one proxied connection at a time; a second is closed at once.
+    listening(tcp_vip).await;
+    async fn round_trip(s: &mut TcpStream) -> bool {
+        if s.write_all(b"ping\n").await.is_err() {
+            return false;
+        }
+        let mut back = [0_u8; 5];
+        matches!(
+            tokio::time::timeout(PATIENCE, s.read_exact(&mut back)).await,
+            Ok(Ok(_))
+        ) && &back == b"ping\n"
+    }
+    // (`listening`'s own probe connection may hold the place for a moment.)
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut first = loop {
+        let mut s = TcpStream::connect(tcp_vip).await.unwrap();
+        if round_trip(&mut s).await {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TCP connection got through"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut second = TcpStream::connect(tcp_vip).await.unwrap();
+    assert!(
+        !round_trip(&mut second).await,
+        "a second connection got through"
+    );
+    let name = format!("demo/echo-{}", tcp_vip.port());
+    assert!(
+        client.metric(
+            "strait_sidecar_outbound_overflows_total",
+            &[("service", &name), ("limit", "max_connections")]
+        ) >= 1.0
+    );
+    // The first carries on; once it is closed, a new one gets through.
+    assert!(round_trip(&mut first).await);
+    drop(first);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let mut s = TcpStream::connect(tcp_vip).await.unwrap();
+        if round_trip(&mut s).await {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn max_pending_requests_answers_overflow_at_once() {
+    let pki = Pki::new();
+    // An endpoint that accepts TCP and never answers the TLS handshake: a request to it
+    // waits for its connection until the connect timeout.
+    let black_hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = pb::Endpoint {
+        address: black_hole.local_addr().unwrap().to_string(),
+        instance: "slow".into(),
+        labels: HashMap::new(),
+        spiffe_id: ECHO.into(),
+        healthy: true,
+    };
+    let vip = free_vip();
+    let policy = pb::RoutePolicy {
+        circuit_breaker: Some(breaker(0, 1)),
+        timeout: Some(pb::TimeoutPolicy {
+            connect_ms: 2_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let client = Client::start(
+        &pki,
+        config(
+            1,
+            vec![service(
+                vip,
+                pb::Protocol::Http,
+                vec![endpoint],
+                Some(policy),
+            )],
+        ),
+    )
+    .await;
+    let mut a = plain(vip).await;
+    let mut b = plain(vip).await;
+    let started = std::time::Instant::now();
+    async fn timed(http: &mut Http, started: std::time::Instant) -> (Got, Duration) {
+        let got = get(http, "/", &[]).await;
+        (got, started.elapsed())
+    }
+    // Two requests at once: one waits for the connection, the other is over the limit.
+    let ((got_a, took_a), (got_b, took_b)) =
+        tokio::join!(timed(&mut a, started), timed(&mut b, started));
+    let (overflowed, waited) = if got_a.headers.get("x-strait-error").unwrap() == "overflow" {
+        ((got_a, took_a), (got_b, took_b))
+    } else {
+        ((got_b, took_b), (got_a, took_a))
+    };
+    assert_eq!(overflowed.0.status, 503, "{:?}", overflowed.0);
+    assert_eq!(
+        overflowed.0.headers.get("x-strait-error").unwrap(),
+        "overflow"
+    );
+    assert!(
+        overflowed.1 < Duration::from_millis(1_500),
+        "{:?}",
+        overflowed.1
+    );
+    assert_eq!(waited.0.status, 503, "{:?}", waited.0);
+    assert_eq!(
+        waited.0.headers.get("x-strait-error").unwrap(),
+        "no-healthy-upstream"
+    );
+    assert!(waited.1 >= Duration::from_millis(1_900), "{:?}", waited.1);
+    let name = format!("demo/echo-{}", vip.port());
+    assert_eq!(
+        client.metric(
+            "strait_sidecar_outbound_overflows_total",
+            &[("service", &name), ("limit", "max_pending_requests")]
+        ),
+        1.0
+    );
+    drop(black_hole);
+}
+
+#[tokio::test]
+async fn idle_downstream_connections_are_closed_and_new_ones_work() {
+    let pki = Pki::new();
+    let up = Upstream::start(&pki, "echo-1", "v1").await;
+    let (app, app_task) = tcp_echo().await;
+    let tcp_up = Upstream::in_front_of(&pki, "echo-tcp", "v1", app, app_task).await;
+    let http_vip = free_vip();
+    let tcp_vip = free_vip();
+    let idle = Duration::from_millis(700);
+    let policy = Some(pb::RoutePolicy {
+        timeout: Some(pb::TimeoutPolicy {
+            idle_ms: 700,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let _client = Client::start(
+        &pki,
+        config(
+            1,
+            vec![
+                service(
+                    http_vip,
+                    pb::Protocol::Http,
+                    vec![up.endpoint()],
+                    policy.clone(),
+                ),
+                service(tcp_vip, pb::Protocol::Tcp, vec![tcp_up.endpoint()], policy),
+            ],
+        ),
+    )
+    .await;
+
+    // HTTP: a keep-alive connection used now and then stays open; silent, it is closed.
+    let mut http = plain(http_vip).await;
+    for _ in 0..4 {
+        assert_eq!(get(&mut http, "/", &[]).await.status, 200);
+        tokio::time::sleep(idle / 3).await;
+    }
+    let Http::One(sender) = &http else {
+        unreachable!()
+    };
+    assert!(!sender.is_closed(), "closed while in use");
+    let silent = std::time::Instant::now();
+    eventually("the idle HTTP connection closed", || sender.is_closed()).await;
+    assert!(silent.elapsed() >= idle / 2, "{:?}", silent.elapsed());
+    // A new connection is served at once, on the pooled upstream connection.
+    let mut again = plain(http_vip).await;
+    assert_eq!(get(&mut again, "/", &[]).await.status, 200);
+
+    // TCP: closed once silent in both directions.
+    let mut s = TcpStream::connect(tcp_vip).await.unwrap();
+    s.write_all(b"ping\n").await.unwrap();
+    let mut back = [0_u8; 5];
+    s.read_exact(&mut back).await.unwrap();
+    let silent = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest))
+        .await
+        .expect("the idle TCP connection was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        silent.elapsed() >= idle - Duration::from_millis(100),
+        "{:?}",
+        silent.elapsed()
+    );
+}

@@ -23,6 +23,18 @@ async fn answering(addr: &str) {
     .await;
 }
 
+/// Waits until `load` has completed `n` more requests (answered or failed): the traffic a step
+/// of a test must see, counted rather than timed.
+async fn until_completed(load: &Load, n: u64) {
+    let target = load.progress().sent + n;
+    eventually(
+        &format!("{n} more requests"),
+        Duration::from_secs(60),
+        async || (load.progress().sent >= target).then_some(()),
+    )
+    .await;
+}
+
 fn load(addr: &str, rate: u32) -> Load {
     let target: SocketAddr = addr.parse().unwrap();
     let mut config = LoadConfig::new(target, rate);
@@ -107,7 +119,7 @@ async fn losing_the_global_control_plane_fails_no_request() {
     answering(&ledger).await;
     let local = load(&echo, 50);
     let remote = load(&ledger, 50);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    until_completed(&remote, 50).await;
 
     let leader_id = eventually("a leader", Duration::from_secs(10), async || {
         common::leader(&fed.client()).await
@@ -115,13 +127,20 @@ async fn losing_the_global_control_plane_fails_no_request() {
     .await;
     let leader = fed.global_nodes()[&leader_id].clone();
     fed.kill(&leader);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually("a new leader", Duration::from_secs(15), async || {
+        common::leader(&fed.client())
+            .await
+            .filter(|&id| id != leader_id)
+    })
+    .await;
+    until_completed(&remote, 50).await;
     for node in ["global-1", "global-2", "global-3"] {
         if node != leader {
             fed.kill(node);
         }
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three seconds of traffic with no global node at all.
+    until_completed(&remote, 150).await;
 
     for (what, load) in [("echo", local), ("ledger", remote)] {
         let samples = load.stop().await;
@@ -150,12 +169,13 @@ async fn a_zone_control_plane_crash_and_restart_fails_no_request() {
     answering(&ledger).await;
     let local = load(&echo, 50);
     let remote = load(&ledger, 50);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    until_completed(&remote, 50).await;
     fed.kill("zone-a");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_completed(&remote, 100).await;
     fed.restart("zone-a");
     fed.wait_ready("zone-a", Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Long enough for the restarted zone to push its sidecars a config again.
+    until_completed(&remote, 150).await;
     for (what, load) in [("echo", local), ("ledger", remote)] {
         let samples = load.stop().await;
         let (failures, zones) = tally(&samples);
@@ -173,11 +193,12 @@ async fn losing_one_of_two_gateway_replicas_fails_no_request() {
     let ledger = vip(&fed, "ledger", "a");
     answering(&ledger).await;
     let remote = load(&ledger, 50);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    until_completed(&remote, 50).await;
     fed.kill("gateway-a-1");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    until_completed(&remote, 100).await;
     fed.kill("gateway-b-2");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Past the QUIC idle timeout (2.5 s) that notices the dead peer, at 50/s.
+    until_completed(&remote, 200).await;
     let samples = remote.stop().await;
     let (failures, zones) = tally(&samples);
     eprintln!(
@@ -210,7 +231,7 @@ async fn a_drained_zone_and_a_lost_zone_leave_traffic_on_the_third() {
     .await;
 
     let traffic = load(&echo, 50);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    until_completed(&traffic, 50).await;
     let zone_b: Vec<String> = fed
         .processes()
         .iter()
@@ -221,7 +242,8 @@ async fn a_drained_zone_and_a_lost_zone_leave_traffic_on_the_third() {
     for name in &zone_b {
         fed.kill(name);
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Five seconds of traffic at 50/s: the last answer from zone b must be in the first three.
+    until_completed(&traffic, 250).await;
     let samples = traffic.stop().await;
     let (failures, zones) = tally(&samples);
     eprintln!(

@@ -174,6 +174,21 @@ impl Load {
     }
 }
 
+/// One `GET` to `target` on a fresh connection, bounded by `timeout` (outside a load: a check
+/// that a path answers at all).
+pub async fn request_once(target: SocketAddr, timeout: Duration) -> SampleResult {
+    let config = LoadConfig {
+        timeout,
+        ..LoadConfig::new(target, 1)
+    };
+    match tokio::time::timeout(timeout, request(&config)).await {
+        Ok(result) => result,
+        Err(_) => SampleResult::Failed {
+            reason: format!("timed out after {timeout:?}"),
+        },
+    }
+}
+
 /// One `GET` on a fresh connection.
 async fn request(config: &LoadConfig) -> SampleResult {
     let failed = |reason: String| SampleResult::Failed { reason };

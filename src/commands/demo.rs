@@ -16,8 +16,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use strait_drill::load::{Load, LoadConfig};
-use strait_drill::timeline::SampleResult;
 use strait_proto as pb;
 
 use crate::cli::{ClientArgs, Format};
@@ -275,22 +273,15 @@ async fn call(target: &str) -> anyhow::Result<serde_json::Value> {
     let addr: SocketAddr = target.parse()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let load = Load::start(LoadConfig::new(addr, 10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let samples = load.stop().await;
-        if let Some(sample) = samples.first() {
-            match &sample.result {
-                SampleResult::Answered { .. } => return fetch_json(addr).await,
-                SampleResult::Failed { reason } if Instant::now() > deadline => {
-                    bail!("{reason}")
-                }
-                SampleResult::Failed { .. } => {}
-            }
+        match fetch_json(addr).await {
+            Ok(answer) => return Ok(answer),
+            Err(err) if Instant::now() > deadline => return Err(err),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
+/// `GET /` through `addr`: the JSON body of a 200 answer.
 async fn fetch_json(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
@@ -302,10 +293,11 @@ async fn fetch_json(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     let mut reply = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await??;
     let text = String::from_utf8_lossy(&reply);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if !status.starts_with("HTTP/1.1 200") {
+        bail!("{status}: {}", body.trim());
+    }
     Ok(serde_json::from_str(body.trim())?)
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use strait_drill::load::{Load, LoadConfig};
+use strait_drill::load::{Load, LoadConfig, request_once};
 use strait_drill::timeline::{self, Analysis, Phases, SampleResult};
 use strait_global::admin_client::AdminClient;
 use strait_proto as pb;
@@ -418,26 +418,13 @@ async fn service_address(
 async fn preflight(target: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + PREFLIGHT;
     loop {
-        let load = Load::start(LoadConfig::new(target, 20));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let samples = load.stop().await;
-        if samples
-            .iter()
-            .any(|s| matches!(s.result, SampleResult::Answered { .. }))
-        {
-            return Ok(());
+        match request_once(target, Duration::from_secs(2)).await {
+            SampleResult::Answered { .. } => return Ok(()),
+            SampleResult::Failed { reason } if Instant::now() > deadline => {
+                bail!("{target} does not answer ({reason}): nothing to drill")
+            }
+            SampleResult::Failed { .. } => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-        if Instant::now() > deadline {
-            let why = samples
-                .iter()
-                .find_map(|s| match &s.result {
-                    SampleResult::Failed { reason } => Some(reason.clone()),
-                    SampleResult::Answered { .. } => None,
-                })
-                .unwrap_or_default();
-            bail!("{target} does not answer ({why}): nothing to drill");
-        }
-        tokio::time::sleep(Duration::from_millis(400)).await;
     }
 }
 

@@ -217,6 +217,124 @@ async fn a_zone_cannot_speak_for_another_zone() {
     );
 }
 
+/// Whether global records zone `zone` as connected (`strait zone list -o json`).
+fn zone_connected(fed: &Federation, zone: &str) -> bool {
+    let out = fed.strait(&["zone", "list", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let zones: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    zones
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|z| z["name"] == zone && z["connected"] == true)
+}
+
+/// A standby replica of a zone's control plane (Kubernetes mode, several replicas) opens an
+/// observer stream: it gets the federation, but cannot report inventory or renew, and its
+/// coming and going does not change the zone's connection state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_stream_gets_snapshots_but_cannot_speak_for_its_zone() {
+    use futures::StreamExt;
+    let fed = Federation::up(&["--zones", "a"]);
+    fed.wait_ready("zone-a", Duration::from_secs(20)).await;
+    eventually("zone a connected", Duration::from_secs(10), async || {
+        zone_connected(&fed, "a").then_some(())
+    })
+    .await;
+    // Zone a's real credentials: a second replica would share them.
+    let tls_dir = fed.dir.path().join("zone-a/tls");
+    let creds = CredentialStore::from_pem(
+        &common::read(&tls_dir.join("cp.crt")),
+        &common::read(&tls_dir.join("cp.key")),
+    )
+    .unwrap();
+    let trust = TrustStore::new(sidecar::bundle(&fed));
+    let tls =
+        strait_trust::tls::client_config(&creds, &trust, Arc::new(AllowAny), vec![b"h2".to_vec()])
+            .unwrap();
+    let channel = strait_proto::transport::channel(
+        &fed.address("global-1", "api"),
+        Arc::new(tls),
+        Duration::from_secs(2),
+    );
+    let msg = |m| pb::ZoneMessage { msg: Some(m) };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(msg(pb::zone_message::Msg::Hello(pb::SyncHello {
+        zone: "a".into(),
+        role: pb::SyncRole::Observer.into(),
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let mut inbound = pb::zone_sync_client::ZoneSyncClient::new(channel)
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let next = async |inbound: &mut tonic::Streaming<pb::GlobalMessage>| {
+        tokio::time::timeout(Duration::from_secs(10), inbound.next())
+            .await
+            .expect("global answers within 10 s")
+            .expect("stream open")
+            .expect("no error")
+            .msg
+            .expect("a message")
+    };
+    let pb::global_message::Msg::Snapshot(snapshot) = next(&mut inbound).await else {
+        panic!("an observer's first message is the federation snapshot")
+    };
+    assert!(snapshot.version > 0);
+    assert!(snapshot.zones.iter().any(|z| z.name == "a"));
+
+    // An empty inventory from an observer would wipe zone a's services: refused.
+    tx.send(msg(pb::zone_message::Msg::Inventory(pb::InventoryReport {
+        version: u64::MAX / 2,
+        ..Default::default()
+    })))
+    .await
+    .unwrap();
+    let pb::global_message::Msg::InventoryAck(ack) = next(&mut inbound).await else {
+        panic!("an inventory report is answered")
+    };
+    let error = ack.error.expect("an observer's report is refused");
+    assert_eq!(error.code(), pb::ErrorCode::Denied);
+    assert!(error.message.contains("observer"), "{}", error.message);
+    tx.send(msg(pb::zone_message::Msg::Renew(
+        pb::RenewRequest::default(),
+    )))
+    .await
+    .unwrap();
+    let pb::global_message::Msg::Renew(reply) = next(&mut inbound).await else {
+        panic!("a renewal request is answered")
+    };
+    assert_eq!(reply.error.expect("refused").code(), pb::ErrorCode::Denied);
+
+    // Closing the observer stream leaves the primary's connection as it was.
+    drop(tx);
+    drop(inbound);
+    let mut stays = 0;
+    eventually(
+        "zone a stays connected",
+        Duration::from_secs(10),
+        async || {
+            assert!(
+                zone_connected(&fed, "a"),
+                "an observer's disconnect marked zone a disconnected"
+            );
+            stays += 1;
+            (stays >= 5).then_some(())
+        },
+    )
+    .await;
+    let (status, metrics) = http_get(&fed.address("zone-a", "admin"), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.lines().any(|l| l == "strait_zone_sync_connected 1"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_in_zone_a_reaches_zone_b_sidecars_and_strait_services() {
     let fed = Federation::up(&["--zones", "a,b"]);

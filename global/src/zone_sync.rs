@@ -296,6 +296,10 @@ fn error_detail(code: pb::ErrorCode, message: impl Into<String>) -> pb::ErrorDet
 struct ZoneStream {
     ctx: Arc<NodeContext>,
     zone: String,
+    /// An observer (a standby replica of the zone's control plane) gets snapshots only: it
+    /// neither reports inventory nor renews, and its coming and going is not the zone's
+    /// connection state.
+    observer: bool,
     out: mpsc::Sender<Result<pb::GlobalMessage, Status>>,
 }
 
@@ -321,13 +325,15 @@ impl ZoneStream {
 
     async fn run(self, mut inbound: Streaming<pb::ZoneMessage>, known_version: u64) {
         let node_id = self.ctx.cluster.id();
-        self.record(Command::SetZoneConnection {
-            zone: self.zone.clone(),
-            connected: true,
-            node_id,
-            now_ms: now_ms(),
-        })
-        .await;
+        if !self.observer {
+            self.record(Command::SetZoneConnection {
+                zone: self.zone.clone(),
+                connected: true,
+                node_id,
+                now_ms: now_ms(),
+            })
+            .await;
+        }
         let mut revisions = self.ctx.state.subscribe();
         let mut last_sent: Option<pb::FederationSnapshot> = None;
         let mut first = true;
@@ -384,19 +390,31 @@ impl ZoneStream {
                 },
             }
         }
-        tracing::info!(zone = %self.zone, "zone disconnected");
-        self.record(Command::SetZoneConnection {
-            zone: self.zone.clone(),
-            connected: false,
-            node_id,
-            now_ms: now_ms(),
-        })
-        .await;
+        tracing::info!(zone = %self.zone, observer = self.observer, "zone disconnected");
+        if !self.observer {
+            self.record(Command::SetZoneConnection {
+                zone: self.zone.clone(),
+                connected: false,
+                node_id,
+                now_ms: now_ms(),
+            })
+            .await;
+        }
     }
 
     /// Handles one message from the zone; `false` ends the stream.
     async fn handle(&self, message: pb::ZoneMessage) -> bool {
         match message.msg {
+            Some(pb::zone_message::Msg::Inventory(report)) if self.observer => {
+                let ack = pb::InventoryAck {
+                    version: report.version,
+                    error: Some(error_detail(
+                        pb::ErrorCode::Denied,
+                        "an observer stream cannot report inventory: only the zone's primary control plane speaks for it",
+                    )),
+                };
+                self.send(pb::global_message::Msg::InventoryAck(ack)).await
+            }
             Some(pb::zone_message::Msg::Inventory(report)) => {
                 let ack = match inventory_model(&report) {
                     Err(reason) => pb::InventoryAck {
@@ -436,6 +454,16 @@ impl ZoneStream {
                     tracing::debug!(zone = %self.zone, version = ack.version, "snapshot acknowledged");
                 }
                 true
+            }
+            Some(pb::zone_message::Msg::Renew(_)) if self.observer => {
+                let response = pb::RenewResponse {
+                    error: Some(error_detail(
+                        pb::ErrorCode::Denied,
+                        "an observer stream cannot renew: only the zone's primary control plane renews its credentials",
+                    )),
+                    ..Default::default()
+                };
+                self.send(pb::global_message::Msg::Renew(response)).await
             }
             Some(pb::zone_message::Msg::Renew(renew)) => {
                 let response = self.renew(&renew);
@@ -563,7 +591,8 @@ impl pb::zone_sync_server::ZoneSync for ZoneSyncService {
                 hello.zone
             )));
         }
-        if !hello.vip_cidr.is_empty() {
+        let observer = hello.role() == pb::SyncRole::Observer;
+        if !hello.vip_cidr.is_empty() && !observer {
             if let Err(e) = hello.vip_cidr.parse::<strait_proto::vip::VipCidr>() {
                 return Err(Status::invalid_argument(e.to_string()));
             }
@@ -580,11 +609,12 @@ impl pb::zone_sync_server::ZoneSync for ZoneSyncService {
                 }
             }
         }
-        tracing::info!(%zone, known_version = hello.known_version, "zone connected");
+        tracing::info!(%zone, known_version = hello.known_version, observer, "zone connected");
         let (tx, rx) = mpsc::channel(16);
         let stream = ZoneStream {
             ctx: self.ctx.clone(),
             zone,
+            observer,
             out: tx,
         };
         tokio::spawn(stream.run(inbound, hello.known_version));

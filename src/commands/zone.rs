@@ -71,6 +71,10 @@ pub struct RunArgs {
     /// Kubernetes mode: the sidecar's inbound port on every pod (endpoints are podIP:PORT).
     #[arg(long)]
     endpoint_inbound_port: Option<u16>,
+    /// Kubernetes mode: the Secret through which the replicas share the zone's credentials
+    /// (default strait-zone-credentials; an empty value: none, one replica only).
+    #[arg(long)]
+    credentials_secret: Option<String>,
     /// Kubernetes mode: serve the sidecar injector (HTTPS admission webhook) on this address.
     #[arg(long, requires_all = ["webhook_cert", "webhook_key", "sidecar_image", "sidecar_zone_cp"])]
     webhook: Option<SocketAddr>,
@@ -161,6 +165,9 @@ impl RunArgs {
         }
         if let Some(port) = self.endpoint_inbound_port {
             kubernetes.endpoint_inbound_port = port;
+        }
+        if let Some(secret) = self.credentials_secret {
+            kubernetes.credentials_secret = (!secret.is_empty()).then_some(secret);
         }
         if let (Some(listen), Some(cert_file), Some(key_file), Some(sidecar_image), Some(zone_cp)) = (
             self.webhook,

@@ -150,6 +150,11 @@ pub struct KubernetesSettings {
     /// The port of an endpoint's sidecar inbound listener (mTLS): other sidecars and the
     /// gateway reach a pod at `podIP:PORT`.
     pub endpoint_inbound_port: u16,
+    /// The Secret (in `namespace`) through which the replicas share the zone's credentials:
+    /// the Lease holder joins and publishes them, the others take them from there (see
+    /// [`crate::kubernetes::credentials`]). `null`: each replica keeps its own in its data
+    /// directory, which works for one replica only.
+    pub credentials_secret: Option<String>,
 }
 
 /// The inbound port of the injected sidecar.
@@ -164,6 +169,7 @@ impl Default for KubernetesSettings {
             lease_duration: Duration::from_secs(15),
             lease_renew_interval: Duration::from_secs(5),
             endpoint_inbound_port: DEFAULT_ENDPOINT_INBOUND_PORT,
+            credentials_secret: Some("strait-zone-credentials".to_owned()),
         }
     }
 }
@@ -364,6 +370,10 @@ impl KubernetesSettings {
         if self.endpoint_inbound_port == 0 {
             return Err(invalid("kubernetes.endpoint_inbound_port", "must not be 0"));
         }
+        if let Some(secret) = &self.credentials_secret {
+            validate_dns_subdomain(secret)
+                .map_err(|reason| invalid("kubernetes.credentials_secret", reason))?;
+        }
         Ok(())
     }
 }
@@ -384,6 +394,19 @@ fn validate_dns_label(name: &str) -> Result<(), String> {
             "{name:?} is not a DNS label (lowercase letters, digits and '-', at most 63)"
         ))
     }
+}
+
+/// An object name (RFC 1123 subdomain): DNS labels joined by dots, at most 253 characters.
+fn validate_dns_subdomain(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 253
+        || name.split('.').any(|l| validate_dns_label(l).is_err())
+    {
+        return Err(format!(
+            "{name:?} is not a Kubernetes object name (DNS labels joined by '.', at most 253)"
+        ));
+    }
+    Ok(())
 }
 
 /// A zone name: what `spiffe://TD/zone/NAME/cp` and DNS labels (`SVC.NS.svc.NAME.mesh.local`)
@@ -486,6 +509,10 @@ mod tests {
         assert_eq!(c.kubernetes.endpoint_inbound_port, 15006);
         assert_eq!(c.kubernetes.lease_name, "strait-zone-leader");
         assert_eq!(c.kubernetes.lease_duration, Duration::from_secs(15));
+        assert_eq!(
+            c.kubernetes.credentials_secret.as_deref(),
+            Some("strait-zone-credentials")
+        );
         c.validate().unwrap();
         assert_eq!(config().mode, Mode::Universal);
 
@@ -509,6 +536,15 @@ mod tests {
             c.validate().unwrap_err().field,
             "kubernetes.endpoint_inbound_port"
         );
+        let mut c = config();
+        c.mode = Mode::Kubernetes;
+        c.kubernetes.credentials_secret = Some("Not/A_Name".into());
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "kubernetes.credentials_secret"
+        );
+        let c = ZoneConfig::from_yaml(&format!("{yaml}  credentials_secret: null\n"), "z").unwrap();
+        assert_eq!(c.kubernetes.credentials_secret, None);
         let err = ZoneConfig::from_yaml(&format!("{yaml}  bogus: 1\n"), "z").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
     }

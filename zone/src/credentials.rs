@@ -468,6 +468,40 @@ impl ZoneCredentials {
         Ok(())
     }
 
+    /// Takes up what another replica wrote into the data directory ([`Material::write`]):
+    /// the CA and the control plane's pair when they changed, the bundle when it did. Like a
+    /// renewal, nothing is interrupted. Returns whether anything changed.
+    pub fn reload(&self) -> Result<bool, CredentialsError> {
+        let p = paths(&self.dir);
+        let mut changed = false;
+        let (ca_chain, ca_key) = load_pair(&p.ca_crt, &p.ca_key)?;
+        let ca = IntermediateCa::from_pem(&ca_chain, &ca_key)?;
+        if ca.not_after() != self.ca.current().not_after() {
+            self.ca.replace(ca);
+            tracing::info!("took up the zone intermediate CA another replica renewed");
+            changed = true;
+        }
+        let (cp_chain, cp_key) = load_pair(&p.cp_crt, &p.cp_key)?;
+        let cp = CredentialStore::from_pem(&cp_chain, &cp_key)?;
+        if cp.cert_info().not_after != self.creds.cert_info().not_after {
+            self.creds.replace_pem(&cp_chain, &cp_key)?;
+            tracing::info!("took up the control plane certificate another replica renewed");
+            changed = true;
+        }
+        let bundle = strait_trust::store::read_cert(&p.bundle)?;
+        let bundle = TrustBundle::from_pem(self.trust_domain(), &bundle)?;
+        if bundle.pins() != self.trust.current().pins() {
+            self.trust.replace(bundle)?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// The data directory these credentials live in.
+    pub fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Replaces the trust bundle (root rotation arrives in snapshots and renewals) if it
     /// changed; an unparsable or empty bundle is refused and the current one kept.
     pub fn update_bundle(&self, pem: &str) -> Result<bool, CredentialsError> {
@@ -479,6 +513,173 @@ impl ZoneCredentials {
         self.trust.replace(bundle)?;
         tracing::info!("trust bundle updated");
         Ok(true)
+    }
+}
+
+/// The credential files by the names a shared copy of them uses (a Kubernetes Secret's keys).
+pub const MATERIAL_FILES: [&str; 6] = [
+    "zone.json",
+    "ca.crt",
+    "ca.key",
+    "cp.crt",
+    "cp.key",
+    "bundle.pem",
+];
+
+/// A zone's credential files as a whole, so that several control plane replicas can share
+/// one copy: the one that joins or renews publishes them, the others take them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Material {
+    files: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Material {
+    // Never the keys themselves.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// What tells two copies of the credentials apart: renewal always moves `not_after` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub zone: String,
+    pub ca_not_after: SystemTime,
+    pub cp_not_after: SystemTime,
+    pub bundle_pins: Vec<String>,
+}
+
+/// Which parts of a [`Material`] to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Parts {
+    pub ca: bool,
+    pub cp: bool,
+    pub bundle: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        ca: true,
+        cp: true,
+        bundle: true,
+    };
+
+    pub fn any(self) -> bool {
+        self.ca || self.cp || self.bundle
+    }
+}
+
+impl Material {
+    /// From the files of a shared copy; every one of [`MATERIAL_FILES`] must be there.
+    pub fn from_files(
+        mut files: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        files.retain(|name, _| MATERIAL_FILES.contains(&name.as_str()));
+        let missing: Vec<_> = MATERIAL_FILES
+            .iter()
+            .filter(|name| !files.contains_key(**name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("missing {missing:?}"));
+        }
+        Ok(Self { files })
+    }
+
+    pub fn files(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.files
+    }
+
+    /// The data directory's credentials (`None` before the zone joined). An interrupted
+    /// renewal is finished first, as [`ZoneCredentials::load`] would.
+    pub fn read(data_dir: &Path) -> Result<Option<Self>, CredentialsError> {
+        let p = paths(data_dir);
+        if !p.record.exists() {
+            return Ok(None);
+        }
+        let (ca_crt, ca_key) = load_pair(&p.ca_crt, &p.ca_key)?;
+        let (cp_crt, cp_key) = load_pair(&p.cp_crt, &p.cp_key)?;
+        let text = |path: &Path| std::fs::read_to_string(path).map_err(io_err(path));
+        let files = [
+            ("zone.json", text(&p.record)?),
+            ("ca.crt", ca_crt),
+            ("ca.key", ca_key),
+            ("cp.crt", cp_crt),
+            ("cp.key", cp_key),
+            ("bundle.pem", text(&p.bundle)?),
+        ];
+        Ok(Some(Self {
+            files: files
+                .into_iter()
+                .map(|(name, text)| (name.to_owned(), text))
+                .collect(),
+        }))
+    }
+
+    fn file(&self, name: &str) -> &str {
+        self.files.get(name).map_or("", String::as_str)
+    }
+
+    /// Parses everything (so a broken copy is refused before it is used) and says how new it
+    /// is. `origin` names the copy in errors.
+    pub fn stamp(&self, origin: &Path) -> Result<Stamp, CredentialsError> {
+        let corrupt = |what: &str, reason: String| CredentialsError::Corrupt {
+            path: origin.join(what),
+            reason,
+        };
+        let record: ZoneRecord = serde_json::from_str(self.file("zone.json"))
+            .map_err(|e| corrupt("zone.json", e.to_string()))?;
+        let ca = IntermediateCa::from_pem(self.file("ca.crt"), self.file("ca.key"))
+            .map_err(|e| corrupt("ca.crt", e.to_string()))?;
+        let cp = CredentialStore::from_pem(self.file("cp.crt"), self.file("cp.key"))
+            .map_err(|e| corrupt("cp.crt", e.to_string()))?;
+        let bundle = TrustBundle::from_pem(&record.trust_domain, self.file("bundle.pem"))
+            .map_err(|e| corrupt("bundle.pem", e.to_string()))?;
+        if ca.zone() != record.name {
+            return Err(corrupt(
+                "ca.crt",
+                format!("a CA of zone {:?}, not {:?}", ca.zone(), record.name),
+            ));
+        }
+        Ok(Stamp {
+            zone: record.name,
+            ca_not_after: ca.not_after(),
+            cp_not_after: cp.cert_info().not_after,
+            bundle_pins: bundle.pins(),
+        })
+    }
+
+    /// Writes `parts` into the data directory (the record too when it has none yet), each
+    /// key/certificate pair the way a renewal does, so a crash leaves a loadable pair.
+    pub fn write(&self, data_dir: &Path, parts: Parts) -> Result<(), CredentialsError> {
+        let p = paths(data_dir);
+        create_private_dir(data_dir)?;
+        create_private_dir(&p.tls)?;
+        if parts.ca {
+            save_pair(
+                &p.ca_crt,
+                &p.ca_key,
+                self.file("ca.crt"),
+                self.file("ca.key"),
+            )?;
+        }
+        if parts.cp {
+            save_pair(
+                &p.cp_crt,
+                &p.cp_key,
+                self.file("cp.crt"),
+                self.file("cp.key"),
+            )?;
+        }
+        if parts.bundle {
+            strait_trust::store::write_cert(&p.bundle, self.file("bundle.pem"))?;
+        }
+        if !p.record.exists() {
+            // Last: its presence means the credentials are complete.
+            write_atomic(&p.record, self.file("zone.json").as_bytes())?;
+        }
+        Ok(())
     }
 }
 

@@ -64,6 +64,8 @@ pub enum ZoneError {
     KubeClient(#[source] kube::Error),
     #[error("sidecar injector: {0}")]
     Webhook(#[from] crate::kubernetes::webhook::WebhookError),
+    #[error("zone credentials: {0}")]
+    SharedCredentials(#[from] crate::kubernetes::credentials::SharedCredentialsError),
     #[error("sidecar injector: binding {addr}: {source}")]
     WebhookListen {
         addr: std::net::SocketAddr,
@@ -109,15 +111,58 @@ pub async fn run_with_dns(
 ) -> Result<(), ZoneError> {
     config.validate()?;
     create_private_dir(&config.data_dir)?;
+    let mut shutdown = Box::pin(shutdown);
+    let (stop_tx, stop_rx) = watch::channel(false);
 
-    let creds = match ZoneCredentials::load(&config.data_dir, &config.name)? {
-        Some(creds) => {
-            if config.token_file.is_some() {
-                tracing::info!("this zone already joined; the join token is not needed any more");
-            }
-            creds
+    // The admin endpoints come first, so that probes see a live process (not ready) while the
+    // credentials are being obtained, which may mean waiting for another replica.
+    let registry = Registry::new();
+    let admin_state = strait_observe::AdminState::new(registry.clone());
+    if let Err(err) = admin_state.config.set_from(&config) {
+        tracing::warn!(%err, "the config could not be dumped at /config");
+    }
+    admin_state
+        .readiness
+        .set_not_ready("getting the zone's credentials");
+    let admin_task = tokio::spawn(strait_observe::serve(
+        admin,
+        admin_state.clone(),
+        stopped(stop_rx.clone()),
+    ));
+
+    // Kubernetes mode: the cluster is the inventory source, beside the registry (which still
+    // takes sidecar registrations). Universal mode never builds a Kubernetes client, so it
+    // needs no kubeconfig. The Lease is contended for before anything else: its holder is
+    // the replica that joins.
+    let kube = match config.mode {
+        Mode::Universal => None,
+        Mode::Kubernetes => {
+            let client = match kube::Client::try_default().await {
+                Ok(client) => client,
+                Err(err) => {
+                    return stop_early(&stop_tx, admin_task, Err(ZoneError::KubeClient(err))).await;
+                }
+            };
+            let context = kubernetes_context(&config, String::new());
+            let election = crate::kubernetes::controller::elect(
+                client.clone(),
+                &context,
+                stopped(stop_rx.clone()),
+            );
+            Some((client, election))
         }
-        None => ZoneCredentials::join(&config).await?,
+    };
+
+    let creds = tokio::select! {
+        creds = credentials(&config, kube.as_ref()) => creds,
+        () = &mut shutdown => {
+            tracing::info!("stopped before the zone had its credentials");
+            return stop_early(&stop_tx, admin_task, Ok(())).await;
+        }
+    };
+    let creds = match creds {
+        Ok(creds) => creds,
+        Err(err) => return stop_early(&stop_tx, admin_task, Err(err)).await,
     };
     let trust_domain = creds.trust_domain().to_owned();
     if trust_domain != config.trust_domain {
@@ -137,47 +182,32 @@ pub async fn run_with_dns(
         );
     }
     let (federation_tx, federation_rx) = watch::channel(Arc::new(persisted));
-    let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Kubernetes mode: the cluster is the inventory source, beside the registry (which still
-    // takes sidecar registrations and holds the gateways). Universal mode never builds a
-    // Kubernetes client, so it needs no kubeconfig.
-    let kube_client = match config.mode {
-        Mode::Universal => None,
-        Mode::Kubernetes => Some(
-            kube::Client::try_default()
-                .await
-                .map_err(ZoneError::KubeClient)?,
-        ),
-    };
-    let kubernetes = kube_client.clone().map(|client| {
-        let settings = &config.kubernetes;
-        let replica = settings
-            .replica
-            .clone()
-            .unwrap_or_else(|| format!("{}-{:08x}", config.name, rand::random::<u32>()));
+    let kube_client = kube.as_ref().map(|(client, _)| client.clone());
+    let mut credential_sync = None;
+    let kubernetes = kube.map(|(client, election)| {
+        if let Some(secret) = &config.kubernetes.credentials_secret {
+            let store = crate::kubernetes::credentials::SecretStore::new(
+                client.clone(),
+                &config.kubernetes.namespace,
+                secret,
+            );
+            credential_sync = Some(tokio::spawn(crate::kubernetes::credentials::run(
+                store,
+                creds.clone(),
+                election.leader.clone(),
+                stopped(stop_rx.clone()),
+            )));
+        }
         crate::kubernetes::controller::spawn(
             client,
-            KubernetesContext {
-                source: SourceSettings {
-                    zone: config.name.clone(),
-                    region: config.region.clone(),
-                    trust_domain: trust_domain.clone(),
-                    endpoint_inbound_port: settings.endpoint_inbound_port,
-                },
-                vip_cidr: config.vip_cidr,
-                namespace: settings.namespace.clone(),
-                lease_name: settings.lease_name.clone(),
-                replica,
-                lease_duration: settings.lease_duration,
-                lease_renew_interval: settings.lease_renew_interval,
-            },
+            kubernetes_context(&config, trust_domain.clone()),
+            election,
             federation_rx.clone(),
             || stopped(stop_rx.clone()),
         )
     });
 
-    let registry = Registry::new();
     let identity = IdentityService::with_registry(
         IdentityConfig {
             zone: config.name.clone(),
@@ -228,7 +258,7 @@ pub async fn run_with_dns(
             global.push(addr.clone());
         }
     }
-    let sync = SyncClient::new(
+    let mut sync = SyncClient::new(
         SyncConfig {
             zone: config.name.clone(),
             region: config.region.clone(),
@@ -243,6 +273,10 @@ pub async fn run_with_dns(
         inventory,
         sync_metrics,
     )?;
+    if let Some(kubernetes) = &kubernetes {
+        // Several replicas share the zone: only the one that leads speaks for it.
+        sync = sync.with_primary(kubernetes.primary.clone());
+    }
 
     // Client certificates are optional at the TLS layer only because a bootstrapping sidecar
     // has none yet; both services check the caller's identity themselves.
@@ -254,17 +288,7 @@ pub async fn run_with_dns(
     )?;
     let incoming = strait_proto::transport::tls_incoming(grpc, Arc::new(server_tls));
 
-    let admin_state = strait_observe::AdminState::new(registry);
-    if let Err(err) = admin_state.config.set_from(&config) {
-        tracing::warn!(%err, "the config could not be dumped at /config");
-    }
     admin_state.readiness.set_not_ready("starting");
-
-    let admin_task = tokio::spawn(strait_observe::serve(
-        admin,
-        admin_state.clone(),
-        stopped(stop_rx.clone()),
-    ));
     let readiness_task = tokio::spawn(track_readiness(
         federation_rx,
         admin_state.readiness.clone(),
@@ -344,6 +368,10 @@ pub async fn run_with_dns(
         webhook_task.abort();
         let _ = webhook_task.await;
     }
+    if let Some(credential_sync) = credential_sync {
+        credential_sync.abort();
+        let _ = credential_sync.await;
+    }
     let _ = sync_task.await;
     let _ = admin_task.await;
     if let Some(kubernetes) = kubernetes {
@@ -362,6 +390,72 @@ pub async fn run_with_dns(
     served?;
     tracing::info!("zone control plane stopped");
     Ok(())
+}
+
+/// Stops what runs before the credentials (the admin server, the election) and returns
+/// `result`.
+async fn stop_early(
+    stop: &watch::Sender<bool>,
+    admin_task: tokio::task::JoinHandle<()>,
+    result: Result<(), ZoneError>,
+) -> Result<(), ZoneError> {
+    let _ = stop.send(true);
+    let _ = admin_task.await;
+    result
+}
+
+/// Kubernetes mode's settings as the controller takes them (`trust_domain` is only known
+/// once the zone has its credentials; the Lease does not need it).
+fn kubernetes_context(config: &ZoneConfig, trust_domain: String) -> KubernetesContext {
+    let settings = &config.kubernetes;
+    KubernetesContext {
+        source: SourceSettings {
+            zone: config.name.clone(),
+            region: config.region.clone(),
+            trust_domain,
+            endpoint_inbound_port: settings.endpoint_inbound_port,
+        },
+        vip_cidr: config.vip_cidr,
+        namespace: settings.namespace.clone(),
+        lease_name: settings.lease_name.clone(),
+        replica: settings
+            .replica
+            .clone()
+            .unwrap_or_else(|| format!("{}-{:08x}", config.name, rand::random::<u32>())),
+        lease_duration: settings.lease_duration,
+        lease_renew_interval: settings.lease_renew_interval,
+    }
+}
+
+/// The zone's credentials: shared through the Secret in Kubernetes mode (when configured),
+/// else loaded from the data directory, else obtained by joining with the token.
+async fn credentials(
+    config: &ZoneConfig,
+    kube: Option<&(kube::Client, crate::kubernetes::controller::Election)>,
+) -> Result<ZoneCredentials, ZoneError> {
+    if let (Some((client, election)), Some(secret)) = (kube, &config.kubernetes.credentials_secret)
+    {
+        let store = crate::kubernetes::credentials::SecretStore::new(
+            client.clone(),
+            &config.kubernetes.namespace,
+            secret,
+        );
+        let mut leader = election.leader.clone();
+        return Ok(crate::kubernetes::credentials::bootstrap(config, &store, &mut leader).await?);
+    }
+    Ok(
+        match ZoneCredentials::load(&config.data_dir, &config.name)? {
+            Some(creds) => {
+                if config.token_file.is_some() {
+                    tracing::info!(
+                        "this zone already joined; the join token is not needed any more"
+                    );
+                }
+                creds
+            }
+            None => ZoneCredentials::join(config).await?,
+        },
+    )
 }
 
 /// `/ready` once a federation view exists: persisted from an earlier run or received now.

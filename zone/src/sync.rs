@@ -105,6 +105,8 @@ pub struct SyncState {
     /// after it, so a storm of changes still gets reported regularly).
     dirty_since: Option<Instant>,
     connected: bool,
+    /// Whether this replica speaks for the zone (reports, renews) or only observes.
+    primary: bool,
     renew_in_flight: Option<Instant>,
     renew_not_before: Option<Instant>,
 }
@@ -135,9 +137,25 @@ impl SyncState {
             last_version,
             dirty_since: None,
             connected: false,
+            primary: true,
             renew_in_flight: None,
             renew_not_before: None,
         }
+    }
+
+    /// Sets the role of the next stream: the primary reports and renews, an observer (a
+    /// standby control plane replica) only receives snapshots.
+    pub fn set_primary(&mut self, primary: bool) {
+        self.primary = primary;
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.primary
+    }
+
+    /// Connected as the zone's primary: the only state in which anything is sent up.
+    fn speaking(&self) -> bool {
+        self.connected && self.primary
     }
 
     /// The version of the federation view being served.
@@ -162,6 +180,12 @@ impl SyncState {
             inventory_version: self.next_version(now_unix_ms),
             vip_cidr: self.vip_cidr.clone(),
             region: self.region.clone(),
+            role: if self.primary {
+                pb::SyncRole::Primary
+            } else {
+                pb::SyncRole::Observer
+            }
+            .into(),
         }
     }
 
@@ -229,7 +253,7 @@ impl SyncState {
         now_unix_ms: u64,
     ) -> Option<pb::InventoryReport> {
         let since = self.dirty_since?;
-        if !self.connected || now < since + INVENTORY_DEBOUNCE || self.held_by_grace(now) {
+        if !self.speaking() || now < since + INVENTORY_DEBOUNCE || self.held_by_grace(now) {
             return None;
         }
         let version = self.next_version(now_unix_ms);
@@ -246,7 +270,7 @@ impl SyncState {
     /// When [`poll_inventory`](Self::poll_inventory) may next have something to send.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let since = self.dirty_since?;
-        if !self.connected {
+        if !self.speaking() {
             return None;
         }
         let due = since + INVENTORY_DEBOUNCE;
@@ -273,7 +297,7 @@ impl SyncState {
         ca_renew_at: SystemTime,
         cp_renew_at: SystemTime,
     ) -> Option<(bool, bool)> {
-        if !self.connected {
+        if !self.speaking() {
             return None;
         }
         if let Some(sent) = self.renew_in_flight {
@@ -360,6 +384,7 @@ impl Backoff {
 #[derive(Debug, Clone)]
 pub struct SyncMetrics {
     pub connected: IntGauge,
+    pub primary: IntGauge,
     pub snapshot_version: IntGauge,
     pub reconnects: IntCounter,
     pub inventory_reports: IntCounter,
@@ -383,6 +408,10 @@ impl SyncMetrics {
             connected: gauge(
                 "strait_zone_sync_connected",
                 "1 while the sync stream to global is up.",
+            )?,
+            primary: gauge(
+                "strait_zone_sync_primary",
+                "1 while this replica speaks for the zone (reports inventory, renews); 0 while it only observes.",
             )?,
             snapshot_version: gauge(
                 "strait_zone_sync_snapshot_version",
@@ -460,6 +489,9 @@ pub struct SyncClient {
     tls: Arc<rustls::ClientConfig>,
     pending_renewal: Option<PendingKeys>,
     inventory_open: bool,
+    /// Whether this replica is the zone's primary (Kubernetes mode with several replicas:
+    /// the Lease holder); `None`: always primary.
+    primary: Option<watch::Receiver<bool>>,
 }
 
 /// How a stream ended.
@@ -467,6 +499,9 @@ enum StreamEnd {
     /// It got at least one message from global: the connection was good.
     AfterProgress(String),
     Failed(String),
+    /// This replica became, or stopped being, the zone's primary: reconnect at once in the
+    /// new role.
+    RoleChanged,
 }
 
 impl SyncClient {
@@ -532,7 +567,15 @@ impl SyncClient {
             state,
             pending_renewal: None,
             inventory_open: true,
+            primary: None,
         })
+    }
+
+    /// Makes the stream's role follow `primary`: reports and renewals only while it is true,
+    /// snapshots always.
+    pub fn with_primary(mut self, primary: watch::Receiver<bool>) -> Self {
+        self.primary = Some(primary);
+        self
     }
 
     /// Runs until `shutdown` completes: one stream at a time, reconnecting for ever.
@@ -562,6 +605,10 @@ impl SyncClient {
                     reason
                 }
                 StreamEnd::Failed(reason) => reason,
+                StreamEnd::RoleChanged => {
+                    backoff.reset();
+                    continue;
+                }
             };
             let delay = backoff.next_delay(rand::random::<f64>());
             tracing::warn!(global = %addr, %reason, retry_in = ?delay, "sync stream with global ended; serving the persisted state meanwhile");
@@ -580,6 +627,8 @@ impl SyncClient {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel::<pb::ZoneMessage>(64);
+        let primary = self.primary.as_mut().is_none_or(|p| *p.borrow_and_update());
+        self.state.set_primary(primary);
         let hello = self.state.hello(unix_ms(SystemTime::now()));
         if tx
             .send(msg(pb::zone_message::Msg::Hello(hello)))
@@ -592,9 +641,10 @@ impl SyncClient {
             Ok(response) => response.into_inner(),
             Err(status) => return StreamEnd::Failed(status_detail(&status)),
         };
-        tracing::info!(global = %addr, known_version = self.state.view_version(), "sync stream with global up");
+        tracing::info!(global = %addr, known_version = self.state.view_version(), primary, "sync stream with global up");
         self.state.connected(Instant::now());
         self.metrics.connected.set(1);
+        self.metrics.primary.set(i64::from(primary));
         let mut progressed = false;
         let mut renew_tick = tokio::time::interval(self.config.renew_check_interval);
         renew_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -643,6 +693,10 @@ impl SyncClient {
                 () = sleep => {}
                 _ = renew_tick.tick() => {
                     self.metrics.observe_expiry(&self.creds);
+                }
+                now_primary = role_change(&mut self.primary, primary) => {
+                    tracing::info!(primary = now_primary, "this replica's role changed; reconnecting in the new role");
+                    return StreamEnd::RoleChanged;
                 }
             }
         }
@@ -778,6 +832,22 @@ impl SyncClient {
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         tracing::info!(version, "federation snapshot applied");
         Ok(())
+    }
+}
+
+/// Resolves with the new value once `primary` differs from `current`; never without a watch
+/// (or once its sender is gone: the last role stays).
+async fn role_change(primary: &mut Option<watch::Receiver<bool>>, current: bool) -> bool {
+    let Some(primary) = primary else {
+        return std::future::pending().await;
+    };
+    let changed = primary
+        .wait_for(|p| *p != current)
+        .await
+        .map(|value| *value);
+    match changed {
+        Ok(value) => value,
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -1015,6 +1085,35 @@ mod tests {
             s.poll_renewal(t0 + RENEW_RETRY + RENEW_TIMEOUT, wall, wall, wall)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn an_observer_reports_nothing_and_renews_nothing_until_it_is_primary() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let mut s = state(Duration::ZERO, None, vec![service("echo", "a", 1)], t0);
+        s.set_primary(false);
+        assert_eq!(s.hello(100).role(), pb::SyncRole::Observer);
+        s.connected(t0);
+        assert!(
+            s.poll_inventory(t0, 100).is_none(),
+            "observers do not report"
+        );
+        assert_eq!(s.next_deadline(t0), None, "nothing to wake up for");
+        assert_eq!(s.poll_renewal(t0, wall, wall, wall), None, "nor renew");
+        s.inventory_changed(vec![service("echo", "a", 2)], t0);
+        assert!(s.poll_inventory(t0 + INVENTORY_DEBOUNCE, 100).is_none());
+
+        // Promoted (the client reconnects in the new role): the current inventory goes up at
+        // once, with a version past anything an earlier primary could have used.
+        s.disconnected();
+        s.set_primary(true);
+        assert_eq!(s.hello(200).role(), pb::SyncRole::Primary);
+        s.connected(t0);
+        let report = s.poll_inventory(t0, 200).expect("reported on promotion");
+        assert_eq!((report.version, report.services.len()), (200, 1));
+        assert_eq!(report.services[0].localities[0].healthy, 2);
+        assert_eq!(s.poll_renewal(t0, wall, wall, wall), Some((true, true)));
     }
 
     #[test]

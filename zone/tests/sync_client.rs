@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Global, Session, TD, within};
+use common::{Global, Session, TD, eventually, within};
 use strait_proto as pb;
 use strait_proto::zone_message::Msg;
 use strait_trust::SpiffeId;
@@ -100,6 +100,19 @@ fn start_sync(
     grace: Duration,
     renew_check: Duration,
 ) -> Running {
+    start_sync_as(g, creds, store, inv, grace, renew_check, None)
+}
+
+/// [`start_sync`] for one of several replicas: it speaks for the zone while `primary` is true.
+fn start_sync_as(
+    g: &Global,
+    creds: &ZoneCredentials,
+    store: &ZoneStore,
+    inv: Arc<LocalInventory>,
+    grace: Duration,
+    renew_check: Duration,
+    primary: Option<watch::Receiver<bool>>,
+) -> Running {
     let persisted = store
         .load_federation()
         .unwrap()
@@ -125,6 +138,10 @@ fn start_sync(
         metrics,
     )
     .unwrap();
+    let client = match primary {
+        Some(primary) => client.with_primary(primary),
+        None => client,
+    };
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(client.run(async move {
         let _ = stop_rx.await;
@@ -429,6 +446,53 @@ async fn inventory_versions_only_increase_even_across_restarts() {
     .await;
     let r4 = next_report(&mut s).await;
     assert!(r4.version > far);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_standby_replica_observes_until_it_leads_then_speaks_for_the_zone() {
+    let mut g = Global::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("zone-a");
+    let creds = join(&g, &dir).await;
+    let store = ZoneStore::open(dir.join("state")).unwrap();
+    let (primary_tx, primary) = watch::channel(false);
+    let mut run = start_sync_as(
+        &g,
+        &creds,
+        &store,
+        inventory(&[("echo", 1)]),
+        Duration::ZERO,
+        Duration::from_secs(60),
+        Some(primary),
+    );
+
+    // A standby: snapshots come down and are served, nothing goes up but acks.
+    let mut s = g.next_session().await;
+    assert_eq!(s.hello.role(), pb::SyncRole::Observer);
+    s.send_snapshot(3, "n3").await;
+    assert_eq!(next_ack(&mut s).await.version, 3);
+    eventually("the snapshot served", || {
+        (run.federation.borrow_and_update().version() == 3).then_some(())
+    })
+    .await;
+    run.inventory.send(inventory(&[("echo", 2)])).unwrap();
+    // Silence is the point here: a report would have gone out within the 50 ms debounce.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), s.recv()).await;
+    assert!(quiet.is_err(), "an observer sent {:?}", quiet.unwrap());
+
+    // It wins the Lease: a new stream as the primary, the inventory reported at once.
+    primary_tx.send(true).unwrap();
+    let mut s = g.next_session().await;
+    assert_eq!(s.hello.role(), pb::SyncRole::Primary);
+    assert_eq!(s.hello.known_version, 3, "it resumes from what it served");
+    let report = next_report(&mut s).await;
+    assert_eq!(report.services[0].localities[0].total, 2);
+
+    // And steps down again.
+    primary_tx.send(false).unwrap();
+    let s = g.next_session().await;
+    assert_eq!(s.hello.role(), pb::SyncRole::Observer);
     run.stop().await;
 }
 

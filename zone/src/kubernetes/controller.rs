@@ -55,7 +55,58 @@ pub struct Running {
     pub inventory: InventoryWatch,
     /// Whether this replica leads.
     pub leader: watch::Receiver<bool>,
+    /// Whether this replica speaks for the zone towards global: it leads *and* its watches
+    /// have listed the cluster once, so a new leader never reports a half-read inventory.
+    pub primary: watch::Receiver<bool>,
     pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// The leader election, started on its own: it runs before the zone has credentials (the
+/// Lease holder is the replica that joins).
+#[derive(Debug)]
+pub struct Election {
+    pub leader: watch::Receiver<bool>,
+    pub task: JoinHandle<()>,
+}
+
+/// Starts contending for the Lease.
+pub fn elect<F>(client: Client, context: &KubernetesContext, stopped: F) -> Election
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (leader_tx, leader) = watch::channel(false);
+    let elector = LeaseElector::new(
+        client,
+        &context.namespace,
+        context.lease_name.clone(),
+        context.replica.clone(),
+        context.lease_duration,
+        context.lease_renew_interval,
+    );
+    tracing::info!(replica = %context.replica, lease = %format!("{}/{}", context.namespace, context.lease_name), "contending for the zone's leader Lease");
+    Election {
+        leader,
+        task: tokio::spawn(elector.run(leader_tx, stopped)),
+    }
+}
+
+/// Publishes `leader && listed` on `primary` until either input is gone or `stopped`.
+async fn track_primary(
+    mut leader: watch::Receiver<bool>,
+    mut cluster: ClusterWatch,
+    primary: watch::Sender<bool>,
+    stopped: impl Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        let value = *leader.borrow_and_update() && cluster.borrow_and_update().is_some();
+        primary.send_if_modified(|p| std::mem::replace(p, value) != value);
+        tokio::select! {
+            () = &mut stopped => return,
+            changed = leader.changed() => if changed.is_err() { return },
+            changed = cluster.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 /// One reconcile of everything the leader writes. Nothing is written for the imports while
@@ -164,11 +215,12 @@ pub async fn run_writer(
     }
 }
 
-/// Starts the source, the elector and the writer. `stopped` makes a future that completes
-/// at shutdown (one per task).
+/// Starts the source and the writer beside a running [`Election`]. `stopped` makes a future
+/// that completes at shutdown (one per task).
 pub fn spawn<S, F>(
     client: Client,
     context: KubernetesContext,
+    election: Election,
     federation: FederationWatch,
     stopped: S,
 ) -> Running
@@ -178,16 +230,9 @@ where
 {
     let (inventory_tx, inventory) = watch::channel(Arc::new(LocalInventory::default()));
     let (cluster_tx, cluster) = watch::channel(None);
-    let (leader_tx, leader) = watch::channel(false);
-    let elector = LeaseElector::new(
-        client.clone(),
-        &context.namespace,
-        context.lease_name.clone(),
-        context.replica.clone(),
-        context.lease_duration,
-        context.lease_renew_interval,
-    );
-    tracing::info!(replica = %context.replica, lease = %format!("{}/{}", context.namespace, context.lease_name), "kubernetes mode: watching Services, EndpointSlices, Pods and ServiceExports");
+    let (primary_tx, primary) = watch::channel(false);
+    let leader = election.leader;
+    tracing::info!("kubernetes mode: watching Services, EndpointSlices, Pods and ServiceExports");
     let tasks = vec![
         tokio::spawn(source::run(
             client.clone(),
@@ -196,7 +241,13 @@ where
             cluster_tx,
             stopped(),
         )),
-        tokio::spawn(elector.run(leader_tx, stopped())),
+        election.task,
+        tokio::spawn(track_primary(
+            leader.clone(),
+            cluster.clone(),
+            primary_tx,
+            stopped(),
+        )),
         tokio::spawn(run_writer(
             client,
             context.source.zone.clone(),
@@ -210,6 +261,7 @@ where
     Running {
         inventory,
         leader,
+        primary,
         tasks,
     }
 }

@@ -9,11 +9,15 @@
 //! - [`status`]: `ServiceExport` status conditions (`Valid`, `Conflict`);
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease (only the leader writes);
 //! - [`controller`]: the tasks above, started together by the node.
+//! - [`credentials`]: the zone's credentials shared by its replicas through a Secret;
 //! - [`tokenreview`]: workload identity from projected service-account tokens (`TokenReview`);
 //! - [`webhook`]: the sidecar injector (mutating admission webhook for pods);
+//! - [`bundles`]: the trust bundle ConfigMap in every namespace the injector serves;
 
+pub mod bundles;
 pub mod controller;
 pub mod crd;
+pub mod credentials;
 pub mod imports;
 pub mod lease;
 pub mod source;

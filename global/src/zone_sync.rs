@@ -300,6 +300,8 @@ struct ZoneStream {
     /// neither reports inventory nor renews, and its coming and going is not the zone's
     /// connection state.
     observer: bool,
+    /// Random per stream: tells this stream's end from a newer stream's on the same node.
+    session: u64,
     out: mpsc::Sender<Result<pb::GlobalMessage, Status>>,
 }
 
@@ -330,6 +332,7 @@ impl ZoneStream {
                 zone: self.zone.clone(),
                 connected: true,
                 node_id,
+                session: self.session,
                 now_ms: now_ms(),
             })
             .await;
@@ -396,6 +399,7 @@ impl ZoneStream {
                 zone: self.zone.clone(),
                 connected: false,
                 node_id,
+                session: self.session,
                 now_ms: now_ms(),
             })
             .await;
@@ -615,6 +619,7 @@ impl pb::zone_sync_server::ZoneSync for ZoneSyncService {
             ctx: self.ctx.clone(),
             zone,
             observer,
+            session: rand::random::<u64>() | 1,
             out: tx,
         };
         tokio::spawn(stream.run(inbound, hello.known_version));

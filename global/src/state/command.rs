@@ -84,6 +84,11 @@ pub enum Command {
         zone: String,
         connected: bool,
         node_id: u64,
+        /// Which stream on that node (random per stream; 0 in entries written before it was
+        /// recorded): a zone's primary can move between its control plane replicas on the
+        /// same global node, and the old stream's late end must not count.
+        #[serde(default)]
+        session: u64,
         now_ms: u64,
     },
     /// Record the VIP range a zone maps service indexes into (it reports it when it connects),

@@ -156,8 +156,9 @@ impl FederationState {
                 zone,
                 connected,
                 node_id,
+                session,
                 now_ms,
-            } => self.set_zone_connection(zone, *connected, *node_id, *now_ms),
+            } => self.set_zone_connection(zone, *connected, (*node_id, *session), *now_ms),
             Command::SetZoneVipCidr { zone, vip_cidr } => self.set_zone_vip_cidr(zone, vip_cidr),
             Command::SetDrain {
                 namespace,
@@ -312,7 +313,7 @@ impl FederationState {
         &mut self,
         name: &str,
         connected: bool,
-        node_id: u64,
+        (node_id, session): (u64, u64),
         now_ms: u64,
     ) -> Result<Applied, Rejection> {
         self.active_zone(name)?;
@@ -321,18 +322,20 @@ impl FederationState {
                 zone: name.to_owned(),
             });
         };
-        // A zone that moved to another global node may have its old stream end after the new
-        // one started; that late disconnect must not mark the zone as gone.
+        // A zone that moved to another global node, or whose primary moved to another of its
+        // replicas, may have its old stream end after the new one started; that late
+        // disconnect must not mark the zone as gone.
         if let Some(current) = &zone.connection
             && !connected
             && current.connected
-            && current.node_id != node_id
+            && (current.node_id, current.session) != (node_id, session)
         {
             return Ok(Applied::Unchanged(Detail::Unchanged));
         }
         zone.connection = Some(Connection {
             connected,
             node_id,
+            session,
             last_seen_ms: now_ms,
         });
         Ok(Applied::Changed(Detail::Done))

@@ -49,6 +49,9 @@ pub struct Connection {
     pub connected: bool,
     /// The global node that holds (or last held) the zone's sync stream.
     pub node_id: u64,
+    /// The stream on that node (see `Command::SetZoneConnection`).
+    #[serde(default)]
+    pub session: u64,
     pub last_seen_ms: u64,
 }
 

@@ -282,6 +282,7 @@ fn remove_zone_side_effects() {
         zone: "b".into(),
         connected: true,
         node_id: 1,
+        session: 0,
         now_ms: T0,
     });
     let vip_shared = h.state.vip(&svc("shared"));
@@ -352,6 +353,7 @@ fn removed_zone_cannot_report_connect_or_drain() {
             zone: "b".into(),
             connected: true,
             node_id: 1,
+            session: 0,
             now_ms: T0,
         }),
         Rejection::ZoneRemoved { .. }
@@ -373,6 +375,7 @@ fn zone_connection_tracking() {
         zone: "a".into(),
         connected,
         node_id,
+        session: 0,
         now_ms,
     };
     h.ok(report("a", 1, &["web"], T0));
@@ -387,6 +390,7 @@ fn zone_connection_tracking() {
         Some(Connection {
             connected: true,
             node_id: 1,
+            session: 0,
             last_seen_ms: T0 + 1
         })
     );
@@ -409,11 +413,28 @@ fn zone_connection_tracking() {
     h.ok(connect(false, 2, T0 + 5));
     assert!(!h.state.zone("a").is_some_and(Zone::is_connected));
 
+    // The zone's primary moves to another of its replicas on the same node: the old stream's
+    // late end does not count, the current stream's does.
+    let stream = |connected, session, now_ms| Command::SetZoneConnection {
+        zone: "a".into(),
+        connected,
+        node_id: 2,
+        session,
+        now_ms,
+    };
+    h.ok(stream(true, 7, T0 + 6));
+    h.ok(stream(true, 8, T0 + 7));
+    assert_eq!(h.ok(stream(false, 7, T0 + 8)), Detail::Unchanged);
+    assert!(h.state.zone("a").is_some_and(Zone::is_connected));
+    h.ok(stream(false, 8, T0 + 9));
+    assert!(!h.state.zone("a").is_some_and(Zone::is_connected));
+
     assert_eq!(
         h.rejected(Command::SetZoneConnection {
             zone: "zz".into(),
             connected: true,
             node_id: 1,
+            session: 0,
             now_ms: T0
         }),
         Rejection::ZoneNotFound { zone: "zz".into() }
@@ -886,6 +907,7 @@ fn vip_survives_disconnect() {
         zone: "a".into(),
         connected: false,
         node_id: 1,
+        session: 0,
         now_ms: T0 + 1,
     });
     assert_eq!(h.state.vip(&svc("web")), Some(1));
@@ -995,6 +1017,7 @@ fn services_view_joins_zones() {
         zone: "b".into(),
         connected: true,
         node_id: 3,
+        session: 0,
         now_ms: T0,
     });
     let views = h.state.services();
@@ -1039,6 +1062,7 @@ fn scenario() -> Vec<Command> {
             zone: "a".into(),
             connected: true,
             node_id: 2,
+            session: 0,
             now_ms: T0,
         },
         remove_zone("c", T0 + HOUR),

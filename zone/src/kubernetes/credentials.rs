@@ -305,7 +305,11 @@ pub async fn bootstrap(
             (None, Some(local)) => return Ok(local),
             (None, None) if *leader.borrow_and_update() => {
                 tracing::info!(secret = %store.display(), "this replica leads and the zone has no credentials yet: joining the federation");
-                let creds = ZoneCredentials::join(config).await?;
+                let creds = ZoneCredentials::join(config).await.inspect_err(|err| {
+                    if matches!(err, CredentialsError::JoinRefused(_)) {
+                        tracing::error!(secret = %store.display(), "the join token was refused and no replica published the zone's credentials: if the token was used by a replica that is gone, remove the zone (`strait zone remove`), create it again and put the new token in the join token Secret");
+                    }
+                })?;
                 publish_after_join(store, dir).await;
                 return Ok(creds);
             }
@@ -378,7 +382,7 @@ fn take_up(
     Ok(plan)
 }
 
-/// One round of [`run`]: returns what was done.
+/// One round of [`run`]: returns what was done (`upload`: published).
 pub async fn sync_once(
     store: &SecretStore,
     creds: &ZoneCredentials,
@@ -399,12 +403,13 @@ pub async fn sync_once(
                     remote.stamp.zone
                 ));
             }
-            let plan = take_up(creds, &remote, leading).map_err(|e| e.to_string())?;
+            let mut plan = take_up(creds, &remote, leading).map_err(|e| e.to_string())?;
             if plan.upload {
                 let local = Material::read(dir)
                     .map_err(|e| e.to_string())?
                     .ok_or("no local credentials")?;
-                store
+                // Lost to a concurrent write: nothing published, the next round looks again.
+                plan.upload = store
                     .publish(&local, Some(&remote))
                     .await
                     .map_err(|e| e.to_string())?;
@@ -415,13 +420,13 @@ pub async fn sync_once(
             let local = Material::read(dir)
                 .map_err(|e| e.to_string())?
                 .ok_or("no local credentials")?;
-            store
+            let published = store
                 .publish(&local, None)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(Plan {
                 download: Parts::default(),
-                upload: true,
+                upload: published,
             })
         }
         None => Ok(Plan::default()),

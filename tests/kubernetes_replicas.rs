@@ -134,7 +134,11 @@ fn export_echo(api: &FakeApiServer, endpoints: usize) {
 /// Zone k's healthy/total count of `demo/echo` as global has it.
 fn echo_in_zone_k(fed: &Federation) -> Option<(u64, u64)> {
     let out = fed.strait(&["services", "-o", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let services: Value = serde_json::from_slice(&out.stdout).unwrap();
     services.as_array()?.iter().find_map(|s| {
         if s["name"] != "echo" {
@@ -148,9 +152,10 @@ fn echo_in_zone_k(fed: &Federation) -> Option<(u64, u64)> {
 fn zone_k_connected(fed: &Federation) -> bool {
     let out = fed.strait(&["zone", "list", "-o", "json"]);
     let zones: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    zones
-        .as_array()
-        .is_some_and(|zs| zs.iter().any(|z| z["name"] == "k" && z["connected"] == true))
+    zones.as_array().is_some_and(|zs| {
+        zs.iter()
+            .any(|z| z["name"] == "k" && z["connected"] == true)
+    })
 }
 
 fn lease_holder(api: &FakeApiServer) -> Option<String> {
@@ -163,7 +168,11 @@ fn lease_holder(api: &FakeApiServer) -> Option<String> {
 async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader_is_killed() {
     let fed = Federation::up(&["--zones", "a"]);
     let out = fed.strait(&["zone", "create", "k", "--region", "r2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = fed.dir.path().join("k.token");
     std::fs::write(&token, &out.stdout).unwrap();
 
@@ -227,9 +236,11 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
 
     // The cluster's exported service reaches global through the primary.
     export_echo(&api, 1);
-    eventually("echo of zone k at global", Duration::from_secs(20), async || {
-        (echo_in_zone_k(&fed) == Some((1, 1))).then_some(())
-    })
+    eventually(
+        "echo of zone k at global",
+        Duration::from_secs(20),
+        async || (echo_in_zone_k(&fed) == Some((1, 1))).then_some(()),
+    )
     .await;
     assert!(zone_k_connected(&fed));
 
@@ -238,23 +249,35 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
     let index = replicas.iter().position(|r| r.name == leader).unwrap();
     let dead = replicas.remove(index);
     drop(dead);
-    assert_eq!(echo_in_zone_k(&fed), Some((1, 1)), "global keeps the inventory");
+    assert_eq!(
+        echo_in_zone_k(&fed),
+        Some((1, 1)),
+        "global keeps the inventory"
+    );
     let survivor = &replicas[0];
-    eventually("the survivor is primary", Duration::from_secs(20), async || {
-        (lease_holder(&api).as_deref() == Some(survivor.name.as_str())
-            && survivor.gauge("strait_zone_sync_primary").await == Some(1.0))
-        .then_some(())
-    })
+    eventually(
+        "the survivor is primary",
+        Duration::from_secs(20),
+        async || {
+            (lease_holder(&api).as_deref() == Some(survivor.name.as_str())
+                && survivor.gauge("strait_zone_sync_primary").await == Some(1.0))
+            .then_some(())
+        },
+    )
     .await;
-    eventually("zone k connected again", Duration::from_secs(20), async || {
-        zone_k_connected(&fed).then_some(())
-    })
+    eventually(
+        "zone k connected again",
+        Duration::from_secs(20),
+        async || zone_k_connected(&fed).then_some(()),
+    )
     .await;
     // A change now reaches global: the survivor reports.
     export_echo(&api, 2);
-    eventually("the survivor's report", Duration::from_secs(20), async || {
-        (echo_in_zone_k(&fed) == Some((2, 2))).then_some(())
-    })
+    eventually(
+        "the survivor's report",
+        Duration::from_secs(20),
+        async || (echo_in_zone_k(&fed) == Some((2, 2))).then_some(()),
+    )
     .await;
     api.delete(
         "apis/multicluster.x-k8s.io/v1alpha1/serviceexports",

@@ -126,6 +126,24 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `metadata.name=x` / `metadata.namespace=y` (what the zone uses).
+fn field_selector_matches(selector: Option<&str>, object: &Value) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    selector.split(',').all(|term| {
+        let (field, value) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .unwrap_or_else(|| panic!("unsupported field selector term {term:?}"));
+        match field {
+            "metadata.name" => object["metadata"]["name"].as_str() == Some(value),
+            "metadata.namespace" => object["metadata"]["namespace"].as_str() == Some(value),
+            other => panic!("the fake API server does not select on field {other:?}"),
+        }
+    })
+}
+
 /// `a=b,c=d` (equality only, which is all the zone uses).
 fn selector_matches(selector: Option<&str>, object: &Value) -> bool {
     let Some(selector) = selector.filter(|s| !s.is_empty()) else {
@@ -360,7 +378,11 @@ async fn handle(
         }
     };
     let Some(target) = parse_path(&path) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", format!("no route {path}"));
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no route {path}"),
+        );
     };
     let namespace = target.namespace.clone().unwrap_or_default();
     let key = |name: &str| Key {
@@ -371,6 +393,7 @@ async fn handle(
     match (&method, target.name.as_deref()) {
         (&Method::GET, None) => {
             let selector = query_param(&query, "labelSelector");
+            let fields = query_param(&query, "fieldSelector");
             if query_param(&query, "watch").as_deref() == Some("true") {
                 let from: u64 = query_param(&query, "resourceVersion")
                     .and_then(|v| v.parse().ok())
@@ -378,7 +401,7 @@ async fn handle(
                 let timeout = query_param(&query, "timeoutSeconds")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(290);
-                return watch(&store, &events, target, selector, from, timeout);
+                return watch(&store, &events, target, (selector, fields), from, timeout);
             }
             let store = store.lock().unwrap();
             let items: Vec<Value> = store
@@ -388,6 +411,7 @@ async fn handle(
                     k.collection == target.collection
                         && (target.namespace.is_none() || k.namespace == namespace)
                         && selector_matches(selector.as_deref(), v)
+                        && field_selector_matches(fields.as_deref(), v)
                 })
                 .map(|(_, v)| v.clone())
                 .collect();
@@ -401,11 +425,19 @@ async fn handle(
         }
         (&Method::GET, Some(name)) => match store.lock().unwrap().objects.get(&key(name)) {
             Some(object) => json_response(StatusCode::OK, object),
-            None => status(StatusCode::NOT_FOUND, "NotFound", format!("{name} not found")),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{name} not found"),
+            ),
         },
         (&Method::POST, None) => {
             let Some(name) = body["metadata"]["name"].as_str().map(str::to_owned) else {
-                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "no name".into());
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "no name".into(),
+                );
             };
             let mut store = store.lock().unwrap();
             if store.objects.contains_key(&key(&name)) {
@@ -421,7 +453,11 @@ async fn handle(
         (&Method::PUT, Some(name)) => {
             let mut store = store.lock().unwrap();
             let Some(current) = store.objects.get(&key(name)) else {
-                return status(StatusCode::NOT_FOUND, "NotFound", format!("{name} not found"));
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{name} not found"),
+                );
             };
             let sent = &body["metadata"]["resourceVersion"];
             if !sent.is_null() && *sent != current["metadata"]["resourceVersion"] {
@@ -450,7 +486,11 @@ async fn handle(
                 Some(current) => (current, "MODIFIED"),
                 None if apply => (json!({"metadata": {"name": name}}), "ADDED"),
                 None => {
-                    return status(StatusCode::NOT_FOUND, "NotFound", format!("{name} not found"));
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        format!("{name} not found"),
+                    );
                 }
             };
             if content_type.starts_with("application/json-patch") {
@@ -471,7 +511,11 @@ async fn handle(
                     record(&mut store, &events, key(name), object.clone(), "DELETED");
                     json_response(StatusCode::OK, &object)
                 }
-                None => status(StatusCode::NOT_FOUND, "NotFound", format!("{name} not found")),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{name} not found"),
+                ),
             }
         }
         _ => status(
@@ -487,7 +531,7 @@ fn watch(
     store: &Arc<Mutex<Store>>,
     events: &broadcast::Sender<(u64, Event)>,
     target: Target,
-    selector: Option<String>,
+    (selector, fields): (Option<String>, Option<String>),
     from: u64,
     timeout: u64,
 ) -> Response<Body> {
@@ -509,12 +553,12 @@ fn watch(
                 .as_ref()
                 .is_none_or(|ns| *ns == event.key.namespace)
             && selector_matches(selector.as_deref(), &event.object)
+            && field_selector_matches(fields.as_deref(), &event.object)
     };
     tokio::spawn(async move {
         let frame = |event: &Event| {
-            let mut line =
-                serde_json::to_vec(&json!({"type": event.kind, "object": event.object}))
-                    .unwrap_or_default();
+            let mut line = serde_json::to_vec(&json!({"type": event.kind, "object": event.object}))
+                .unwrap_or_default();
             line.push(b'\n');
             Ok(Frame::data(Bytes::from(line)))
         };

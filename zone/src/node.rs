@@ -5,8 +5,9 @@
 //! In Kubernetes mode (`mode: kubernetes`) the cluster's watches ([`crate::kubernetes`]) run
 //! *beside* the discovery registry rather than instead of it: the workload instances the zone
 //! reports and routes to come from the cluster (ServiceExport + EndpointSlices), while
-//! sidecars still register to get their config and gateways still register as the zone's
-//! gateways. Every replica watches and serves; only the Lease holder writes to the API.
+//! sidecars still register to get their config; the zone's gateways come from its gateway
+//! pods (a registration counts only for a gateway the cluster does not list). Every replica
+//! watches and serves; only the Lease holder writes to the API and speaks for the zone.
 //!
 //! Static stability is the order of things here: the persisted federation snapshot is
 //! published *before* anything is served or global is contacted, and `/ready` needs only
@@ -185,6 +186,7 @@ pub async fn run_with_dns(
 
     let kube_client = kube.as_ref().map(|(client, _)| client.clone());
     let mut credential_sync = None;
+    let mut bundle_tasks = Vec::new();
     let kubernetes = kube.map(|(client, election)| {
         if let Some(secret) = &config.kubernetes.credentials_secret {
             let store = crate::kubernetes::credentials::SecretStore::new(
@@ -195,6 +197,24 @@ pub async fn run_with_dns(
             credential_sync = Some(tokio::spawn(crate::kubernetes::credentials::run(
                 store,
                 creds.clone(),
+                election.leader.clone(),
+                stopped(stop_rx.clone()),
+            )));
+        }
+        // Injected sidecars verify the zone from their first connection with the bundle the
+        // Lease holder keeps in every injected namespace (kubernetes::bundles).
+        if config.webhook.is_some() {
+            use crate::kubernetes::bundles;
+            let (bundle_tx, bundle_rx) = watch::channel(String::new());
+            bundle_tasks.push(tokio::spawn(bundles::follow_trust_store(
+                creds.trust.clone(),
+                bundle_tx,
+                bundles::TRUST_STORE_CHECK,
+                stopped(stop_rx.clone()),
+            )));
+            bundle_tasks.push(tokio::spawn(bundles::run(
+                client.clone(),
+                bundle_rx,
                 election.leader.clone(),
                 stopped(stop_rx.clone()),
             )));
@@ -371,6 +391,10 @@ pub async fn run_with_dns(
     if let Some(credential_sync) = credential_sync {
         credential_sync.abort();
         let _ = credential_sync.await;
+    }
+    for task in bundle_tasks {
+        task.abort();
+        let _ = task.await;
     }
     let _ = sync_task.await;
     let _ = admin_task.await;

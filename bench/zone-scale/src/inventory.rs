@@ -235,6 +235,7 @@ async fn sync(
             inventory_version: 1,
             vip_cidr: format!("127.{}.0.0/16", 250 + index),
             region: format!("region-{zone}"),
+            role: pb::SyncRole::Primary.into(),
         })),
     })
     .await

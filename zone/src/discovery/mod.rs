@@ -146,8 +146,8 @@ struct Inner {
     config: DiscoveryConfig,
     registry: Mutex<Registry>,
     inventory_tx: watch::Sender<Arc<LocalInventory>>,
-    /// Kubernetes mode: the workload instances come from the cluster (this watch), not from
-    /// registrations; gateways still register.
+    /// Kubernetes mode: the workload instances and gateways come from the cluster (this
+    /// watch), not from registrations (gateways the cluster does not list still register).
     workloads: Option<InventoryWatch>,
     world: watch::Receiver<Arc<World>>,
     /// Wakes the background task: the registry changed (persist) or a grace started.
@@ -278,9 +278,10 @@ impl DiscoveryServer {
 
     /// [`new`](Self::new) for Kubernetes mode: the zone's workload instances are the ones in
     /// `workloads` (see [`crate::kubernetes::source`]) instead of what sidecars register.
-    /// Sidecars still register (that is how they get their config) and gateways still make up
-    /// the inventory's gateways; a sidecar's registration just does not add an endpoint, so
-    /// every pod is counted once, as its EndpointSlice says.
+    /// Sidecars still register (that is how they get their config); a sidecar's registration
+    /// just does not add an endpoint, so every pod is counted once, as its EndpointSlice says.
+    /// The gateways are `workloads`' gateways, plus registered ones under other names (see
+    /// `compose`).
     pub fn with_workloads(
         config: DiscoveryConfig,
         federation: FederationWatch,
@@ -643,11 +644,21 @@ impl Inner {
     }
 }
 
-/// The zone's inventory: the registry's, or in Kubernetes mode the cluster's workloads with
-/// the registry's gateways.
+/// The zone's inventory: the registry's, or in Kubernetes mode the cluster's workloads and
+/// gateways. A registered gateway is kept only under a name the cluster does not list: every
+/// replica sees the cluster's gateways, but only the one a gateway streams from sees its
+/// registration, which would otherwise count it twice there (and, where the cluster has it
+/// not ready, healthy on one replica only). Without gateway pods in the cluster (a gateway
+/// outside it, or a source not reading them) registrations are all there is.
 fn compose(mut registered: LocalInventory, workloads: Option<&InventoryWatch>) -> LocalInventory {
     if let Some(workloads) = workloads {
-        registered.instances = workloads.borrow().instances.clone();
+        let cluster = workloads.borrow();
+        registered.instances = cluster.instances.clone();
+        let mut gateways = cluster.gateways.clone();
+        for (name, gateway) in std::mem::take(&mut registered.gateways) {
+            gateways.entry(name).or_insert(gateway);
+        }
+        registered.gateways = gateways;
     }
     registered
 }
@@ -1115,7 +1126,7 @@ fn check_instance_name(value: &str) -> Result<(), Status> {
 }
 
 /// `host:port`, where other sidecars and the local gateway reach the instance.
-fn check_address(value: &str) -> Result<(), Status> {
+pub(crate) fn check_address(value: &str) -> Result<(), Status> {
     let valid = value.len() <= 261
         && value.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty()
@@ -1259,6 +1270,54 @@ mod tests {
         let now = zone_inventory.borrow().clone();
         assert_eq!(now.instances, inventory(&[&echo, &echo2]).instances);
         assert_eq!(now.gateways.len(), 1);
+    }
+
+    fn gateway(name: &str, local: &str) -> Instance {
+        Instance::gateway(
+            name.into(),
+            pb::Locality {
+                region: "eu".into(),
+                zone: "a".into(),
+                subzone: String::new(),
+            },
+            local.into(),
+            "203.0.113.1:15443".into(),
+            "spiffe://strait.local/zone/a/gateway".into(),
+        )
+    }
+
+    #[tokio::test]
+    async fn with_workloads_the_clusters_gateways_win_over_registrations_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ZoneStore::open(dir.path().join("state")).unwrap();
+        let (_federation_tx, federation) = watch::channel(Arc::new(FederationView::default()));
+        // The cluster lists gw-1 (not ready) and gw-2.
+        let mut cluster = LocalInventory::default();
+        let mut not_ready = gateway("gw-1", "10.0.0.1:15009");
+        not_ready.healthy = false;
+        cluster.gateways.insert("gw-1".into(), not_ready.clone());
+        cluster
+            .gateways
+            .insert("gw-2".into(), gateway("gw-2", "10.0.0.2:15009"));
+        let (_workloads_tx, workloads) = watch::channel(Arc::new(cluster));
+        let (server, zone_inventory) =
+            DiscoveryServer::with_workloads(settings(), federation, store, workloads).unwrap();
+
+        // gw-1 streams from this replica (healthy, as far as it knows); gw-3 is a gateway the
+        // cluster does not list (outside it).
+        gateways::register(&server.inner, gateway("gw-1", "10.0.0.1:15009")).unwrap();
+        gateways::register(&server.inner, gateway("gw-3", "192.0.2.3:15009")).unwrap();
+        let now = zone_inventory.borrow().clone();
+        assert_eq!(
+            now.gateways.keys().collect::<Vec<_>>(),
+            ["gw-1", "gw-2", "gw-3"]
+        );
+        assert_eq!(now.gateways["gw-1"], not_ready, "the cluster's gw-1 counts");
+        assert_eq!(
+            now.local_gateway_addresses(),
+            ["10.0.0.2:15009", "192.0.2.3:15009"]
+        );
+        assert_eq!(now.gateway_endpoints().len(), 2);
     }
 
     /// A view carrying the policies of `yaml`.

@@ -232,11 +232,16 @@ where
     let (cluster_tx, cluster) = watch::channel(None);
     let (primary_tx, primary) = watch::channel(false);
     let leader = election.leader;
-    tracing::info!("kubernetes mode: watching Services, EndpointSlices, Pods and ServiceExports");
+    tracing::info!(
+        "kubernetes mode: watching Services, EndpointSlices, Pods (workloads and this zone's gateways) and ServiceExports"
+    );
     let tasks = vec![
-        tokio::spawn(source::run(
+        tokio::spawn(source::run_with_gateways(
             client.clone(),
             context.source.clone(),
+            Some(source::GatewayPods {
+                namespace: context.namespace.clone(),
+            }),
             inventory_tx,
             cluster_tx,
             stopped(),

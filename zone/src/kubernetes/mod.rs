@@ -4,7 +4,8 @@
 //!
 //! - [`crd`]: the MCS `ServiceExport` and `ServiceImport` custom resources;
 //! - [`source`]: watches Services, EndpointSlices, Pods and ServiceExports and maps them to the
-//!   zone's [`LocalInventory`](crate::inventory::LocalInventory);
+//!   zone's [`LocalInventory`](crate::inventory::LocalInventory): workload instances, and the
+//!   zone's east-west gateways from its gateway pods;
 //! - [`imports`]: one `ServiceImport` per remote service of the federation;
 //! - [`status`]: `ServiceExport` status conditions (`Valid`, `Conflict`);
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease (only the leader writes);

@@ -21,6 +21,24 @@
 //! - Ports are the Service's ports; the protocol comes from `appProtocol` (or, as Istio does,
 //!   the port name's prefix): `http`, `http2`/`h2c`, `grpc`, else TCP.
 //!
+//! # Gateways
+//!
+//! With [`GatewayPods`] (see [`run_with_gateways`]), the zone's east-west gateways come from the
+//! cluster as well, so that every control plane replica sees every gateway, whichever replica
+//! the gateway happens to stream its config from. A gateway is a pod in the zone's own
+//! namespace labelled [`GATEWAY_LABEL`]` = ZONE` (pods elsewhere are ignored: whoever can create
+//! pods in some namespace must not be able to announce a way into the zone). Each is one
+//! gateway instance named after the pod ([`gateway_instance`]):
+//!
+//! - local address (where this zone's sidecars open HTTP/2 CONNECT tunnels):
+//!   `podIP:`[`GATEWAY_LOCAL_PORT_ANNOTATION`];
+//! - public address (what other zones dial over QUIC): [`PUBLIC_ADDRESS_ANNOTATION`] verbatim
+//!   when set (a load balancer's address), else `podIP:`[`GATEWAY_QUIC_PORT_ANNOTATION`], else
+//!   none (the gateway then serves this zone's sidecars but is not announced to other zones);
+//! - healthy when the pod is `Ready` and not terminating; a pod without an IP yet, or finished,
+//!   is no gateway at all;
+//! - identity `spiffe://TD/zone/ZONE/gateway`, locality this zone.
+//!
 //! # Publishing
 //!
 //! Nothing is published until every watch has listed once, so a restart never reports a
@@ -52,6 +70,17 @@ pub const COALESCE: Duration = Duration::from_millis(100);
 /// The EndpointSlice label naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The pod label that makes a pod of the zone's namespace a gateway of zone (its value).
+pub const GATEWAY_LABEL: &str = "strait.dev/gateway";
+/// Gateway pod annotation: the port of its local HTTP/2 CONNECT listener on the pod IP.
+pub const GATEWAY_LOCAL_PORT_ANNOTATION: &str = "strait.dev/gateway-local-port";
+/// Gateway pod annotation: the port of its QUIC listener on the pod IP, announced to other
+/// zones as `podIP:PORT` unless [`PUBLIC_ADDRESS_ANNOTATION`] says otherwise.
+pub const GATEWAY_QUIC_PORT_ANNOTATION: &str = "strait.dev/gateway-quic-port";
+/// Gateway pod annotation: the `host:port` other zones reach it at, verbatim (the same key as
+/// the registry's [`PUBLIC_ADDRESS_LABEL`](crate::inventory::PUBLIC_ADDRESS_LABEL)).
+pub const PUBLIC_ADDRESS_ANNOTATION: &str = crate::inventory::PUBLIC_ADDRESS_LABEL;
+
 /// What the mapping needs to know about this zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceSettings {
@@ -60,6 +89,13 @@ pub struct SourceSettings {
     pub trust_domain: String,
     /// The sidecar's inbound port on every pod.
     pub endpoint_inbound_port: u16,
+}
+
+/// Where this zone's gateway pods are: see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPods {
+    /// The zone's own namespace (the control plane's, `kubernetes.namespace`).
+    pub namespace: String,
 }
 
 /// The watched objects, as cached.
@@ -278,6 +314,118 @@ pub fn inventory(state: &ClusterState, settings: &SourceSettings) -> LocalInvent
     out
 }
 
+/// Whether `pod` is `Ready` (its condition says so).
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The gateway instance of `pod`: `Ok(None)` when it is not a gateway of this zone (or not one
+/// yet: no IP; or any more: finished), `Err` with the reason when it is labelled as one but
+/// cannot be used. See the module docs for the rules.
+pub fn gateway_instance(
+    pod: &Pod,
+    settings: &SourceSettings,
+    gateways: &GatewayPods,
+) -> Result<Option<Instance>, String> {
+    let meta = &pod.metadata;
+    let labelled = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(GATEWAY_LABEL))
+        .is_some_and(|zone| *zone == settings.zone);
+    if !labelled || meta.namespace.as_deref() != Some(gateways.namespace.as_str()) {
+        return Ok(None);
+    }
+    let Some(name) = meta.name.clone() else {
+        return Ok(None);
+    };
+    let status = pod.status.as_ref();
+    if status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| matches!(phase, "Succeeded" | "Failed"))
+    {
+        return Ok(None);
+    }
+    let Some(ip) = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+    else {
+        return Ok(None);
+    };
+    let annotation = |key: &str| {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let port = |key: &str| -> Result<Option<u16>, String> {
+        annotation(key)
+            .map(|v| {
+                v.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("annotation {key}: {v:?} is not a port"))
+            })
+            .transpose()
+    };
+    let local_port = port(GATEWAY_LOCAL_PORT_ANNOTATION)?
+        .ok_or_else(|| format!("annotation {GATEWAY_LOCAL_PORT_ANNOTATION} is missing"))?;
+    let public_address = match annotation(PUBLIC_ADDRESS_ANNOTATION) {
+        Some(address) => {
+            crate::discovery::check_address(address).map_err(|_| {
+                format!("annotation {PUBLIC_ADDRESS_ANNOTATION}: {address:?} is not host:port")
+            })?;
+            address.to_owned()
+        }
+        None => port(GATEWAY_QUIC_PORT_ANNOTATION)?
+            .map(|p| std::net::SocketAddr::new(ip, p).to_string())
+            .unwrap_or_default(),
+    };
+    let mut gateway = Instance::gateway(
+        name,
+        pb::Locality {
+            region: settings.region.clone(),
+            zone: settings.zone.clone(),
+            subzone: String::new(),
+        },
+        std::net::SocketAddr::new(ip, local_port).to_string(),
+        public_address,
+        format!(
+            "spiffe://{}/zone/{}/gateway",
+            settings.trust_domain, settings.zone
+        ),
+    );
+    gateway.healthy = is_ready(pod) && meta.deletion_timestamp.is_none();
+    Ok(Some(gateway))
+}
+
+/// This zone's gateways among the cluster's pods, by pod name, and the pods labelled as
+/// gateways that cannot be used (pod name → why).
+pub fn gateways(
+    state: &ClusterState,
+    settings: &SourceSettings,
+    gateways: &GatewayPods,
+) -> (BTreeMap<String, Instance>, BTreeMap<String, String>) {
+    let mut found = BTreeMap::new();
+    let mut unusable = BTreeMap::new();
+    for pod in &state.pods {
+        match gateway_instance(pod, settings, gateways) {
+            Ok(Some(gateway)) => {
+                found.insert(gateway.instance.clone(), gateway);
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                unusable.insert(pod.name_any(), reason);
+            }
+        }
+    }
+    (found, unusable)
+}
+
 // === IO ===
 
 /// The watches' caches; [`Stores::state`] reads them all.
@@ -300,11 +448,25 @@ impl Stores {
     }
 }
 
-/// Keeps only what the mapping reads of a Pod: a cluster's pods are the largest watch.
+/// Keeps only what the mapping reads of a Pod: a cluster's pods are the largest watch. Gateway
+/// pods (a handful) also keep their `strait.dev/` annotations, phase and `Ready` condition.
 fn trim_pod(pod: &mut Pod) {
+    let gateway = pod
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(GATEWAY_LABEL));
     pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
     pod.metadata.owner_references = None;
+    pod.metadata.annotations = pod
+        .metadata
+        .annotations
+        .take()
+        .filter(|_| gateway)
+        .map(|mut a| {
+            a.retain(|k, _| k.starts_with("strait.dev/"));
+            a
+        });
     pod.spec = Some(PodSpec {
         service_account_name: pod
             .spec
@@ -312,9 +474,21 @@ fn trim_pod(pod: &mut Pod) {
             .and_then(|s| s.service_account_name.clone()),
         ..PodSpec::default()
     });
-    pod.status = Some(PodStatus {
-        pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
-        ..PodStatus::default()
+    let status = pod.status.take().unwrap_or_default();
+    pod.status = Some(if gateway {
+        PodStatus {
+            pod_ip: status.pod_ip,
+            phase: status.phase,
+            conditions: status
+                .conditions
+                .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+            ..PodStatus::default()
+        }
+    } else {
+        PodStatus {
+            pod_ip: status.pod_ip,
+            ..PodStatus::default()
+        }
     });
 }
 
@@ -333,7 +507,26 @@ where
         + Sync
         + 'static,
 {
-    let stream = watcher::watcher(api, watcher::Config::default())
+    watch_stream_with(api, watcher::Config::default(), writer, modify)
+}
+
+/// [`watch_stream`] with a label or field selector.
+pub(crate) fn watch_stream_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    modify: impl FnMut(&mut K) + Send + 'static,
+) -> futures::stream::BoxStream<'static, Result<bool, watcher::Error>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = watcher::watcher(api, config)
         .default_backoff()
         .modify(modify);
     reflector::reflector(writer, stream)
@@ -344,9 +537,24 @@ where
 /// Watches the cluster and publishes the inventory on `inventory` and the cached objects on
 /// `state` (the leader's status and import writers read them) until `stopped` completes.
 /// Watch errors are logged and retried with backoff: the last published inventory stays.
+/// The inventory has no gateways: they register with the discovery server (see
+/// [`run_with_gateways`]).
 pub async fn run(
     client: Client,
     settings: SourceSettings,
+    inventory_tx: watch::Sender<Arc<LocalInventory>>,
+    state_tx: watch::Sender<Option<Arc<ClusterState>>>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    run_with_gateways(client, settings, None, inventory_tx, state_tx, stopped).await;
+}
+
+/// [`run`], and with `gateways` the inventory's gateways are the zone's gateway pods (see the
+/// module docs).
+pub async fn run_with_gateways(
+    client: Client,
+    settings: SourceSettings,
+    gateway_pods: Option<GatewayPods>,
     inventory_tx: watch::Sender<Arc<LocalInventory>>,
     state_tx: watch::Sender<Option<Arc<ClusterState>>>,
     stopped: impl std::future::Future<Output = ()>,
@@ -378,6 +586,7 @@ pub async fn run(
     );
     let mut listed = [false; 4];
     let mut due: Option<tokio::time::Instant> = None;
+    let mut unusable_gateways = BTreeMap::new();
     tokio::pin!(stopped);
     loop {
         let publish = async {
@@ -391,12 +600,22 @@ pub async fn run(
             () = publish => {
                 due = None;
                 let state = stores.state();
-                let next = inventory(&state, &settings);
+                let mut next = inventory(&state, &settings);
+                if let Some(gateway_pods) = &gateway_pods {
+                    let (found, unusable) = gateways(&state, &settings, gateway_pods);
+                    next.gateways = found;
+                    if unusable != unusable_gateways {
+                        for (pod, reason) in &unusable {
+                            tracing::warn!(namespace = %gateway_pods.namespace, %pod, %reason, "a pod labelled as this zone's gateway is left out");
+                        }
+                        unusable_gateways = unusable;
+                    }
+                }
                 inventory_tx.send_if_modified(|current| {
                     if **current == next {
                         false
                     } else {
-                        tracing::debug!(services = next.instances.len(), "kubernetes inventory changed");
+                        tracing::debug!(services = next.instances.len(), gateways = next.gateways.len(), "kubernetes inventory changed");
                         *current = Arc::new(next);
                         true
                     }
@@ -498,6 +717,51 @@ pub(crate) mod tests {
         serde_json::from_value(json!({
             "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
             "metadata": {"name": name, "namespace": ns, "resourceVersion": "1"},
+        }))
+        .unwrap()
+    }
+
+    pub(crate) fn gateway_settings() -> GatewayPods {
+        GatewayPods {
+            namespace: "strait-system".into(),
+        }
+    }
+
+    /// A gateway pod of zone `zone` in `ns` with IP `ip` (none: `""`), `Ready` or not, and
+    /// `annotations` (the local port one unless overridden).
+    pub(crate) fn gateway_pod(
+        ns: &str,
+        name: &str,
+        zone: &str,
+        ip: &str,
+        ready: bool,
+        annotations: serde_json::Value,
+    ) -> Pod {
+        let mut all = json!({GATEWAY_LOCAL_PORT_ANNOTATION: "7601",
+                             GATEWAY_QUIC_PORT_ANNOTATION: "7600",
+                             "prometheus.io/scrape": "true"});
+        for (k, v) in annotations.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        all.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+        let mut status = json!({
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": if ready { "True" } else { "False" }},
+            ],
+        });
+        if !ip.is_empty() {
+            status["podIP"] = json!(ip);
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": "1",
+                "labels": {GATEWAY_LABEL: zone, "app.kubernetes.io/component": "gateway"},
+                "annotations": all},
+            "spec": {"serviceAccountName": "strait-gateway",
+                "containers": [{"name": "gateway", "image": "strait"}]},
+            "status": status,
         }))
         .unwrap()
     }
@@ -669,6 +933,179 @@ pub(crate) mod tests {
         assert!(inventory(&state, &settings()).instances.is_empty());
     }
 
+    fn gateway_of(pod: &Pod) -> Result<Option<Instance>, String> {
+        gateway_instance(pod, &settings(), &gateway_settings())
+    }
+
+    #[test]
+    fn a_ready_gateway_pod_is_a_healthy_gateway_with_both_addresses() {
+        let pod = gateway_pod("strait-system", "gw-a", "eu-1", "10.2.0.7", true, json!({}));
+        let gw = gateway_of(&pod).unwrap().unwrap();
+        assert_eq!(gw.instance, "gw-a");
+        assert_eq!(gw.service, crate::inventory::gateway_key());
+        assert!(gw.healthy);
+        assert_eq!(gw.inbound_address, "10.2.0.7:7601");
+        assert_eq!(gw.public_address(), "10.2.0.7:7600");
+        assert_eq!(gw.identity, "spiffe://strait.local/zone/eu-1/gateway");
+        assert_eq!(
+            gw.locality,
+            pb::Locality {
+                region: "eu".into(),
+                zone: "eu-1".into(),
+                subzone: String::new()
+            }
+        );
+        // What the discovery server makes of a registration says the same.
+        let registered = Instance::gateway(
+            "gw-a".into(),
+            gw.locality.clone(),
+            "10.2.0.7:7601".into(),
+            "10.2.0.7:7600".into(),
+            "spiffe://strait.local/zone/eu-1/gateway".into(),
+        );
+        assert_eq!(gw, registered);
+    }
+
+    #[test]
+    fn the_public_address_annotation_is_taken_verbatim_else_none_is_announced() {
+        let lb = gateway_pod(
+            "strait-system",
+            "gw-a",
+            "eu-1",
+            "fd00::7",
+            true,
+            json!({PUBLIC_ADDRESS_ANNOTATION: "gw.eu-1.example.com:443"}),
+        );
+        let gw = gateway_of(&lb).unwrap().unwrap();
+        assert_eq!(gw.public_address(), "gw.eu-1.example.com:443");
+        assert_eq!(gw.inbound_address, "[fd00::7]:7601");
+
+        // No QUIC port either: sidecars of this zone use it, other zones are not told of it.
+        let local_only = gateway_pod(
+            "strait-system",
+            "gw-b",
+            "eu-1",
+            "10.2.0.8",
+            true,
+            json!({GATEWAY_QUIC_PORT_ANNOTATION: null}),
+        );
+        let gw = gateway_of(&local_only).unwrap().unwrap();
+        assert_eq!(gw.public_address(), "");
+        let mut inventory = LocalInventory::default();
+        inventory.gateways.insert(gw.instance.clone(), gw);
+        assert!(inventory.gateway_endpoints().is_empty());
+        assert_eq!(inventory.local_gateway_addresses(), ["10.2.0.8:7601"]);
+    }
+
+    #[test]
+    fn not_ready_or_terminating_is_unhealthy_and_no_ip_or_finished_is_absent() {
+        let not_ready = gateway_pod(
+            "strait-system",
+            "gw-a",
+            "eu-1",
+            "10.2.0.7",
+            false,
+            json!({}),
+        );
+        assert!(!gateway_of(&not_ready).unwrap().unwrap().healthy);
+
+        let mut terminating =
+            gateway_pod("strait-system", "gw-a", "eu-1", "10.2.0.7", true, json!({}));
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_750_000_000).unwrap(),
+            ));
+        assert!(!gateway_of(&terminating).unwrap().unwrap().healthy);
+
+        let pending = gateway_pod("strait-system", "gw-a", "eu-1", "", false, json!({}));
+        assert_eq!(gateway_of(&pending), Ok(None));
+
+        let mut failed = gateway_pod(
+            "strait-system",
+            "gw-a",
+            "eu-1",
+            "10.2.0.7",
+            false,
+            json!({}),
+        );
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert_eq!(gateway_of(&failed), Ok(None));
+    }
+
+    #[test]
+    fn only_this_zones_label_in_this_zones_namespace_makes_a_gateway() {
+        let elsewhere = gateway_pod("demo", "gw-a", "eu-1", "10.2.0.7", true, json!({}));
+        assert_eq!(gateway_of(&elsewhere), Ok(None));
+        let other_zone = gateway_pod("strait-system", "gw-a", "us-1", "10.2.0.7", true, json!({}));
+        assert_eq!(gateway_of(&other_zone), Ok(None));
+        let workload = pod("strait-system", "echo-1", "echo", json!({"app": "echo"}));
+        assert_eq!(gateway_of(&workload), Ok(None));
+    }
+
+    #[test]
+    fn a_labelled_pod_with_bad_annotations_is_reported_not_used() {
+        let cases = [
+            (json!({GATEWAY_LOCAL_PORT_ANNOTATION: null}), "is missing"),
+            (json!({GATEWAY_LOCAL_PORT_ANNOTATION: "0"}), "is not a port"),
+            (
+                json!({GATEWAY_QUIC_PORT_ANNOTATION: "quic"}),
+                "is not a port",
+            ),
+            (
+                json!({PUBLIC_ADDRESS_ANNOTATION: "no-port"}),
+                "is not host:port",
+            ),
+        ];
+        for (annotations, why) in cases {
+            let pod = gateway_pod(
+                "strait-system",
+                "gw-a",
+                "eu-1",
+                "10.2.0.7",
+                true,
+                annotations.clone(),
+            );
+            let err = gateway_of(&pod).unwrap_err();
+            assert!(err.contains(why), "{annotations}: {err}");
+        }
+        let state = ClusterState {
+            pods: vec![
+                Arc::new(gateway_pod(
+                    "strait-system",
+                    "gw-bad",
+                    "eu-1",
+                    "10.2.0.7",
+                    true,
+                    json!({GATEWAY_LOCAL_PORT_ANNOTATION: "x"}),
+                )),
+                Arc::new(gateway_pod(
+                    "strait-system",
+                    "gw-ok",
+                    "eu-1",
+                    "10.2.0.8",
+                    true,
+                    json!({}),
+                )),
+            ],
+            ..ClusterState::default()
+        };
+        let (found, unusable) = gateways(&state, &settings(), &gateway_settings());
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["gw-ok"]);
+        assert_eq!(unusable.keys().collect::<Vec<_>>(), ["gw-bad"]);
+    }
+
+    #[test]
+    fn gateway_pods_keep_what_the_gateway_mapping_reads_through_trimming() {
+        let mut gw = gateway_pod("strait-system", "gw-a", "eu-1", "10.2.0.7", true, json!({}));
+        let before = gateway_of(&gw).unwrap();
+        trim_pod(&mut gw);
+        assert_eq!(gateway_of(&gw).unwrap(), before);
+        let annotations = gw.metadata.annotations.as_ref().unwrap();
+        assert!(!annotations.contains_key("prometheus.io/scrape"));
+        let conditions = gw.status.as_ref().unwrap().conditions.as_ref().unwrap();
+        assert_eq!(conditions.len(), 1, "only Ready is kept");
+    }
+
     #[test]
     fn pods_are_trimmed_to_what_the_mapping_reads() {
         let mut p = pod("demo", "echo-1", "echo-sa", json!({"app": "echo"}));
@@ -677,6 +1114,11 @@ pub(crate) mod tests {
             phase: Some("Running".into()),
             ..PodStatus::default()
         });
+        // A workload's annotations (even `strait.dev/` ones) are not read: dropped.
+        p.metadata.annotations = Some(BTreeMap::from([(
+            "strait.dev/injected".to_owned(),
+            "true".to_owned(),
+        )]));
         trim_pod(&mut p);
         let spec = p.spec.as_ref().unwrap();
         assert!(spec.containers.is_empty());
@@ -686,5 +1128,6 @@ pub(crate) mod tests {
             Some("10.1.0.1")
         );
         assert_eq!(p.labels()["app"], "echo");
+        assert!(p.metadata.annotations.is_none());
     }
 }

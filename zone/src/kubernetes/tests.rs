@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use super::controller::{reconcile, run_writer};
 use super::fake_api::{self, ApiServer, list};
 use super::lease::LeaseElector;
-use super::source::tests::{export, pod, service, settings, slice};
+use super::source::tests::{export, gateway_pod, gateway_settings, pod, service, settings, slice};
 use super::source::{self, ClusterState};
 use crate::federation::FederationView;
 use crate::inventory::{LocalInventory, ServiceKey};
@@ -283,6 +283,136 @@ async fn service_endpoint_slice_and_export_become_the_exported_inventory_until_u
         .unwrap();
     wait_for(&mut inventory, "3 of 3 healthy", |inv| {
         totals(inv) == [("demo/echo".to_owned(), 3, 3)]
+    })
+    .await;
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(5), source_task)
+        .await
+        .expect("the source stops")
+        .unwrap();
+    server_task.abort();
+}
+
+#[tokio::test]
+async fn gateway_pods_become_the_inventorys_gateways_healthy_while_ready() {
+    let (client, server) = fake_api::client();
+    let gw = |ready: bool, version: &str| {
+        let mut pod = gateway_pod(
+            "strait-system",
+            "gw-a",
+            "eu-1",
+            "10.2.0.7",
+            ready,
+            json!({}),
+        );
+        pod.metadata.resource_version = Some(version.into());
+        serde_json::to_value(pod).unwrap()
+    };
+    let objects = HashMap::from([
+        ("services", ("Service", "v1", vec![])),
+        (
+            "endpointslices",
+            ("EndpointSlice", "discovery.k8s.io/v1", vec![]),
+        ),
+        (
+            "pods",
+            (
+                "Pod",
+                "v1",
+                vec![
+                    gw(true, "1"),
+                    // Another zone's gateway, and a gateway-labelled pod outside the namespace.
+                    serde_json::to_value(gateway_pod(
+                        "strait-system",
+                        "gw-us",
+                        "us-1",
+                        "10.2.0.8",
+                        true,
+                        json!({}),
+                    ))
+                    .unwrap(),
+                    serde_json::to_value(gateway_pod(
+                        "demo",
+                        "gw-fake",
+                        "eu-1",
+                        "10.2.0.9",
+                        true,
+                        json!({}),
+                    ))
+                    .unwrap(),
+                ],
+            ),
+        ),
+        (
+            "serviceexports",
+            ("ServiceExport", "multicluster.x-k8s.io/v1alpha1", vec![]),
+        ),
+    ]);
+    let (watches_tx, mut watches_rx) = mpsc::unbounded_channel();
+    let server_task = tokio::spawn(serve_watches(server, objects, watches_tx));
+    let (inventory_tx, mut inventory) = watch::channel(Arc::new(LocalInventory::default()));
+    let (cluster_tx, _cluster) = watch::channel(None);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let source_task = tokio::spawn(source::run_with_gateways(
+        client,
+        settings(),
+        Some(gateway_settings()),
+        inventory_tx,
+        cluster_tx,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    wait_for(&mut inventory, "the gateway", |inv| {
+        !inv.gateways.is_empty()
+    })
+    .await;
+    {
+        let now = inventory.borrow();
+        assert_eq!(now.gateways.keys().collect::<Vec<_>>(), ["gw-a"]);
+        assert_eq!(now.local_gateway_addresses(), ["10.2.0.7:7601"]);
+        let announced: Vec<_> = now
+            .gateway_endpoints()
+            .iter()
+            .map(|g| g.address.clone())
+            .collect();
+        assert_eq!(announced, ["10.2.0.7:7600"]);
+    }
+
+    let pods = loop {
+        let (plural, tx) = tokio::time::timeout(Duration::from_secs(5), watches_rx.recv())
+            .await
+            .expect("the pod watch")
+            .expect("server alive");
+        if plural == "pods" {
+            break tx;
+        }
+    };
+    // Not ready (failing its readiness probe): listed, unhealthy, announced nowhere.
+    pods.send(json!({"type": "MODIFIED", "object": gw(false, "2")}))
+        .await
+        .unwrap();
+    wait_for(&mut inventory, "the gateway to be unhealthy", |inv| {
+        inv.gateways.get("gw-a").is_some_and(|g| !g.healthy)
+    })
+    .await;
+    assert!(inventory.borrow().local_gateway_addresses().is_empty());
+    assert!(inventory.borrow().gateway_endpoints().is_empty());
+    // Ready again, then gone.
+    pods.send(json!({"type": "MODIFIED", "object": gw(true, "3")}))
+        .await
+        .unwrap();
+    wait_for(&mut inventory, "the gateway to be healthy", |inv| {
+        inv.gateways.get("gw-a").is_some_and(|g| g.healthy)
+    })
+    .await;
+    pods.send(json!({"type": "DELETED", "object": gw(true, "4")}))
+        .await
+        .unwrap();
+    wait_for(&mut inventory, "the gateway to be gone", |inv| {
+        inv.gateways.is_empty()
     })
     .await;
 

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 const NS: &str = "strait-system";
 const SECRETS: &str = "api/v1/secrets";
 const LEASES: &str = "apis/coordination.k8s.io/v1/leases";
+const CONFIGMAPS: &str = "api/v1/configmaps";
 
 /// One `strait zone run --mode kubernetes` process; killed on drop.
 struct Replica {
@@ -52,10 +53,15 @@ impl Replica {
             "name: k\nregion: r2\ntrust_domain: strait.local\nglobal: [\"{global}\"]\n\
              token_file: {token}\ndata_dir: {data}\nlisten: {listen}\nadmin_listen: {admin}\n\
              vip_cidr: 127.250.0.0/16\nmode: kubernetes\nkubernetes:\n  namespace: {NS}\n  \
-             replica: {name}\n  lease_duration: 2s\n  lease_renew_interval: 500ms\n",
+             replica: {name}\n  lease_duration: 2s\n  lease_renew_interval: 500ms\n\
+             webhook:\n  listen: {webhook}\n  cert_file: {cert}\n  key_file: {key}\n  \
+             sidecar_image: strait:test\n  sidecar_zone_cp: zone.strait-system.svc:7500\n",
             token = token.display(),
             data = dir.join("data").display(),
             listen = free_port(),
+            webhook = free_port(),
+            cert = root.join("webhook.crt").display(),
+            key = root.join("webhook.key").display(),
         );
         let config_file = dir.join("zone.yaml");
         std::fs::write(&config_file, config).unwrap();
@@ -181,6 +187,13 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
     std::fs::write(&kubeconfig, api.kubeconfig(NS)).unwrap();
     let global = fed.address("global-1", "api");
     let root = fed.dir.path().join("k8s-zone");
+    // The injector's serving certificate (any will do: nothing calls it here), so that the
+    // replicas run everything the chart turns on, the trust bundle ConfigMaps included.
+    std::fs::create_dir_all(&root).unwrap();
+    let webhook_ca =
+        strait_trust::ca::RootCa::generate("webhook.test", Duration::from_secs(3600)).unwrap();
+    std::fs::write(root.join("webhook.crt"), webhook_ca.cert_pem()).unwrap();
+    std::fs::write(root.join("webhook.key"), webhook_ca.key_pem()).unwrap();
     let mut replicas = vec![
         Replica::start("k-0", &root, &global, &token, &kubeconfig),
         Replica::start("k-1", &root, &global, &token, &kubeconfig),
@@ -244,6 +257,28 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
     .await;
     assert!(zone_k_connected(&fed));
 
+    // A namespace labelled for injection gets the federation's bundle for its sidecars.
+    api.put(
+        "api/v1/namespaces",
+        "",
+        json!({"metadata": {"name": "demo", "labels": {"strait.dev/inject": "enabled"}}}),
+    );
+    let bundle = eventually(
+        "the trust bundle ConfigMap",
+        Duration::from_secs(20),
+        async || {
+            let cm = api.get(CONFIGMAPS, "demo", "strait-trust-bundle")?;
+            cm["data"]["bundle.pem"].as_str().map(str::to_owned)
+        },
+    )
+    .await;
+    assert!(bundle.contains("BEGIN CERTIFICATE"), "{bundle}");
+    assert_eq!(
+        bundle.trim(),
+        common::read(&fed.dir.path().join("admin/bundle.pem")).trim(),
+        "the ConfigMap holds the federation's roots"
+    );
+
     // SIGKILL the leader: no release, so the survivor takes the Lease when it expires (2 s),
     // becomes the primary and speaks for the zone; global kept the inventory meanwhile.
     let index = replicas.iter().position(|r| r.name == leader).unwrap();
@@ -287,6 +322,17 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
     eventually("echo unexported", Duration::from_secs(20), async || {
         echo_in_zone_k(&fed).is_none().then_some(())
     })
+    .await;
+    // The new leader keeps the bundle ConfigMaps too: a deleted one comes back.
+    api.delete(CONFIGMAPS, "demo", "strait-trust-bundle");
+    eventually(
+        "the bundle ConfigMap restored",
+        Duration::from_secs(20),
+        async || {
+            api.get(CONFIGMAPS, "demo", "strait-trust-bundle")
+                .map(|_| ())
+        },
+    )
     .await;
     assert!(survivor.ready().await, "{}", logs(&replicas));
 }

@@ -181,21 +181,7 @@ async fn run_zone_with_token_ready(fed: &Federation, zone: &str, token: &str) ->
 async fn a_zone_cannot_speak_for_another_zone() {
     let fed = Federation::up(&["--zones", "a,b"]);
     // Zone b's real credentials, from its data directory.
-    let tls_dir = fed.dir.path().join("zone-b/tls");
-    let creds = CredentialStore::from_pem(
-        &common::read(&tls_dir.join("cp.crt")),
-        &common::read(&tls_dir.join("cp.key")),
-    )
-    .unwrap();
-    let trust = TrustStore::new(sidecar::bundle(&fed));
-    let tls =
-        strait_trust::tls::client_config(&creds, &trust, Arc::new(AllowAny), vec![b"h2".to_vec()])
-            .unwrap();
-    let channel = strait_proto::transport::channel(
-        &fed.address("global-1", "api"),
-        Arc::new(tls),
-        Duration::from_secs(2),
-    );
+    let channel = channel_as_zone(&fed, "b");
     let hello = pb::ZoneMessage {
         msg: Some(pb::zone_message::Msg::Hello(pb::SyncHello {
             zone: "a".into(),
@@ -215,6 +201,26 @@ async fn a_zone_cannot_speak_for_another_zone() {
         "{}",
         err.message()
     );
+}
+
+/// A channel to global-1 with zone `zone`'s real control plane credentials (from its data
+/// directory), as the zone itself or a second replica of it would connect.
+fn channel_as_zone(fed: &Federation, zone: &str) -> tonic::transport::Channel {
+    let tls_dir = fed.dir.path().join(format!("zone-{zone}/tls"));
+    let creds = CredentialStore::from_pem(
+        &common::read(&tls_dir.join("cp.crt")),
+        &common::read(&tls_dir.join("cp.key")),
+    )
+    .unwrap();
+    let trust = TrustStore::new(sidecar::bundle(fed));
+    let tls =
+        strait_trust::tls::client_config(&creds, &trust, Arc::new(AllowAny), vec![b"h2".to_vec()])
+            .unwrap();
+    strait_proto::transport::channel(
+        &fed.address("global-1", "api"),
+        Arc::new(tls),
+        Duration::from_secs(2),
+    )
 }
 
 /// Whether global records zone `zone` as connected (`strait zone list -o json`).
@@ -246,21 +252,7 @@ async fn an_observer_stream_gets_snapshots_but_cannot_speak_for_its_zone() {
     })
     .await;
     // Zone a's real credentials: a second replica would share them.
-    let tls_dir = fed.dir.path().join("zone-a/tls");
-    let creds = CredentialStore::from_pem(
-        &common::read(&tls_dir.join("cp.crt")),
-        &common::read(&tls_dir.join("cp.key")),
-    )
-    .unwrap();
-    let trust = TrustStore::new(sidecar::bundle(&fed));
-    let tls =
-        strait_trust::tls::client_config(&creds, &trust, Arc::new(AllowAny), vec![b"h2".to_vec()])
-            .unwrap();
-    let channel = strait_proto::transport::channel(
-        &fed.address("global-1", "api"),
-        Arc::new(tls),
-        Duration::from_secs(2),
-    );
+    let channel = channel_as_zone(&fed, "a");
     let msg = |m| pb::ZoneMessage { msg: Some(m) };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(msg(pb::zone_message::Msg::Hello(pb::SyncHello {
@@ -559,21 +551,7 @@ async fn a_removed_zone_is_denied_everywhere_and_not_renewed() {
         .await;
 
     // Zone c's own credentials no longer open a sync stream, so nothing of it is renewed.
-    let tls_dir = fed.dir.path().join("zone-c/tls");
-    let creds = CredentialStore::from_pem(
-        &common::read(&tls_dir.join("cp.crt")),
-        &common::read(&tls_dir.join("cp.key")),
-    )
-    .unwrap();
-    let trust = TrustStore::new(sidecar::bundle(&fed));
-    let tls =
-        strait_trust::tls::client_config(&creds, &trust, Arc::new(AllowAny), vec![b"h2".to_vec()])
-            .unwrap();
-    let channel = strait_proto::transport::channel(
-        &fed.address("global-1", "api"),
-        Arc::new(tls),
-        Duration::from_secs(2),
-    );
+    let channel = channel_as_zone(&fed, "c");
     let hello = pb::ZoneMessage {
         msg: Some(pb::zone_message::Msg::Hello(pb::SyncHello {
             zone: "c".into(),

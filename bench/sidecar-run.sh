@@ -6,20 +6,23 @@
 # load, and CPU seconds per 1,000 requests of each proxy pair.
 #
 #   bench/sidecar-run.sh [--duration 20s] [--warmup 5s] [--rounds 3] [--rate 1000]
-#                        [--connections 8] [--perf 10] [--keep]
+#                        [--connections 8] [--perf 10] [--binary PATH] [--keep]
 #
 # Installs haproxy and nginx (apt-get, as root) and oha (`cargo install oha --locked`) if they
-# are missing, builds `strait` in release mode, runs the benchmark, and writes the machine, the
-# command and the tables to target/bench/sidecar-<UTC time>.md. With `--perf N`, one more
-# Strait run records N seconds of `perf record -g` on both sidecars and adds the top symbols.
+# are missing, builds `strait` in release mode (or, with `--binary PATH`, runs that binary
+# instead: e.g. one built with other profile settings), runs the benchmark, and writes the
+# machine, the command and the tables to target/bench/sidecar-<UTC time>.md. With `--perf N`,
+# one more Strait run records N seconds of `perf record -g` on both sidecars and adds the top
+# symbols.
 #
 # Everything it starts (the federation, both sidecars, nginx, both haproxy) is stopped when it
 # ends, fails or is interrupted; all of it listens on loopback only.
 set -euo pipefail
+start_dir=$PWD
 cd "$(dirname "$0")/.."
 root=$PWD
 
-duration=20s warmup=5s rounds=3 rate=1000 connections=8 perf_secs=0 keep=0
+duration=20s warmup=5s rounds=3 rate=1000 connections=8 perf_secs=0 keep=0 binary=""
 args_given="$*"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -29,8 +32,9 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
     --perf) perf_secs=$2; shift 2 ;;
+    --binary) binary=$(cd "$start_dir" && realpath -- "$2"); shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +52,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! oha --version >/dev/null 2>&1; then
   cargo install oha --locked
 fi
-cargo build --release -p strait
+if [ -z "$binary" ]; then
+  cargo build --release -p strait
+  binary=target/release/strait
+fi
 helper="python3 $root/bench/sidecar/sidecar_bench.py"
 
 # --- Addresses (loopback only; out of the way of `strait up`'s 127.0.0.1 ports) -------------
@@ -62,7 +69,7 @@ hap_b_addr=127.0.64.1:18443         # TLS in requiring a client certificate, pla
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/strait-sidecar-run-XXXXXX")
 fed=$run_dir/fed
 # A copy, so that a rebuild of target/ during the run does not mix binaries.
-cp target/release/strait "$run_dir/strait"
+cp "$binary" "$run_dir/strait"
 strait=$run_dir/strait
 started=()        # pids of what this script started (not the federation: `strait down`)
 load_pid=""
@@ -314,7 +321,7 @@ mkdir -p target/bench
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=target/bench/sidecar-$stamp.md
 {
-  echo "Run $stamp, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "Run $stamp, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), binary $binary"
   echo
   echo '```'
   echo "\$ bench/sidecar-run.sh $args_given"

@@ -43,12 +43,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_kib(pid):
+def memory_kib(pid):
+    """VmRSS and its two parts that matter here, RssAnon (heap, stacks, relocated data) and
+    RssFile (pages of the executable and libraries), in KiB, from /proc/PID/status."""
+    values = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+            key, _, rest = line.partition(":")
+            if key in values:
+                values[key] = int(rest.split()[0])
+    return values
+
+
+def rss_kib(pid):
+    return memory_kib(pid)["VmRSS"]
 
 
 def machine_ticks():
@@ -82,7 +90,7 @@ def cmd_sample(args):
         while not stop.wait(0.25):
             for name, pid in procs.items():
                 try:
-                    samples[name].append(rss_kib(pid))
+                    samples[name].append(memory_kib(pid))
                 except OSError:
                     pass
 
@@ -100,10 +108,19 @@ def cmd_sample(args):
     record["elapsed_s"] = elapsed
     record["exit"] = status
     record["cpu_s"] = {name: cpu_seconds(pid) - cpu0[name] for name, pid in procs.items()}
-    record["rss_kib"] = {
-        name: {"max": max(s) if s else 0, "mean": statistics.fmean(s) if s else 0, "n": len(s)}
-        for name, s in samples.items()
-    }
+    def summary(s):
+        rss = [m["VmRSS"] for m in s]
+        # Anon and file parts of the sample with the highest VmRSS.
+        top = max(s, key=lambda m: m["VmRSS"]) if s else {"RssAnon": 0, "RssFile": 0}
+        return {
+            "max": max(rss) if rss else 0,
+            "mean": statistics.fmean(rss) if rss else 0,
+            "n": len(rss),
+            "anon_at_max": top["RssAnon"],
+            "file_at_max": top["RssFile"],
+        }
+
+    record["rss_kib"] = {name: summary(s) for name, s in samples.items()}
     ncpu = os.cpu_count() or 1
     record["machine_cores_busy"] = (busy1 - busy0) / max(total1 - total0, 1) * ncpu
     with open(args.record, "a") as f:
@@ -113,9 +130,15 @@ def cmd_sample(args):
 
 
 def cmd_rss(args):
-    """Prints one JSON object {name: VmRSS KiB} for the given processes."""
+    """Prints one JSON object {name: VmRSS KiB, name/anon: RssAnon, name/file: RssFile}."""
     procs = parse_procs(args.procs)
-    print(json.dumps({name: rss_kib(pid) for name, pid in procs.items()}))
+    out = {}
+    for name, pid in procs.items():
+        m = memory_kib(pid)
+        out[name] = m["VmRSS"]
+        out[f"{name}/anon"] = m["RssAnon"]
+        out[f"{name}/file"] = m["RssFile"]
+    print(json.dumps(out))
 
 
 # === report ===
@@ -246,18 +269,29 @@ def cmd_report(args):
     out.append("")
 
     # Resources.
-    out.append("Resident memory (VmRSS, MiB): idle before any load, during the load (samples every 0.25 s), idle after:")
+    out.append(
+        "Resident memory (VmRSS, MiB): idle before any load, during the load (samples every 0.25 s), idle after; "
+        "anon / file = RssAnon (heap, stacks, relocated data) / RssFile (pages of the executable and libraries):"
+    )
     out.append("")
-    out.append("| process | idle before | under load: mean | under load: max | idle after |")
-    out.append("|---|---:|---:|---:|---:|")
+    out.append(
+        "| process | idle before | of which anon / file | under load: mean | under load: max | of which anon / file | idle after |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    mib = lambda kib: fmt(kib / 1024, 1)
     for path, names in pairs.items():
         rs = [by[(k, path)] for k in rounds if (k, path) in by]
         for name in names:
             means = [r["rss_kib"][name]["mean"] for r in rs]
-            maxes = [r["rss_kib"][name]["max"] for r in rs]
+            top = max((r["rss_kib"][name] for r in rs), key=lambda m: m["max"], default=None)
+            split_idle = f"{mib(idle.get(name + '/anon', 0))} / {mib(idle.get(name + '/file', 0))}"
+            split_top = (
+                f"{mib(top.get('anon_at_max', 0))} / {mib(top.get('file_at_max', 0))}" if top else "–"
+            )
             out.append(
-                f"| {name} | {fmt(idle.get(name, 0) / 1024, 1)} | {fmt(statistics.fmean(means) / 1024 if means else None, 1)} | "
-                f"{fmt(max(maxes) / 1024 if maxes else None, 1)} | {fmt(idle_after.get(name, 0) / 1024, 1)} |"
+                f"| {name} | {mib(idle.get(name, 0))} | {split_idle} | "
+                f"{fmt(statistics.fmean(means) / 1024 if means else None, 1)} | "
+                f"{mib(top['max']) if top else '–'} | {split_top} | {mib(idle_after.get(name, 0))} |"
             )
     out.append("")
     out.append("CPU seconds per 1,000 requests (user + system, both processes of the pair; median over rounds, range in brackets):")

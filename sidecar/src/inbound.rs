@@ -50,7 +50,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -69,6 +70,7 @@ use tracing::Instrument;
 
 use crate::authz::{InboundAuthz, Reason, TlsMode};
 use crate::discovery::Control;
+use crate::headers::{self as names, strip_hop_by_hop};
 use crate::limits::idle::{self, DEFAULT_IDLE_TIMEOUT, PipeEnd};
 use crate::outbound::Sniff;
 
@@ -99,18 +101,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Hop-by-hop headers: about one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Why the inbound listener could not start.
@@ -128,6 +118,9 @@ pub enum InboundError {
 #[derive(Debug, Clone)]
 pub struct InboundMetrics {
     pub requests: IntCounterVec,
+    /// `requests` of each status class (`status_class_index`), resolved once: a label lookup
+    /// hashes and locks on every request.
+    requests_by_class: [IntCounter; 5],
     pub duration: Histogram,
     pub connections: IntGauge,
     pub handshake_failures: IntCounter,
@@ -182,9 +175,7 @@ impl InboundMetrics {
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(handshake_failures.clone()))?;
         registry.register(Box::new(tcp.clone()))?;
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-            requests.with_label_values(&[class]);
-        }
+        let requests_by_class = STATUS_CLASSES.map(|class| requests.with_label_values(&[class]));
         for result in ["forwarded", "denied", "app_unavailable", "no_config"] {
             tcp.with_label_values(&[result]);
         }
@@ -193,6 +184,7 @@ impl InboundMetrics {
         }
         Ok(Self {
             requests,
+            requests_by_class,
             duration,
             connections,
             handshake_failures,
@@ -202,13 +194,16 @@ impl InboundMetrics {
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index in [`STATUS_CLASSES`] of `status`'s class.
+fn status_class_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -389,6 +384,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         ctx,
         app,
+        app_authority: app.and_then(|app| Authority::try_from(app.to_string()).ok()),
         client,
         authz: AuthzCache::default(),
         rate_limit: RateLimiter::default(),
@@ -438,6 +434,9 @@ pub async fn serve(
 struct Shared {
     ctx: InboundContext,
     app: Option<SocketAddr>,
+    /// `app` as the authority of the requests to it, made once (`None` if it cannot be one,
+    /// which every request then reports).
+    app_authority: Option<Authority>,
     client: Client<HttpConnector, Incoming>,
     authz: AuthzCache,
     rate_limit: RateLimiter,
@@ -605,10 +604,11 @@ async fn serve_http<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service_shared = shared.clone();
+    let origin = Arc::new(Origin::new(caller, peer));
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let shared = service_shared.clone();
-        let caller = caller.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, request, caller.as_deref(), peer).await) }
+        let origin = origin.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, request, &origin).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -652,44 +652,57 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
+/// Who is at the other end of one HTTP connection, with what each of its requests needs
+/// from that, worked out once per connection rather than per request.
+struct Origin {
+    /// The verified SPIFFE ID; `None` for a plaintext caller.
+    caller: Option<Arc<str>>,
+    /// `caller` as the value of [`PEER_IDENTITY_HEADER`], or why it cannot be one.
+    identity: Option<Result<HeaderValue, String>>,
+    /// The TCP peer as the request span shows it.
+    peer: String,
+}
+
+impl Origin {
+    fn new(caller: Option<Arc<str>>, peer: SocketAddr) -> Self {
+        let identity = caller.as_deref().map(|caller| {
+            HeaderValue::from_str(caller).map_err(|e| format!("caller identity as a header: {e}"))
+        });
+        Self {
+            caller,
+            identity,
+            peer: peer.to_string(),
+        }
+    }
+}
+
 /// One HTTP request: authorize, forward to the app, stream the response back.
-async fn handle(
-    shared: &Shared,
-    request: Request<Incoming>,
-    caller: Option<&str>,
-    peer: SocketAddr,
-) -> Response<Body> {
+async fn handle(shared: &Shared, request: Request<Incoming>, origin: &Origin) -> Response<Body> {
     let start = Instant::now();
     let span = tracing::info_span!(
         "inbound",
-        %peer,
-        caller = caller.unwrap_or("plaintext"),
+        peer = %origin.peer,
+        caller = origin.caller.as_deref().unwrap_or("plaintext"),
         method = %request.method(),
         path = request.uri().path(),
         status = tracing::field::Empty,
     );
-    let response = forward(shared, request, caller)
+    let response = forward(shared, request, origin)
         .instrument(span.clone())
         .await;
     let status = response.status();
     span.record("status", status.as_u16());
     let metrics = &shared.ctx.metrics;
-    metrics
-        .requests
-        .with_label_values(&[status_class(status)])
-        .inc();
+    metrics.requests_by_class[status_class_index(status)].inc();
     metrics.duration.observe(start.elapsed().as_secs_f64());
-    span.in_scope(
-        || tracing::debug!(status = status.as_u16(), elapsed = ?start.elapsed(), "inbound request"),
-    );
+    // As a child of the span without entering it: entering and leaving cost more than an
+    // event that is filtered out.
+    tracing::debug!(parent: &span, status = status.as_u16(), elapsed = ?start.elapsed(), "inbound request");
     response
 }
 
-async fn forward(
-    shared: &Shared,
-    request: Request<Incoming>,
-    caller: Option<&str>,
-) -> Response<Body> {
+async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -> Response<Body> {
+    let caller = origin.caller.as_deref();
     let config = shared.ctx.config.borrow().clone();
     if config.version == 0 {
         return error_response(
@@ -750,7 +763,11 @@ async fn forward(
             "this sidecar has no app\n",
         );
     };
-    let upstream = match app_request(request, app, caller) {
+    let upstream = match app_request(
+        request,
+        shared.app_authority.as_ref(),
+        origin.identity.as_ref(),
+    ) {
         Ok(r) => r,
         Err(reason) => {
             tracing::info!(%reason, "request refused");
@@ -781,64 +798,48 @@ async fn forward(
 /// The request as the app gets it: absolute `http://APP/path?query` over HTTP/1.1, hop-by-hop
 /// headers removed, the caller's verified identity in [`PEER_IDENTITY_HEADER`] (whatever the
 /// caller sent there is dropped; a plaintext caller, `None`, gets no header at all), `Host`
-/// kept (or taken from an HTTP/2 `:authority`).
+/// kept (or taken from an HTTP/2 `:authority`). `app` is the app's authority (`None`: it has
+/// none that is valid); `identity` the caller's header value (`None`: plaintext).
 fn app_request(
     request: Request<Incoming>,
-    app: SocketAddr,
-    caller: Option<&str>,
+    app: Option<&Authority>,
+    identity: Option<&Result<HeaderValue, String>>,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(app.to_string())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| format!("cannot build the app URI: {e}"))?;
+    let app = app.ok_or("cannot build the app URI: the app's address is no authority")?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(app.clone());
+    // Shared with the request's own URI, not copied.
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let authority = parts.uri.authority().cloned();
+    parts.uri = Uri::from_parts(uri).map_err(|e| format!("cannot build the app URI: {e}"))?;
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST)
         && let Some(authority) = authority
-        && let Ok(value) = HeaderValue::from_str(&authority)
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
     {
         parts.headers.insert(header::HOST, value);
     }
-    match caller {
-        Some(caller) => {
-            let identity = HeaderValue::from_str(caller)
-                .map_err(|e| format!("caller identity as a header: {e}"))?;
+    match identity {
+        Some(identity) => {
             // `insert` replaces every value the caller may have sent.
             parts
                 .headers
-                .insert(HeaderName::from_static(PEER_IDENTITY_HEADER), identity);
+                .insert(names::PEER_IDENTITY, identity.clone()?);
         }
         None => {
-            parts.headers.remove(PEER_IDENTITY_HEADER);
+            parts.headers.remove(names::PEER_IDENTITY);
         }
     }
     Ok(Request::from_parts(parts, body))
-}
-
-/// Removes hop-by-hop headers, including those named by `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 fn error_response(status: StatusCode, error: &'static str, body: &'static str) -> Response<Body> {
@@ -853,10 +854,7 @@ fn error_response(status: StatusCode, error: &'static str, body: &'static str) -
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(
-        HeaderName::from_static(ERROR_HEADER),
-        HeaderValue::from_static(error),
-    );
+    headers.insert(names::ERROR, HeaderValue::from_static(error));
     response
 }
 
@@ -1067,24 +1065,12 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
     fn status_classes() {
-        assert_eq!(status_class(StatusCode::OK), "2xx");
-        assert_eq!(status_class(StatusCode::FORBIDDEN), "4xx");
-        assert_eq!(status_class(StatusCode::SERVICE_UNAVAILABLE), "5xx");
+        let class = |status| STATUS_CLASSES[status_class_index(status)];
+        assert_eq!(class(StatusCode::CONTINUE), "1xx");
+        assert_eq!(class(StatusCode::OK), "2xx");
+        assert_eq!(class(StatusCode::NOT_MODIFIED), "3xx");
+        assert_eq!(class(StatusCode::FORBIDDEN), "4xx");
+        assert_eq!(class(StatusCode::SERVICE_UNAVAILABLE), "5xx");
     }
 }

@@ -445,15 +445,19 @@ impl Balancer {
     /// Records that a try to `key` starts (it counts as in flight until `on_complete`).
     pub fn on_start(&mut self, key: &TargetKey, now: Instant) {
         if let TargetKey::Endpoint(address) = key {
-            let stats = self
-                .stats
-                .entry(address.clone())
-                .or_insert_with(|| EndpointStats {
-                    outstanding: 0,
-                    rtt_nanos: nanos(DEFAULT_RTT),
-                    updated: now,
-                    sampled: false,
-                });
+            // Looked up first: `entry` would copy the address on every try, not only the first.
+            let stats = match self.stats.get_mut(address) {
+                Some(stats) => stats,
+                None => self
+                    .stats
+                    .entry(address.clone())
+                    .or_insert_with(|| EndpointStats {
+                        outstanding: 0,
+                        rtt_nanos: nanos(DEFAULT_RTT),
+                        updated: now,
+                        sampled: false,
+                    }),
+            };
             stats.outstanding = stats.outstanding.saturating_add(1);
         }
     }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod demo_app;
 pub mod discovery;
 pub mod fault;
+mod headers;
 pub mod identity;
 pub mod inbound;
 pub mod lb;

@@ -76,16 +76,19 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use strait_proto as pb;
 use strait_trust::SpiffeId;
 use strait_trust::tls::{CredentialStore, TrustStore};
@@ -97,7 +100,8 @@ use tracing::Instrument;
 
 use crate::discovery::Control;
 use crate::fault::FaultInjector;
-use crate::inbound::{ALPN_TCP, ERROR_HEADER, PEER_IDENTITY_HEADER};
+use crate::headers::{self as names, strip_hop_by_hop};
+use crate::inbound::ALPN_TCP;
 use crate::lb::{Balancer, BalancerConfig, Target};
 use crate::limits::breaker::{self, Counter, Overflow, Permit};
 use crate::limits::idle::{self, PipeEnd};
@@ -127,18 +131,6 @@ const REBIND_INTERVAL: Duration = Duration::from_secs(2);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Hop-by-hop headers: about one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 /// Why the outbound side could not start.
 #[derive(Debug, thiserror::Error)]
@@ -288,13 +280,56 @@ impl OutboundMetrics {
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index in [`STATUS_CLASSES`] of `status`'s class.
+fn status_class_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// One service's series of the per-request metrics, each resolved on its first use (so
+/// /metrics lists exactly the series that saw a request, as with a lookup per request): a
+/// label lookup hashes the labels and takes a lock, on every request.
+#[derive(Debug, Default)]
+struct RequestSeries {
+    duration: OnceLock<Histogram>,
+    /// `requests{zone="local"}` by status class.
+    local: [OnceLock<IntCounter>; 5],
+    /// `requests{zone="none"}` by status class.
+    none: [OnceLock<IntCounter>; 5],
+}
+
+impl RequestSeries {
+    /// Counts a request of `service` answered by `zone` with `status` after `elapsed`.
+    fn record(
+        &self,
+        metrics: &OutboundMetrics,
+        service: &str,
+        zone: &str,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let class = status_class_index(status);
+        let resolve = || {
+            metrics
+                .requests
+                .with_label_values(&[service, zone, STATUS_CLASSES[class]])
+        };
+        // Other zones' names are few but not known here: looked up each time.
+        match zone {
+            LOCAL_ZONE => self.local[class].get_or_init(resolve).inc(),
+            NONE_ZONE => self.none[class].get_or_init(resolve).inc(),
+            _ => resolve().inc(),
+        }
+        self.duration
+            .get_or_init(|| metrics.duration.with_label_values(&[service]))
+            .observe(elapsed.as_secs_f64());
     }
 }
 
@@ -400,6 +435,7 @@ struct ServiceState {
     last_refusal: Mutex<Option<(Instant, &'static str, String)>>,
     /// The port probes of ejected remote zones open their tunnel to (the first one).
     probe_port: AtomicU32,
+    series: RequestSeries,
 }
 
 /// How long a gateway's refusal explains a `no-healthy-upstream`.
@@ -429,7 +465,9 @@ struct Binding {
 /// State shared by the listeners and their connections.
 struct Shared {
     ctx: OutboundContext,
-    zone: RwLock<String>,
+    /// This zone's name as the value of [`ZONE_HEADER`], made once per config (`None`: not a
+    /// valid header value, so not sent).
+    zone_header: RwLock<Option<HeaderValue>>,
     /// Who this zone's gateways must be (`spiffe://TD/zone/ZONE/gateway`).
     gateway_id: RwLock<String>,
     services: RwLock<HashMap<String, Arc<ServiceState>>>,
@@ -447,7 +485,7 @@ impl Shared {
         Arc::new(Shared {
             pool: Pool::new(ctx.creds.clone(), ctx.trust.clone()),
             ctx,
-            zone: RwLock::new(String::new()),
+            zone_header: RwLock::new(None),
             gateway_id: RwLock::new(String::new()),
             services: RwLock::default(),
             bindings: RwLock::default(),
@@ -466,7 +504,10 @@ impl Shared {
 
     /// Applies a config version: services (balancers keep their state), bindings, pool.
     fn apply(&self, config: &pb::SidecarConfig) {
-        *self.zone.write().unwrap_or_else(PoisonError::into_inner) = config.zone.clone();
+        *self
+            .zone_header
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = HeaderValue::from_str(&config.zone).ok();
         if let Ok(id) = SpiffeId::gateway(&config.trust_domain, &config.zone) {
             *self
                 .gateway_id
@@ -515,6 +556,7 @@ impl Shared {
                             pending: Counter::default(),
                             last_refusal: Mutex::new(None),
                             probe_port: AtomicU32::new(0),
+                            series: RequestSeries::default(),
                         }),
                     );
                 }
@@ -1013,22 +1055,25 @@ async fn handle(
         status = tracing::field::Empty,
         zone = tracing::field::Empty,
     );
-    let (response, zone) = route_request(shared, key, port, pinned, request)
+    let service = shared.service(key);
+    let (response, zone) = route_request(shared, service.as_deref(), port, pinned, request)
         .instrument(span.clone())
         .await;
     let status = response.status();
     span.record("status", status.as_u16());
     span.record("zone", zone.as_ref());
     let metrics = &shared.ctx.metrics;
-    metrics
-        .requests
-        .with_label_values(&[key, zone.as_ref(), status_class(status)])
-        .inc();
-    metrics
-        .duration
-        .with_label_values(&[key])
-        .observe(start.elapsed().as_secs_f64());
-    span.in_scope(|| tracing::debug!(elapsed = ?start.elapsed(), "outbound request"));
+    match &service {
+        Some(service) => {
+            service
+                .series
+                .record(metrics, key, &zone, status, start.elapsed());
+        }
+        None => RequestSeries::default().record(metrics, key, &zone, status, start.elapsed()),
+    }
+    // As a child of the span without entering it: entering and leaving cost more than an
+    // event that is filtered out.
+    tracing::debug!(parent: &span, elapsed = ?start.elapsed(), "outbound request");
     response
 }
 
@@ -1036,12 +1081,12 @@ async fn handle(
 /// answered.
 async fn route_request(
     shared: &Shared,
-    key: &str,
+    service: Option<&ServiceState>,
     port: u16,
     pinned: Option<&str>,
     request: Request<Incoming>,
 ) -> (Response<Body>, ZoneLabel) {
-    let Some(service) = shared.service(key) else {
+    let Some(service) = service else {
         return (
             error_response(StatusCode::SERVICE_UNAVAILABLE, "unknown-service"),
             NONE,
@@ -1070,14 +1115,14 @@ async fn route_request(
         return (error_response(status, "fault-injected"), NONE);
     }
     let Some(_in_flight) = service.in_flight.acquire(policy.max_requests) else {
-        return (overflow(shared, &service, Overflow::Requests), NONE);
+        return (overflow(shared, service, Overflow::Requests), NONE);
     };
     let zone = shared
-        .zone
+        .zone_header
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let (parts, body) = match prepare(request, &zone).await {
+    let (parts, body) = match prepare(request, zone).await {
         Ok(p) => p,
         Err(response) => return (response, NONE),
     };
@@ -1085,7 +1130,7 @@ async fn route_request(
         policy.request_timeout,
         send_with_retries(
             shared,
-            &service,
+            service,
             &policy,
             Scope {
                 subset: subset.as_ref(),
@@ -1178,15 +1223,13 @@ fn admit<'a>(
 /// a small body buffered.
 async fn prepare(
     request: Request<Incoming>,
-    zone: &str,
+    zone: Option<HeaderValue>,
 ) -> Result<(http::request::Parts, RequestBody), Response<Body>> {
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(PEER_IDENTITY_HEADER);
-    if let Ok(zone) = HeaderValue::from_str(zone) {
-        parts
-            .headers
-            .insert(HeaderName::from_static(ZONE_HEADER), zone);
+    parts.headers.remove(names::PEER_IDENTITY);
+    if let Some(zone) = zone {
+        parts.headers.insert(names::ZONE, zone);
     }
     let small = body.is_end_stream()
         || body
@@ -1210,20 +1253,31 @@ async fn prepare(
 /// The upstream request of one try: absolute URI (HTTP/2 needs `:scheme` and
 /// `:authority`), the authority from `Host` when the app sent one.
 fn upstream_request(parts: &http::request::Parts, body: Body) -> Result<Request<Body>, String> {
-    let authority = parts
+    let invalid = |e: http::Error| format!("cannot build the upstream URI: {e}");
+    let authority = match parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
-        .unwrap_or_else(|| "service.invalid".to_owned());
-    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| format!("cannot build the upstream URI: {e}"))?;
+    {
+        Some(host) => Authority::try_from(host).map_err(|e| invalid(e.into()))?,
+        None => parts
+            .uri
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("service.invalid")),
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    // Shared with the app's request URI, not copied.
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let uri = Uri::from_parts(uri).map_err(|e| invalid(e.into()))?;
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
@@ -1389,11 +1443,13 @@ async fn send_with_retries(
 /// The `zone` label of a request: `local`, a remote zone's name (bounded by the federation's
 /// size), or `none` when the sidecar answered itself.
 type ZoneLabel = Cow<'static, str>;
-const NONE: ZoneLabel = Cow::Borrowed("none");
+const LOCAL_ZONE: &str = "local";
+const NONE_ZONE: &str = "none";
+const NONE: ZoneLabel = Cow::Borrowed(NONE_ZONE);
 
 fn zone_label(target: &Target) -> ZoneLabel {
     match target {
-        Target::Endpoint { .. } => Cow::Borrowed("local"),
+        Target::Endpoint { .. } => Cow::Borrowed(LOCAL_ZONE),
         Target::Remote { zone, .. } => Cow::Owned(zone.clone()),
     }
 }
@@ -1556,23 +1612,6 @@ fn failure_response(outcome: Outcome) -> Response<Body> {
     }
 }
 
-/// Removes hop-by-hop headers, including those named by `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
-
 fn error_response(status: StatusCode, error: &'static str) -> Response<Body> {
     error_response_with(status, error, "")
 }
@@ -1595,10 +1634,7 @@ fn error_response_with(status: StatusCode, error: &'static str, detail: &str) ->
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(
-        HeaderName::from_static(ERROR_HEADER),
-        HeaderValue::from_static(error),
-    );
+    headers.insert(names::ERROR, HeaderValue::from_static(error));
     response
 }
 
@@ -1817,15 +1853,67 @@ mod tests {
         assert_eq!((p.max_connections, p.max_pending), (Some(3), Some(2)));
     }
 
+    fn empty() -> Body {
+        Full::new(Bytes::new())
+            .map_err(|never: Infallible| match never {})
+            .boxed()
+    }
+
+    fn upstream_uri(request: Request<()>) -> Result<String, String> {
+        let (parts, ()) = request.into_parts();
+        upstream_request(&parts, empty()).map(|r| r.uri().to_string())
+    }
+
     #[test]
-    fn outgoing_headers_drop_hop_by_hop() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("x-foo, keep-alive"));
-        h.insert("x-foo", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("5"));
-        h.insert("x-bar", HeaderValue::from_static("2"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-bar"));
+    fn upstream_requests_carry_an_absolute_uri_from_host() {
+        let (parts, ()) = Request::get("/a/b?x=1")
+            .header("host", "svc.demo:8080")
+            .header("x-app", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let up = upstream_request(&parts, empty()).unwrap();
+        assert_eq!(up.uri().to_string(), "http://svc.demo:8080/a/b?x=1");
+        assert_eq!(up.method(), Method::GET);
+        assert!(!up.headers().contains_key(header::HOST));
+        assert_eq!(up.headers()["x-app"], "1");
+        // Without `Host`: the request's own authority, else a placeholder.
+        let other = Request::get("http://other:1/p").body(()).unwrap();
+        assert_eq!(upstream_uri(other).unwrap(), "http://other:1/p");
+        let bare = Request::get("/").body(()).unwrap();
+        assert_eq!(upstream_uri(bare).unwrap(), "http://service.invalid/");
+        // A `Host` that is no authority is refused, not sent on.
+        let bad = Request::get("/").header("host", "a b").body(()).unwrap();
+        assert!(upstream_uri(bad).is_err());
+    }
+
+    #[test]
+    fn request_series_count_by_zone_and_class() {
+        let registry = Registry::new();
+        let metrics = OutboundMetrics::new(&registry).unwrap();
+        let series = RequestSeries::default();
+        let ms = Duration::from_millis(1);
+        series.record(&metrics, "demo/a", LOCAL_ZONE, StatusCode::OK, ms);
+        series.record(&metrics, "demo/a", LOCAL_ZONE, StatusCode::OK, ms);
+        series.record(&metrics, "demo/a", NONE_ZONE, StatusCode::BAD_GATEWAY, ms);
+        series.record(&metrics, "demo/a", "b", StatusCode::NOT_FOUND, ms);
+        let count = |zone: &str, code: &str| {
+            metrics
+                .requests
+                .with_label_values(&["demo/a", zone, code])
+                .get()
+        };
+        assert_eq!(count(LOCAL_ZONE, "2xx"), 2);
+        assert_eq!(count(NONE_ZONE, "5xx"), 1);
+        assert_eq!(count("b", "4xx"), 1);
+        let duration = metrics.duration.with_label_values(&["demo/a"]);
+        assert_eq!(duration.get_sample_count(), 4);
+        // Only the series that saw a request exist (plus the ones the lookups above made).
+        let families = registry.gather();
+        let requests = families
+            .iter()
+            .find(|f| f.name() == "strait_sidecar_outbound_requests_total")
+            .unwrap();
+        assert_eq!(requests.get_metric().len(), 3);
     }
 }

@@ -6,6 +6,7 @@
 //! the control half's background tasks are stopped.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use strait_proto::transport::DRAIN_TIMEOUT;
 use tokio::net::TcpListener;
@@ -33,6 +34,29 @@ pub enum SidecarError {
     },
     #[error("a sidecar task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// A shutdown signal of any type, boxed (see [`run_boxed`]).
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// [`run`] behind one concrete (non-generic) function, for the `strait` binary.
+///
+/// Generic functions, and every `async fn` body (a closure type), are compiled in the crate
+/// that instantiates them. Awaited from the binary, [`run`] and everything under it (each
+/// task, hyper and h2 instantiated for the sidecar's types) were compiled into the `strait`
+/// crate, mixed with the code of every other command: a sidecar touched pages all over that
+/// crate's 10 MB of code, and the kernel maps up to 64 KiB of the executable around each page
+/// touched, all of it counted in the sidecar's resident memory. Boxed here, the future's
+/// `poll` is instantiated by this function, so the sidecar's code is compiled in this crate
+/// and laid out together. `inline(never)` keeps it that way.
+#[inline(never)]
+pub fn run_boxed(
+    settings: SidecarSettings,
+    inbound: TcpListener,
+    admin: TcpListener,
+    shutdown: Shutdown,
+) -> Pin<Box<dyn Future<Output = Result<(), SidecarError>> + Send>> {
+    Box::pin(run(settings, inbound, admin, shutdown))
 }
 
 /// Runs the sidecar: `inbound` is its mutual TLS listener (registered with the zone as

@@ -105,7 +105,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(settings.admin)
         .await
         .with_context(|| format!("binding {}", settings.admin))?;
-    strait_sidecar::run::run(settings, inbound, admin, super::global::shutdown_signal()).await?;
+    // Boxed: the sidecar is then compiled in its own crate, not instantiated here among every
+    // other command's code (resident memory; see `run_boxed`).
+    let shutdown = Box::pin(super::global::shutdown_signal());
+    strait_sidecar::run::run_boxed(settings, inbound, admin, shutdown).await?;
     Ok(())
 }
 

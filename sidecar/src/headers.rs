@@ -1,0 +1,88 @@
+//! Header rules shared by the inbound and outbound sides: the hop-by-hop headers no proxy
+//! forwards (RFC 9110 §7.6.1), and Strait's own header names, parsed once instead of on every
+//! request.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// [`crate::inbound::PEER_IDENTITY_HEADER`].
+pub(crate) const PEER_IDENTITY: HeaderName =
+    HeaderName::from_static(crate::inbound::PEER_IDENTITY_HEADER);
+/// [`crate::inbound::ERROR_HEADER`].
+pub(crate) const ERROR: HeaderName = HeaderName::from_static(crate::inbound::ERROR_HEADER);
+/// [`crate::outbound::ZONE_HEADER`].
+pub(crate) const ZONE: HeaderName = HeaderName::from_static(crate::outbound::ZONE_HEADER);
+
+/// Hop-by-hop headers: about one connection, never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Almost every request and response carries none of them: one pass over the few names
+    // present is cheaper than a lookup of each of the eight (and every proxied message pays it
+    // twice per sidecar).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-foo, keep-alive"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-bar", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-bar"));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_goes_alone() {
+        for name in &HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} was kept");
+            assert!(h.contains_key("x-keep"));
+        }
+    }
+
+    #[test]
+    fn end_to_end_headers_stay() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("svc"));
+        h.insert("x-keep-alive-ish", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
+}

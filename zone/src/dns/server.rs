@@ -76,6 +76,21 @@ pub struct DnsSockets {
 impl DnsSockets {
     /// Binds UDP and TCP on `addr`. With port 0, TCP takes the port UDP got.
     pub async fn bind(addr: SocketAddr) -> Result<Self, DnsError> {
+        // With port 0 the kernel picks a free UDP port, and the same TCP port may be taken by
+        // some other connection: pick again rather than fail (a few times, then say so).
+        let attempts = if addr.port() == 0 { BIND_ATTEMPTS } else { 1 };
+        let mut attempt = 1;
+        loop {
+            match Self::bind_once(addr).await {
+                Err(DnsError::Bind { source, .. })
+                    if attempt < attempts && source.kind() == io::ErrorKind::AddrInUse => {}
+                result => return result,
+            }
+            attempt += 1;
+        }
+    }
+
+    async fn bind_once(addr: SocketAddr) -> Result<Self, DnsError> {
         let udp = UdpSocket::bind(addr)
             .await
             .map_err(|source| DnsError::Bind {
@@ -103,6 +118,9 @@ impl DnsSockets {
         self.udp.local_addr()
     }
 }
+
+/// How many port pairs [`DnsSockets::bind`] tries for port 0.
+const BIND_ATTEMPTS: u32 = 16;
 
 /// The DNS server's metrics, registered in the node's registry.
 #[derive(Debug, Clone)]

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -810,14 +810,7 @@ fn app_request(
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(app.clone());
-    // Shared with the request's own URI, not copied.
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+    uri.path_and_query = Some(crate::headers::path_and_query(&parts.uri));
     let authority = parts.uri.authority().cloned();
     parts.uri = Uri::from_parts(uri).map_err(|e| format!("cannot build the app URI: {e}"))?;
     parts.version = Version::HTTP_11;

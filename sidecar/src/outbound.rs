@@ -81,7 +81,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
@@ -1269,14 +1269,7 @@ fn upstream_request(parts: &http::request::Parts, body: Body) -> Result<Request<
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(authority);
-    // Shared with the app's request URI, not copied.
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+    uri.path_and_query = Some(crate::headers::path_and_query(&parts.uri));
     let uri = Uri::from_parts(uri).map_err(|e| invalid(e.into()))?;
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();

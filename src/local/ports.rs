@@ -15,18 +15,42 @@ pub enum PortsError {
     ZoneIndexOutOfRange { index: usize, max: usize },
 }
 
+/// Where [`free_loopback_ports`] looks: below Linux's ephemeral range (32768-60999 by default).
+/// A port in that range that a process is restarted on can be taken meanwhile by a client
+/// reconnecting to it: the kernel may pick the very same number as the client's own port, and
+/// a TCP connection from a port to itself succeeds (simultaneous open), holding the port.
+/// Tests that kill and restart processes hit exactly that.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
 /// `n` distinct free TCP ports on 127.0.0.1, as socket addresses.
 ///
-/// Each comes from binding `127.0.0.1:0`; all are held until the last is bound (so they are
-/// distinct) and then released for the processes to bind. Between that release and a process
-/// binding its port, another program may take it: a small race. Callers therefore confirm
-/// every process is listening (`supervisor::wait_ready`), which turns a lost race into a clear
-/// "address in use" in that process's log rather than a silent misrouting.
+/// Each is bound to check it is free, from a pseudo-random start in [`PORT_RANGE`] (so two
+/// federations started at once rarely probe the same ports), else from `127.0.0.1:0`; all are
+/// held until the last is bound (so they are distinct) and then released for the processes to
+/// bind. Between that release and a process binding its port, another program may take it: a
+/// small race. Callers therefore confirm every process is listening
+/// (`supervisor::wait_ready`), which turns a lost race into a clear "address in use" in that
+/// process's log rather than a silent misrouting.
 pub fn free_loopback_ports(n: usize) -> Result<Vec<SocketAddr>, PortsError> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(PortsError::Bind)?;
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let start = u16::try_from(seed % u32::from(span)).unwrap_or(0);
+    let mut listeners = Vec::with_capacity(n);
+    for offset in 0..span {
+        if listeners.len() == n {
+            break;
+        }
+        let port = PORT_RANGE.start + (start + offset) % span;
+        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            listeners.push(listener);
+        }
+    }
+    while listeners.len() < n {
+        listeners.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(PortsError::Bind)?);
+    }
     listeners
         .iter()
         .map(TcpListener::local_addr)
@@ -78,7 +102,10 @@ mod tests {
         assert_eq!(distinct.len(), 8, "{addrs:?}");
         for addr in &addrs {
             assert!(addr.ip().is_loopback());
-            assert_ne!(addr.port(), 0);
+            assert!(
+                PORT_RANGE.contains(&addr.port()),
+                "{addr} is not below the ephemeral range"
+            );
         }
         // Released: a process can bind one straight away.
         let first = addrs.first().ok_or("no port")?;

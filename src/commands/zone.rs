@@ -197,10 +197,10 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     strait_observe::init_tracing("zone");
     let config = args.config()?;
-    let grpc = tokio::net::TcpListener::bind(config.listen)
+    let grpc = bind_when_free(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin_listen)
+    let admin = bind_when_free(config.admin_listen)
         .await
         .with_context(|| format!("binding {}", config.admin_listen))?;
     let dns = match config.dns {
@@ -210,4 +210,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     strait_zone::node::run_with_dns(config, grpc, admin, dns, super::global::shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// How long a restarted zone waits for its own addresses to be released.
+const BIND_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Binds `addr`, waiting up to [`BIND_PATIENCE`] while it is in use: right after a zone
+/// control plane is killed and restarted, connections of the old process can keep its port
+/// taken for a moment, and a supervisor restarting it at once should not see it fail.
+async fn bind_when_free(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + BIND_PATIENCE;
+    let mut said = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    tracing::warn!(%addr, "address in use; waiting for it to be released");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
 }

@@ -468,7 +468,8 @@ mod tests {
             .unwrap();
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow_and_update(), trust.current().to_pem());
-        // Unchanged: no publication.
+        // Unchanged: no publication. Time is the condition (paused clock: three checks pass
+        // instantly), since the absence of a publication has no event to wait for.
         tokio::time::sleep(TRUST_STORE_CHECK * 3).await;
         assert!(!rx.has_changed().unwrap());
         let _ = stop_tx.send(());

@@ -1272,6 +1272,8 @@ mod https_tests {
         let third = ca.serving();
         let later = std::time::SystemTime::now() + Duration::from_secs(5);
         replace_file(&webhook.dir.path().join("tls.crt"), &third.cert_pem, later);
+        // Time is the condition: six of the server's 50 ms file checks pass without the
+        // mismatched pair being taken (nothing observable happens when it is refused).
         tokio::time::sleep(Duration::from_millis(300)).await;
         let exchange = request_once(webhook.addr, ca.client(&[b"h2"]))
             .await

@@ -51,13 +51,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use strait_proto as pb;
@@ -68,6 +66,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::app_pool::AppPool;
 use crate::authz::{InboundAuthz, Reason, TlsMode};
 use crate::discovery::Control;
 use crate::headers::{self as names, strip_hop_by_hop};
@@ -96,6 +95,8 @@ const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pooled app connections idle longer than this are closed.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most this many idle app connections are kept (more are opened under bursts and closed).
+const POOL_MAX_IDLE: usize = 64;
 /// How long open connections may finish after shutdown before they are cut.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (e.g. out of file descriptors).
@@ -374,13 +375,8 @@ pub async fn serve(
 ) -> Result<(), InboundError> {
     let tls = Arc::new(server_tls(&ctx.creds, &ctx.trust)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(APP_CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(connector);
+    let client =
+        app.map(|app| AppPool::new(app, APP_CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE));
     let shared = Arc::new(Shared {
         ctx,
         app,
@@ -437,7 +433,8 @@ struct Shared {
     /// `app` as the authority of the requests to it, made once (`None` if it cannot be one,
     /// which every request then reports).
     app_authority: Option<Authority>,
-    client: Client<HttpConnector, Incoming>,
+    /// Connections to `app` (`None` with no app).
+    client: Option<Arc<AppPool<Incoming>>>,
     authz: AuthzCache,
     rate_limit: RateLimiter,
 }
@@ -679,7 +676,10 @@ impl Origin {
 /// One HTTP request: authorize, forward to the app, stream the response back.
 async fn handle(shared: &Shared, request: Request<Incoming>, origin: &Origin) -> Response<Body> {
     let start = Instant::now();
-    let span = tracing::info_span!(
+    // At debug level: an enabled span costs every request its formatted fields (~8 % of the
+    // sidecar's user CPU at 1,000 requests/s, docs/benchmarks.md "Sidecar"), so the few info
+    // events of a request carry its caller themselves.
+    let span = tracing::debug_span!(
         "inbound",
         peer = %origin.peer,
         caller = origin.caller.as_deref().unwrap_or("plaintext"),
@@ -719,7 +719,7 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
             .is_ok_and(|a| a.tls_mode.allows_plaintext())
     {
         // A plaintext connection from before the mode went back to STRICT.
-        tracing::info!("plaintext request refused: MeshTLS is STRICT");
+        tracing::info!(peer = %origin.peer, path = request.uri().path(), "plaintext request refused: MeshTLS is STRICT");
         let mut response = error_response(
             StatusCode::FORBIDDEN,
             "plaintext-refused",
@@ -741,7 +741,7 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
         },
     );
     if let Err(reason) = decision {
-        tracing::info!(%reason, "request denied by TrafficPermission");
+        tracing::info!(peer = %origin.peer, caller, method = %request.method(), path = request.uri().path(), %reason, "request denied by TrafficPermission");
         return error_response(
             StatusCode::FORBIDDEN,
             "denied",
@@ -756,7 +756,7 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
             "too many requests: RateLimit\n",
         );
     }
-    let Some(app) = shared.app else {
+    let (Some(app), Some(client)) = (shared.app, shared.client.as_ref()) else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "app-unavailable",
@@ -770,18 +770,18 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
     ) {
         Ok(r) => r,
         Err(reason) => {
-            tracing::info!(%reason, "request refused");
+            tracing::info!(peer = %origin.peer, caller, %reason, "request refused");
             return error_response(StatusCode::BAD_REQUEST, "bad-request", "bad request\n");
         }
     };
-    match shared.client.request(upstream).await {
+    match client.send(upstream).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
         }
         Err(err) if err.is_connect() => {
-            tracing::info!(%app, %err, "the app is unreachable");
+            tracing::info!(%app, %err, caller, "the app is unreachable");
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "app-unavailable",
@@ -789,17 +789,18 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
             )
         }
         Err(err) => {
-            tracing::info!(%app, %err, "the app failed the request");
+            tracing::info!(%app, %err, caller, "the app failed the request");
             error_response(StatusCode::BAD_GATEWAY, "app-error", "the app failed\n")
         }
     }
 }
 
-/// The request as the app gets it: absolute `http://APP/path?query` over HTTP/1.1, hop-by-hop
-/// headers removed, the caller's verified identity in [`PEER_IDENTITY_HEADER`] (whatever the
-/// caller sent there is dropped; a plaintext caller, `None`, gets no header at all), `Host`
-/// kept (or taken from an HTTP/2 `:authority`). `app` is the app's authority (`None`: it has
-/// none that is valid); `identity` the caller's header value (`None`: plaintext).
+/// The request as the app gets it: origin-form `/path?query` over HTTP/1.1, hop-by-hop headers
+/// removed, the caller's verified identity in [`PEER_IDENTITY_HEADER`] (whatever the caller
+/// sent there is dropped; a plaintext caller, `None`, gets no header at all), `Host` kept, or
+/// taken from an HTTP/2 `:authority`, or else the app's address. `app` is the app's authority
+/// (`None`: it has none that is valid); `identity` the caller's header value (`None`:
+/// plaintext).
 fn app_request(
     request: Request<Incoming>,
     app: Option<&Authority>,
@@ -807,19 +808,15 @@ fn app_request(
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = request.into_parts();
     let app = app.ok_or("cannot build the app URI: the app's address is no authority")?;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(app.clone());
-    uri.path_and_query = Some(crate::headers::path_and_query(&parts.uri));
     let authority = parts.uri.authority().cloned();
-    parts.uri = Uri::from_parts(uri).map_err(|e| format!("cannot build the app URI: {e}"))?;
+    parts.uri = Uri::from(crate::headers::path_and_query(&parts.uri));
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = authority
-        && let Ok(value) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, value);
+    if !parts.headers.contains_key(header::HOST) {
+        let host = authority.as_ref().unwrap_or(app);
+        if let Ok(value) = HeaderValue::from_str(host.as_str()) {
+            parts.headers.insert(header::HOST, value);
+        }
     }
     match identity {
         Some(identity) => {

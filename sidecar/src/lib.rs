@@ -11,13 +11,15 @@
 //! IO around it:
 //! - [`config`]: the sidecar's own settings; [`identity`]: bootstrap and renewal of its
 //!   certificate; [`discovery`]: the config stream from the zone;
-//! - [`inbound`]: mTLS termination, authorization and forwarding to the app;
+//! - [`inbound`]: mTLS termination, authorization and forwarding to the app ([`app_pool`]: its
+//!   connections to the app);
 //! - [`outbound`]: listeners on service VIPs, routing, balancing and retries to other sidecars;
 //! - [`capture`]: the iptables rules of `strait sidecar init` (traffic capture in a pod);
 //! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`]: the demo workload;
 //! - [`run`]: the whole sidecar on listeners passed in, until shutdown.
 
 pub mod admin;
+pub mod app_pool;
 pub mod authz;
 pub mod capture;
 pub mod config;

@@ -1047,7 +1047,9 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
-    let span = tracing::info_span!(
+    // At debug level, like the inbound one: the few info events of a request name their
+    // service themselves.
+    let span = tracing::debug_span!(
         "outbound",
         service = key,
         method = %request.method(),
@@ -1389,7 +1391,7 @@ async fn send_with_retries(
                 .ejections
                 .with_label_values(&[service.name.as_str()])
                 .inc();
-            tracing::info!(target = ?key, times = ejection.times, cause = ?ejection.cause, "target ejected");
+            tracing::info!(service = %service.name, target = ?key, times = ejection.times, cause = ?ejection.cause, "target ejected");
         }
         let zone = zone_label(&target);
         let response = match response {
@@ -1560,7 +1562,7 @@ async fn try_once(
     let request = match upstream_request(parts, request_body) {
         Ok(r) => r,
         Err(reason) => {
-            tracing::info!(%reason, "request refused");
+            tracing::info!(service = name, %reason, "request refused");
             return (
                 Outcome::Response(400),
                 Some(error_response(StatusCode::BAD_REQUEST, "bad-request")),

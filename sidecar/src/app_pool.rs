@@ -23,6 +23,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Why a request did not reach the app, or got no answer.
@@ -52,12 +53,21 @@ pub struct AppPool<B> {
     max_idle: usize,
     /// Most recently used last: checkouts take the warmest connection.
     idle: Mutex<Vec<Idle<B>>>,
+    /// Wakes the expiry task when a connection goes idle (and when the pool is dropped).
+    went_idle: Arc<Notify>,
 }
 
 #[derive(Debug)]
 struct Idle<B> {
     sender: SendRequest<B>,
     since: Instant,
+}
+
+impl<B> Idle<B> {
+    /// Still open and idle for less than `timeout` at `now`.
+    fn usable(&self, now: Instant, timeout: Duration) -> bool {
+        !self.sender.is_closed() && now < self.since + timeout
+    }
 }
 
 impl<B> AppPool<B>
@@ -80,8 +90,9 @@ where
             idle_timeout,
             max_idle,
             idle: Mutex::new(Vec::new()),
+            went_idle: Arc::new(Notify::new()),
         });
-        tokio::spawn(expire(Arc::downgrade(&pool)));
+        tokio::spawn(expire(Arc::downgrade(&pool), pool.went_idle.clone()));
         pool
     }
 
@@ -131,7 +142,7 @@ where
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         while let Some(entry) = idle.pop() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
+            if entry.usable(now, self.idle_timeout) {
                 return Some(entry.sender);
             }
         }
@@ -176,25 +187,39 @@ impl<B> AppPool<B> {
                 sender,
                 since: Instant::now(),
             });
+            if idle.len() == 1 {
+                // The expiry task sleeps with nothing to expire: it has a deadline now.
+                self.went_idle.notify_one();
+            }
         }
     }
 }
 
-/// Closes idle connections past their timeout while the pool lives.
-async fn expire<B: Send + 'static>(pool: Weak<AppPool<B>>) {
+impl<B> Drop for AppPool<B> {
+    fn drop(&mut self) {
+        // The expiry task may be waiting for a connection that will never come.
+        self.went_idle.notify_one();
+    }
+}
+
+/// Closes idle connections when their idle timeout passes, while the pool lives: sleeps until
+/// the oldest one expires, or until a connection goes idle when there is none.
+async fn expire<B: Send + 'static>(pool: Weak<AppPool<B>>, went_idle: Arc<Notify>) {
     loop {
-        let every = match pool.upgrade() {
-            Some(pool) => {
-                let now = Instant::now();
-                let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.retain(|e| {
-                    !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
-                });
-                pool.idle_timeout / 2
-            }
-            None => return,
+        let next = {
+            let Some(pool) = pool.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.retain(|e| e.usable(now, pool.idle_timeout));
+            // Oldest first: entries are pushed as they go idle.
+            idle.first().map(|e| e.since + pool.idle_timeout)
         };
-        tokio::time::sleep(every.max(Duration::from_millis(100))).await;
+        match next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => went_idle.notified().await,
+        }
     }
 }
 
@@ -374,8 +399,16 @@ mod tests {
         let (addr, accepted) = app(usize::MAX).await;
         let pool = AppPool::new(addr, Duration::from_secs(2), Duration::from_millis(50), 8);
         get(&pool, "/").await.expect("answer");
-        // Time is the condition here: the idle connection must outlive its timeout.
-        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(pool.idle_count(), 1);
+        // The expiry task closes it once its idle timeout has passed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.idle_count() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the idle connection never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         get(&pool, "/").await.expect("answer");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }

@@ -468,8 +468,9 @@ mod tests {
             .unwrap();
         rx.changed().await.unwrap();
         assert_eq!(*rx.borrow_and_update(), trust.current().to_pem());
-        // Unchanged: no publication. Time is the condition (paused clock: three checks pass
-        // instantly), since the absence of a publication has no event to wait for.
+        // Unchanged: no publication. On the paused clock this sleep returns once the three
+        // checks due in it have run (the clock moves only when every task is idle), so it
+        // waits for those checks, not for wall-clock time.
         tokio::time::sleep(TRUST_STORE_CHECK * 3).await;
         assert!(!rx.has_changed().unwrap());
         let _ = stop_tx.send(());
@@ -625,7 +626,11 @@ mod tests {
         writes
     }
 
-    /// No write for a while (the writer is settled, or must not write).
+    /// Nothing written by the passes that the last change made due (the writer is settled,
+    /// or must not write). On the paused clock of these tests, a sleep returns only once every
+    /// task is idle and the clock has reached its end: the pass due one coalescing period
+    /// after the change has run to completion, with its API calls, before this looks. So this
+    /// waits for that pass, not for wall-clock time.
     async fn no_writes(cluster: &Mutex<Cluster>) -> bool {
         tokio::time::sleep(COALESCE * 3).await;
         cluster.lock().unwrap().writes.is_empty()
@@ -640,7 +645,7 @@ mod tests {
         })
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_leader_keeps_the_bundle_in_every_labelled_namespace() {
         let (client, server) = fake_api::client();
         let to_value = |v: &ConfigMap| serde_json::to_value(v).unwrap();

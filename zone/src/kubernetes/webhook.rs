@@ -536,6 +536,8 @@ struct ReloadingCert {
         Option<std::time::SystemTime>,
         Arc<rustls::sign::CertifiedKey>,
     )>,
+    /// Reads of changed files that were refused (unreadable, or a half-written renewal).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 fn load_certified_key(
@@ -587,6 +589,7 @@ impl ReloadingCert {
             cert,
             key,
             current: std::sync::RwLock::new((stamp, loaded)),
+            refused: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -606,6 +609,8 @@ impl ReloadingCert {
                 tracing::info!(cert = %self.cert.display(), "webhook certificate reloaded");
             }
             Err(err) => {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(%err, "webhook certificate not reloaded; keeping the old one")
             }
         }
@@ -629,14 +634,15 @@ const CERT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// re-read when the certificate changes (checked every 30 s), so a renewed certificate is
 /// served to new connections without a restart.
 pub fn tls_config(cert: PathBuf, key: PathBuf) -> Result<Arc<rustls::ServerConfig>, WebhookError> {
-    tls_config_checking_every(cert, key, CERT_CHECK_INTERVAL)
+    tls_config_checking_every(cert, key, CERT_CHECK_INTERVAL).map(|(config, _)| config)
 }
 
+/// [`tls_config`] checking every `interval`; also the reloading certificate itself.
 fn tls_config_checking_every(
     cert: PathBuf,
     key: PathBuf,
     interval: std::time::Duration,
-) -> Result<Arc<rustls::ServerConfig>, WebhookError> {
+) -> Result<(Arc<rustls::ServerConfig>, Arc<ReloadingCert>), WebhookError> {
     let resolver = Arc::new(ReloadingCert::load(cert, key)?);
     let refresher = Arc::downgrade(&resolver);
     tokio::spawn(async move {
@@ -659,9 +665,9 @@ fn tls_config_checking_every(
         reason: e.to_string(),
     })?
     .with_no_client_auth()
-    .with_cert_resolver(resolver);
+    .with_cert_resolver(resolver.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), resolver))
 }
 
 /// Serves the injector on `listener` (HTTPS, any path: `POST` an `AdmissionReview`) until
@@ -945,6 +951,7 @@ mod https_tests {
     struct Webhook {
         addr: SocketAddr,
         dir: tempfile::TempDir,
+        cert: Arc<ReloadingCert>,
         _stop: tokio::sync::oneshot::Sender<()>,
     }
 
@@ -953,7 +960,7 @@ mod https_tests {
             let dir = tempfile::tempdir().unwrap();
             let webhook_dir = dir.path().to_owned();
             write_pair(&webhook_dir, serving);
-            let tls = tls_config_checking_every(
+            let (tls, cert) = tls_config_checking_every(
                 webhook_dir.join("tls.crt"),
                 webhook_dir.join("tls.key"),
                 check_every,
@@ -973,6 +980,7 @@ mod https_tests {
             Self {
                 addr,
                 dir,
+                cert,
                 _stop: stop,
             }
         }
@@ -1272,9 +1280,19 @@ mod https_tests {
         let third = ca.serving();
         let later = std::time::SystemTime::now() + Duration::from_secs(5);
         replace_file(&webhook.dir.path().join("tls.crt"), &third.cert_pem, later);
-        // Time is the condition: six of the server's 50 ms file checks pass without the
-        // mismatched pair being taken (nothing observable happens when it is refused).
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while webhook
+            .cert
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the mismatched pair was not looked at within 5s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let exchange = request_once(webhook.addr, ca.client(&[b"h2"]))
             .await
             .unwrap();

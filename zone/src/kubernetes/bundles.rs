@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::kubernetes::imports::{MANAGED_BY, MANAGED_BY_LABEL};
-use crate::kubernetes::source::watch_stream_with;
+use crate::kubernetes::source::watch_stream;
 use crate::kubernetes::status::FIELD_MANAGER;
 use crate::kubernetes::webhook::INJECT_KEY;
 
@@ -221,13 +221,13 @@ pub async fn run(
     let (namespaces, namespaces_w) = reflector::store::<Namespace>();
     let (configmaps, configmaps_w) = reflector::store::<ConfigMap>();
     let streams = vec![
-        watch_stream_with(
+        watch_stream(
             Api::<Namespace>::all(client.clone()),
             watcher::Config::default().labels(&format!("{INJECT_LABEL}={INJECT_ENABLED}")),
             namespaces_w,
             |ns| ns.metadata.managed_fields = None,
         ),
-        watch_stream_with(
+        watch_stream(
             Api::<ConfigMap>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={CONFIGMAP_NAME}")),
             configmaps_w,

@@ -492,26 +492,9 @@ fn trim_pod(pod: &mut Pod) {
     });
 }
 
-/// One watch as a stream of "the cache changed" (`true` once its first list is complete).
-fn watch_stream<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    modify: impl FnMut(&mut K) + Send + 'static,
-) -> futures::stream::BoxStream<'static, Result<bool, watcher::Error>>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    watch_stream_with(api, watcher::Config::default(), writer, modify)
-}
-
-/// [`watch_stream`] with a label or field selector.
-pub(crate) fn watch_stream_with<K>(
+/// One watch, with a label or field selector in `config`, as a stream of "the cache changed"
+/// (`true` once its first list is complete).
+pub(crate) fn watch_stream<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
@@ -570,12 +553,32 @@ pub async fn run_with_gateways(
         exports,
     };
     let streams = vec![
-        watch_stream(Api::<Service>::all(client.clone()), services_w, |_| {}),
-        watch_stream(Api::<EndpointSlice>::all(client.clone()), slices_w, |s| {
-            s.metadata.managed_fields = None;
-        }),
-        watch_stream(Api::<Pod>::all(client.clone()), pods_w, trim_pod),
-        watch_stream(Api::<ServiceExport>::all(client), exports_w, |_| {}),
+        watch_stream(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            services_w,
+            |_| {},
+        ),
+        watch_stream(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+            slices_w,
+            |s| {
+                s.metadata.managed_fields = None;
+            },
+        ),
+        watch_stream(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            pods_w,
+            trim_pod,
+        ),
+        watch_stream(
+            Api::<ServiceExport>::all(client),
+            watcher::Config::default(),
+            exports_w,
+            |_| {},
+        ),
     ];
     let kinds = ["Service", "EndpointSlice", "Pod", "ServiceExport"];
     let mut events = futures::stream::select_all(

@@ -109,6 +109,67 @@ async fn serve_watches(
     }
 }
 
+/// `source` running against [`serve_watches`] over `objects`, and what the tests read.
+struct RunningSource {
+    inventory: watch::Receiver<Arc<LocalInventory>>,
+    cluster: watch::Receiver<Option<Arc<ClusterState>>>,
+    /// Each watch the source opens: its resource (plural) and the sender of its events.
+    watches: mpsc::UnboundedReceiver<(String, mpsc::Sender<Value>)>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    source: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RunningSource {
+    /// Starts the source (with `gateways`, reading the zone's gateway pods too).
+    fn start(
+        objects: HashMap<&'static str, (&'static str, &'static str, Vec<Value>)>,
+        gateways: Option<source::GatewayPods>,
+    ) -> Self {
+        let (client, server) = fake_api::client();
+        let (watches_tx, watches) = mpsc::unbounded_channel();
+        let server = tokio::spawn(serve_watches(server, objects, watches_tx));
+        let (inventory_tx, inventory) = watch::channel(Arc::new(LocalInventory::default()));
+        let (cluster_tx, cluster) = watch::channel(None);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let source = tokio::spawn(source::run_with_gateways(
+            client,
+            settings(),
+            gateways,
+            inventory_tx,
+            cluster_tx,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            inventory,
+            cluster,
+            watches,
+            stop,
+            source,
+            server,
+        }
+    }
+
+    /// The next watch the source opens.
+    async fn next_watch(&mut self) -> (String, mpsc::Sender<Value>) {
+        tokio::time::timeout(Duration::from_secs(5), self.watches.recv())
+            .await
+            .expect("a watch within 5s")
+            .expect("server alive")
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), self.source)
+            .await
+            .expect("the source stops")
+            .unwrap();
+        self.server.abort();
+    }
+}
+
 impl ApiServer {
     /// The next request, or `None` once the client is gone or quiet for a while.
     async fn next_loop(&mut self) -> Option<fake_api::Call> {
@@ -134,7 +195,6 @@ fn totals(inventory: &LocalInventory) -> Vec<(String, u32, u32)> {
 
 #[tokio::test]
 async fn service_endpoint_slice_and_export_become_the_exported_inventory_until_unexported() {
-    let (client, server) = fake_api::client();
     let echo_export = serde_json::to_value(export("demo", "echo")).unwrap();
     let objects = HashMap::from([
         (
@@ -204,27 +264,13 @@ async fn service_endpoint_slice_and_export_become_the_exported_inventory_until_u
             ),
         ),
     ]);
-    let (watches_tx, mut watches_rx) = mpsc::unbounded_channel();
-    let server_task = tokio::spawn(serve_watches(server, objects, watches_tx));
+    let mut running = RunningSource::start(objects, None);
 
-    let (inventory_tx, mut inventory) = watch::channel(Arc::new(LocalInventory::default()));
-    let (cluster_tx, mut cluster) = watch::channel(None);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let source_task = tokio::spawn(source::run(
-        client,
-        settings(),
-        inventory_tx,
-        cluster_tx,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-
-    wait_for(&mut inventory, "demo/echo to be exported", |inv| {
+    wait_for(&mut running.inventory, "demo/echo to be exported", |inv| {
         !inv.instances.is_empty()
     })
     .await;
-    let now = inventory.borrow().clone();
+    let now = running.inventory.borrow().clone();
     assert_eq!(totals(&now), [("demo/echo".to_owned(), 2, 3)]);
     let echo = &now.instances[&ServiceKey {
         namespace: "demo".into(),
@@ -238,27 +284,26 @@ async fn service_endpoint_slice_and_export_become_the_exported_inventory_until_u
     assert_eq!(echo["echo-a"].labels["app"], "echo");
     assert_eq!(echo["echo-c"].locality.subzone, "z2");
     // The writers get the listed cluster too.
-    wait_for(&mut cluster, "the cluster state", Option::is_some).await;
-    assert_eq!(cluster.borrow().as_ref().unwrap().exports.len(), 1);
+    wait_for(&mut running.cluster, "the cluster state", Option::is_some).await;
+    assert_eq!(running.cluster.borrow().as_ref().unwrap().exports.len(), 1);
 
     // Every kind is watched; the ServiceExport is deleted.
     let mut streams = HashMap::new();
     while streams.len() < 4 {
-        let (plural, tx) = tokio::time::timeout(Duration::from_secs(5), watches_rx.recv())
-            .await
-            .expect("four watches")
-            .expect("server alive");
+        let (plural, tx) = running.next_watch().await;
         streams.insert(plural, tx);
     }
     streams["serviceexports"]
         .send(json!({"type": "DELETED", "object": echo_export}))
         .await
         .unwrap();
-    wait_for(&mut inventory, "demo/echo to be unexported", |inv| {
-        inv.instances.is_empty()
-    })
+    wait_for(
+        &mut running.inventory,
+        "demo/echo to be unexported",
+        |inv| inv.instances.is_empty(),
+    )
     .await;
-    assert!(inventory.borrow().exported_services().is_empty());
+    assert!(running.inventory.borrow().exported_services().is_empty());
 
     // An endpoint becomes ready while the service is exported again.
     streams["serviceexports"]
@@ -281,22 +326,16 @@ async fn service_endpoint_slice_and_export_become_the_exported_inventory_until_u
         .send(json!({"type": "MODIFIED", "object": ready}))
         .await
         .unwrap();
-    wait_for(&mut inventory, "3 of 3 healthy", |inv| {
+    wait_for(&mut running.inventory, "3 of 3 healthy", |inv| {
         totals(inv) == [("demo/echo".to_owned(), 3, 3)]
     })
     .await;
 
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(5), source_task)
-        .await
-        .expect("the source stops")
-        .unwrap();
-    server_task.abort();
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn gateway_pods_become_the_inventorys_gateways_healthy_while_ready() {
-    let (client, server) = fake_api::client();
     let gw = |ready: bool, version: &str| {
         let mut pod = gateway_pod(
             "strait-system",
@@ -349,28 +388,14 @@ async fn gateway_pods_become_the_inventorys_gateways_healthy_while_ready() {
             ("ServiceExport", "multicluster.x-k8s.io/v1alpha1", vec![]),
         ),
     ]);
-    let (watches_tx, mut watches_rx) = mpsc::unbounded_channel();
-    let server_task = tokio::spawn(serve_watches(server, objects, watches_tx));
-    let (inventory_tx, mut inventory) = watch::channel(Arc::new(LocalInventory::default()));
-    let (cluster_tx, _cluster) = watch::channel(None);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let source_task = tokio::spawn(source::run_with_gateways(
-        client,
-        settings(),
-        Some(gateway_settings()),
-        inventory_tx,
-        cluster_tx,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let mut running = RunningSource::start(objects, Some(gateway_settings()));
 
-    wait_for(&mut inventory, "the gateway", |inv| {
+    wait_for(&mut running.inventory, "the gateway", |inv| {
         !inv.gateways.is_empty()
     })
     .await;
     {
-        let now = inventory.borrow();
+        let now = running.inventory.borrow();
         assert_eq!(now.gateways.keys().collect::<Vec<_>>(), ["gw-a"]);
         assert_eq!(now.local_gateway_addresses(), ["10.2.0.7:7601"]);
         let announced: Vec<_> = now
@@ -382,10 +407,7 @@ async fn gateway_pods_become_the_inventorys_gateways_healthy_while_ready() {
     }
 
     let pods = loop {
-        let (plural, tx) = tokio::time::timeout(Duration::from_secs(5), watches_rx.recv())
-            .await
-            .expect("the pod watch")
-            .expect("server alive");
+        let (plural, tx) = running.next_watch().await;
         if plural == "pods" {
             break tx;
         }
@@ -394,34 +416,37 @@ async fn gateway_pods_become_the_inventorys_gateways_healthy_while_ready() {
     pods.send(json!({"type": "MODIFIED", "object": gw(false, "2")}))
         .await
         .unwrap();
-    wait_for(&mut inventory, "the gateway to be unhealthy", |inv| {
-        inv.gateways.get("gw-a").is_some_and(|g| !g.healthy)
-    })
+    wait_for(
+        &mut running.inventory,
+        "the gateway to be unhealthy",
+        |inv| inv.gateways.get("gw-a").is_some_and(|g| !g.healthy),
+    )
     .await;
-    assert!(inventory.borrow().local_gateway_addresses().is_empty());
-    assert!(inventory.borrow().gateway_endpoints().is_empty());
+    assert!(
+        running
+            .inventory
+            .borrow()
+            .local_gateway_addresses()
+            .is_empty()
+    );
+    assert!(running.inventory.borrow().gateway_endpoints().is_empty());
     // Ready again, then gone.
     pods.send(json!({"type": "MODIFIED", "object": gw(true, "3")}))
         .await
         .unwrap();
-    wait_for(&mut inventory, "the gateway to be healthy", |inv| {
+    wait_for(&mut running.inventory, "the gateway to be healthy", |inv| {
         inv.gateways.get("gw-a").is_some_and(|g| g.healthy)
     })
     .await;
     pods.send(json!({"type": "DELETED", "object": gw(true, "4")}))
         .await
         .unwrap();
-    wait_for(&mut inventory, "the gateway to be gone", |inv| {
+    wait_for(&mut running.inventory, "the gateway to be gone", |inv| {
         inv.gateways.is_empty()
     })
     .await;
 
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(5), source_task)
-        .await
-        .expect("the source stops")
-        .unwrap();
-    server_task.abort();
+    running.stop().await;
 }
 
 // === ServiceImports ===

@@ -654,11 +654,8 @@ fn compose(mut registered: LocalInventory, workloads: Option<&InventoryWatch>) -
     if let Some(workloads) = workloads {
         let cluster = workloads.borrow();
         registered.instances = cluster.instances.clone();
-        let mut gateways = cluster.gateways.clone();
-        for (name, gateway) in std::mem::take(&mut registered.gateways) {
-            gateways.entry(name).or_insert(gateway);
-        }
-        registered.gateways = gateways;
+        // The cluster's entry wins over a registration of the same gateway.
+        registered.gateways.extend(cluster.gateways.clone());
     }
     registered
 }

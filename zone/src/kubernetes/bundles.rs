@@ -41,7 +41,7 @@ use strait_trust::TrustStore;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::kubernetes::imports::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::kubernetes::imports::{MANAGED_BY, MANAGED_BY_LABEL, is_managed};
 use crate::kubernetes::source::watch_stream;
 use crate::kubernetes::status::FIELD_MANAGER;
 use crate::kubernetes::webhook::INJECT_KEY;
@@ -105,14 +105,6 @@ fn is_served(namespace: &Namespace) -> bool {
     labelled && !terminating
 }
 
-/// Whether the zone created `configmap` (and may therefore change it).
-pub fn is_managed(configmap: &ConfigMap) -> bool {
-    configmap
-        .labels()
-        .get(MANAGED_BY_LABEL)
-        .is_some_and(|v| v == MANAGED_BY)
-}
-
 /// The ConfigMap the zone creates in `namespace`.
 pub fn configmap(namespace: &str, bundle: &str) -> ConfigMap {
     ConfigMap {
@@ -158,7 +150,7 @@ pub fn plan(
             None => out
                 .actions
                 .push(BundleAction::Create(configmap(namespace, bundle))),
-            Some(current) if !is_managed(current) => {
+            Some(current) if !is_managed(*current) => {
                 out.foreign.insert(namespace.to_owned());
             }
             Some(current) => {

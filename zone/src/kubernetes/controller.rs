@@ -236,7 +236,7 @@ where
         "kubernetes mode: watching Services, EndpointSlices, Pods (workloads and this zone's gateways) and ServiceExports"
     );
     let tasks = vec![
-        tokio::spawn(source::run_with_gateways(
+        tokio::spawn(source::run(
             client.clone(),
             context.source.clone(),
             Some(source::GatewayPods {

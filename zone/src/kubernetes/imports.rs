@@ -123,13 +123,12 @@ pub fn desired(
     out
 }
 
-/// Whether the zone created this import.
-pub fn is_managed(import: &ServiceImport) -> bool {
-    import
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
+/// Whether the zone created `object` (an import, the trust bundle's ConfigMap), and may
+/// therefore change or delete it.
+pub fn is_managed(object: &impl kube::ResourceExt) -> bool {
+    object
+        .labels()
+        .get(MANAGED_BY_LABEL)
         .is_some_and(|v| v == MANAGED_BY)
 }
 
@@ -159,7 +158,7 @@ pub fn plan(
     let mut foreign = Vec::new();
     for (key, want) in desired {
         match existing.get(key) {
-            Some(current) if !is_managed(current) => foreign.push(key.clone()),
+            Some(current) if !is_managed(*current) => foreign.push(key.clone()),
             Some(current) => {
                 if current.spec != want.spec {
                     actions.push(ImportAction::Apply(import_object(key, want)));
@@ -175,7 +174,7 @@ pub fn plan(
         }
     }
     for (key, current) in &existing {
-        if is_managed(current) && !desired.contains_key(key) {
+        if is_managed(*current) && !desired.contains_key(key) {
             actions.push(ImportAction::Delete(key.clone()));
         }
     }

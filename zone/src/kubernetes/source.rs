@@ -23,7 +23,7 @@
 //!
 //! # Gateways
 //!
-//! With [`GatewayPods`] (see [`run_with_gateways`]), the zone's east-west gateways come from the
+//! With [`GatewayPods`] (see [`run`]), the zone's east-west gateways come from the
 //! cluster as well, so that every control plane replica sees every gateway, whichever replica
 //! the gateway happens to stream its config from. A gateway is a pod in the zone's own
 //! namespace labelled [`GATEWAY_LABEL`]` = ZONE` (pods elsewhere are ignored: whoever can create
@@ -394,10 +394,9 @@ pub fn gateway_instance(
         },
         std::net::SocketAddr::new(ip, local_port).to_string(),
         public_address,
-        format!(
-            "spiffe://{}/zone/{}/gateway",
-            settings.trust_domain, settings.zone
-        ),
+        strait_trust::SpiffeId::gateway(&settings.trust_domain, &settings.zone)
+            .map_err(|e| e.to_string())?
+            .to_string(),
     );
     gateway.healthy = is_ready(pod) && meta.deletion_timestamp.is_none();
     Ok(Some(gateway))
@@ -520,21 +519,9 @@ where
 /// Watches the cluster and publishes the inventory on `inventory` and the cached objects on
 /// `state` (the leader's status and import writers read them) until `stopped` completes.
 /// Watch errors are logged and retried with backoff: the last published inventory stays.
-/// The inventory has no gateways: they register with the discovery server (see
-/// [`run_with_gateways`]).
+/// With `gateway_pods` the inventory's gateways are the zone's gateway pods (see the module
+/// docs); without, it has none: they register with the discovery server.
 pub async fn run(
-    client: Client,
-    settings: SourceSettings,
-    inventory_tx: watch::Sender<Arc<LocalInventory>>,
-    state_tx: watch::Sender<Option<Arc<ClusterState>>>,
-    stopped: impl std::future::Future<Output = ()>,
-) {
-    run_with_gateways(client, settings, None, inventory_tx, state_tx, stopped).await;
-}
-
-/// [`run`], and with `gateways` the inventory's gateways are the zone's gateway pods (see the
-/// module docs).
-pub async fn run_with_gateways(
     client: Client,
     settings: SourceSettings,
     gateway_pods: Option<GatewayPods>,

@@ -132,7 +132,7 @@ impl RunningSource {
         let (inventory_tx, inventory) = watch::channel(Arc::new(LocalInventory::default()));
         let (cluster_tx, cluster) = watch::channel(None);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let source = tokio::spawn(source::run_with_gateways(
+        let source = tokio::spawn(source::run(
             client,
             settings(),
             gateways,

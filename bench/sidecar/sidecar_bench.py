@@ -55,10 +55,6 @@ def memory_kib(pid):
     return values
 
 
-def rss_kib(pid):
-    return memory_kib(pid)["VmRSS"]
-
-
 def machine_ticks():
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     with open("/proc/stat") as f:

@@ -13,7 +13,7 @@ pub(crate) const ERROR: HeaderName = HeaderName::from_static(crate::inbound::ERR
 pub(crate) const ZONE: HeaderName = HeaderName::from_static(crate::outbound::ZONE_HEADER);
 
 /// Hop-by-hop headers: about one connection, never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

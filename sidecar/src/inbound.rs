@@ -71,7 +71,7 @@ use crate::authz::{InboundAuthz, Reason, TlsMode};
 use crate::discovery::Control;
 use crate::headers::{self as names, strip_hop_by_hop};
 use crate::limits::idle::{self, DEFAULT_IDLE_TIMEOUT, PipeEnd};
-use crate::outbound::Sniff;
+use crate::outbound::{STATUS_CLASSES, Sniff, status_class_index};
 
 /// ALPN for HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -192,19 +192,6 @@ impl InboundMetrics {
             tcp,
             plaintext,
         })
-    }
-}
-
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// The index in [`STATUS_CLASSES`] of `status`'s class.
-fn status_class_index(status: StatusCode) -> usize {
-    match status.as_u16() {
-        100..=199 => 0,
-        200..=299 => 1,
-        300..=399 => 2,
-        400..=499 => 3,
-        _ => 4,
     }
 }
 
@@ -375,13 +362,13 @@ pub async fn serve(
 ) -> Result<(), InboundError> {
     let tls = Arc::new(server_tls(&ctx.creds, &ctx.trust)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let client =
-        app.map(|app| AppPool::new(app, APP_CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE));
     let shared = Arc::new(Shared {
         ctx,
-        app,
-        app_authority: app.and_then(|app| Authority::try_from(app.to_string()).ok()),
-        client,
+        app: app.map(|addr| App {
+            addr,
+            authority: Authority::try_from(addr.to_string()).ok(),
+            pool: AppPool::new(addr, APP_CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE),
+        }),
         authz: AuthzCache::default(),
         rate_limit: RateLimiter::default(),
     });
@@ -429,14 +416,20 @@ pub async fn serve(
 
 struct Shared {
     ctx: InboundContext,
-    app: Option<SocketAddr>,
-    /// `app` as the authority of the requests to it, made once (`None` if it cannot be one,
-    /// which every request then reports).
-    app_authority: Option<Authority>,
-    /// Connections to `app` (`None` with no app).
-    client: Option<Arc<AppPool<Incoming>>>,
+    /// `None`: a sidecar without an app.
+    app: Option<App>,
     authz: AuthzCache,
     rate_limit: RateLimiter,
+}
+
+/// The app this sidecar fronts.
+struct App {
+    addr: SocketAddr,
+    /// `addr` as the authority of the requests to it, made once (`None` if it cannot be one,
+    /// which every request then reports).
+    authority: Option<Authority>,
+    /// Connections to it.
+    pool: Arc<AppPool<Incoming>>,
 }
 
 /// The local `RateLimit` of this sidecar's service: one token bucket shared by every caller,
@@ -656,8 +649,8 @@ struct Origin {
     caller: Option<Arc<str>>,
     /// `caller` as the value of [`PEER_IDENTITY_HEADER`], or why it cannot be one.
     identity: Option<Result<HeaderValue, String>>,
-    /// The TCP peer as the request span shows it.
-    peer: String,
+    /// The TCP peer, for the request's span and log events.
+    peer: SocketAddr,
 }
 
 impl Origin {
@@ -668,7 +661,7 @@ impl Origin {
         Self {
             caller,
             identity,
-            peer: peer.to_string(),
+            peer,
         }
     }
 }
@@ -676,9 +669,9 @@ impl Origin {
 /// One HTTP request: authorize, forward to the app, stream the response back.
 async fn handle(shared: &Shared, request: Request<Incoming>, origin: &Origin) -> Response<Body> {
     let start = Instant::now();
-    // At debug level: an enabled span costs every request its formatted fields (~8 % of the
-    // sidecar's user CPU at 1,000 requests/s, docs/benchmarks.md "Sidecar"), so the few info
-    // events of a request carry its caller themselves.
+    // At debug level: an enabled span formats its fields for the log on every request,
+    // logged or not (docs/benchmarks.md "Sidecar"), so the few info events of a request carry
+    // its caller themselves.
     let span = tracing::debug_span!(
         "inbound",
         peer = %origin.peer,
@@ -756,32 +749,28 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
             "too many requests: RateLimit\n",
         );
     }
-    let (Some(app), Some(client)) = (shared.app, shared.client.as_ref()) else {
+    let Some(app) = &shared.app else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "app-unavailable",
             "this sidecar has no app\n",
         );
     };
-    let upstream = match app_request(
-        request,
-        shared.app_authority.as_ref(),
-        origin.identity.as_ref(),
-    ) {
+    let upstream = match app_request(request, app.authority.as_ref(), origin.identity.as_ref()) {
         Ok(r) => r,
         Err(reason) => {
             tracing::info!(peer = %origin.peer, caller, %reason, "request refused");
             return error_response(StatusCode::BAD_REQUEST, "bad-request", "bad request\n");
         }
     };
-    match client.send(upstream).await {
+    match app.pool.send(upstream).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
         }
         Err(err) if err.is_connect() => {
-            tracing::info!(%app, %err, caller, "the app is unreachable");
+            tracing::info!(app = %app.addr, %err, caller, "the app is unreachable");
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "app-unavailable",
@@ -789,7 +778,7 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
             )
         }
         Err(err) => {
-            tracing::info!(%app, %err, caller, "the app failed the request");
+            tracing::info!(app = %app.addr, %err, caller, "the app failed the request");
             error_response(StatusCode::BAD_GATEWAY, "app-error", "the app failed\n")
         }
     }
@@ -879,7 +868,7 @@ async fn tcp_pipe<IO>(
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
         return;
     }
-    let Some(app) = shared.app else {
+    let Some(app) = shared.app.as_ref().map(|app| app.addr) else {
         outcome("app_unavailable");
         return;
     };

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Federation, eventually, http_get};
+use common::{BIN, Federation, eventually, free_port, gauge, http_get, zone_connected};
 use fake_api_server::FakeApiServer;
 use serde_json::{Value, json};
 
@@ -37,11 +37,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 impl Replica {
@@ -92,10 +87,7 @@ impl Replica {
         if status != 200 {
             return None;
         }
-        metrics.lines().find_map(|line| {
-            let (metric, value) = line.split_once(' ')?;
-            (metric == name).then(|| value.parse().ok())?
-        })
+        gauge(&metrics, name)
     }
 
     async fn ready(&self) -> bool {
@@ -152,15 +144,6 @@ fn echo_in_zone_k(fed: &Federation) -> Option<(u64, u64)> {
         }
         let z = s["zones"].as_array()?.iter().find(|z| z["zone"] == "k")?;
         Some((z["healthy"].as_u64()?, z["total"].as_u64()?))
-    })
-}
-
-fn zone_k_connected(fed: &Federation) -> bool {
-    let out = fed.strait(&["zone", "list", "-o", "json"]);
-    let zones: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    zones.as_array().is_some_and(|zs| {
-        zs.iter()
-            .any(|z| z["name"] == "k" && z["connected"] == true)
     })
 }
 
@@ -255,7 +238,7 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
         async || (echo_in_zone_k(&fed) == Some((1, 1))).then_some(()),
     )
     .await;
-    assert!(zone_k_connected(&fed));
+    assert!(zone_connected(&fed, "k"));
 
     // A namespace labelled for injection gets the federation's bundle for its sidecars.
     api.put(
@@ -303,7 +286,7 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
     eventually(
         "zone k connected again",
         Duration::from_secs(20),
-        async || zone_k_connected(&fed).then_some(()),
+        async || zone_connected(&fed, "k").then_some(()),
     )
     .await;
     // A change now reaches global: the survivor reports.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::sidecar::{self, Discovery};
-use common::{BIN, Federation, eventually, http_get};
+use common::{BIN, Federation, eventually, free_port, gauge, http_get, zone_connected};
 use strait_proto as pb;
 use strait_trust::tls::{AllowAny, CredentialStore, TrustStore};
 
@@ -67,11 +67,6 @@ fn rand_suffix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
-}
-
-fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 fn zone_create(fed: &Federation, zone: &str, extra: &[&str]) -> String {
@@ -221,22 +216,6 @@ fn channel_as_zone(fed: &Federation, zone: &str) -> tonic::transport::Channel {
         Arc::new(tls),
         Duration::from_secs(2),
     )
-}
-
-/// Whether global records zone `zone` as connected (`strait zone list -o json`).
-fn zone_connected(fed: &Federation, zone: &str) -> bool {
-    let out = fed.strait(&["zone", "list", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let zones: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    zones
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|z| z["name"] == zone && z["connected"] == true)
 }
 
 /// A standby replica of a zone's control plane (Kubernetes mode, several replicas) opens an
@@ -588,13 +567,6 @@ async fn a_removed_zone_is_denied_everywhere_and_not_renewed() {
             .then_some(())
     })
     .await;
-}
-
-/// Parses a gauge value from a Prometheus text page.
-fn gauge(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -308,3 +308,32 @@ pub async fn http_request(
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// A loopback address with a port free at the time of asking.
+pub fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// Whether global records zone `zone` as connected (`strait zone list -o json`).
+pub fn zone_connected(fed: &Federation, zone: &str) -> bool {
+    let out = fed.strait(&["zone", "list", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let zones: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    zones
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|z| z["name"] == zone && z["connected"] == true)
+}
+
+/// Parses a gauge value from a Prometheus text page.
+pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}

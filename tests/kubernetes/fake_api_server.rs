@@ -126,36 +126,53 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether a list or watch of `target` with (label, field) `selectors` includes `object`,
+/// stored at `key`.
+fn selects(
+    target: &Target,
+    (selector, fields): (&Option<String>, &Option<String>),
+    key: &Key,
+    object: &Value,
+) -> bool {
+    key.collection == target.collection
+        && target
+            .namespace
+            .as_ref()
+            .is_none_or(|ns| *ns == key.namespace)
+        && selector_matches(selector.as_deref(), object)
+        && field_selector_matches(fields.as_deref(), object)
+}
+
+/// The `key=value` terms of a selector (`==` too; equality only, which is all the zone uses);
+/// none for no selector.
+fn equality_terms<'a>(
+    selector: Option<&'a str>,
+    kind: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    selector
+        .filter(|s| !s.is_empty())
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(move |term| {
+            term.split_once("==")
+                .or_else(|| term.split_once('='))
+                .unwrap_or_else(|| panic!("unsupported {kind} selector term {term:?}"))
+        })
+}
+
 /// `metadata.name=x` / `metadata.namespace=y` (what the zone uses).
 fn field_selector_matches(selector: Option<&str>, object: &Value) -> bool {
-    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
-        return true;
-    };
-    selector.split(',').all(|term| {
-        let (field, value) = term
-            .split_once("==")
-            .or_else(|| term.split_once('='))
-            .unwrap_or_else(|| panic!("unsupported field selector term {term:?}"));
-        match field {
-            "metadata.name" => object["metadata"]["name"].as_str() == Some(value),
-            "metadata.namespace" => object["metadata"]["namespace"].as_str() == Some(value),
-            other => panic!("the fake API server does not select on field {other:?}"),
-        }
+    equality_terms(selector, "field").all(|(field, value)| match field {
+        "metadata.name" => object["metadata"]["name"].as_str() == Some(value),
+        "metadata.namespace" => object["metadata"]["namespace"].as_str() == Some(value),
+        other => panic!("the fake API server does not select on field {other:?}"),
     })
 }
 
-/// `a=b,c=d` (equality only, which is all the zone uses).
+/// `a=b,c=d`.
 fn selector_matches(selector: Option<&str>, object: &Value) -> bool {
-    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
-        return true;
-    };
-    selector.split(',').all(|term| {
-        let (k, v) = term
-            .split_once("==")
-            .or_else(|| term.split_once('='))
-            .unwrap_or_else(|| panic!("unsupported label selector term {term:?}"));
-        object["metadata"]["labels"][k].as_str() == Some(v)
-    })
+    equality_terms(selector, "label")
+        .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
 }
 
 fn kind_of(collection: &str) -> String {
@@ -407,12 +424,7 @@ async fn handle(
             let items: Vec<Value> = store
                 .objects
                 .iter()
-                .filter(|(k, v)| {
-                    k.collection == target.collection
-                        && (target.namespace.is_none() || k.namespace == namespace)
-                        && selector_matches(selector.as_deref(), v)
-                        && field_selector_matches(fields.as_deref(), v)
-                })
+                .filter(|(k, v)| selects(&target, (&selector, &fields), k, v))
                 .map(|(_, v)| v.clone())
                 .collect();
             json_response(
@@ -546,15 +558,8 @@ fn watch(
         .filter(|(v, _)| *v > from)
         .cloned()
         .collect();
-    let matches = move |event: &Event| {
-        event.key.collection == target.collection
-            && target
-                .namespace
-                .as_ref()
-                .is_none_or(|ns| *ns == event.key.namespace)
-            && selector_matches(selector.as_deref(), &event.object)
-            && field_selector_matches(fields.as_deref(), &event.object)
-    };
+    let matches =
+        move |event: &Event| selects(&target, (&selector, &fields), &event.key, &event.object);
     tokio::spawn(async move {
         let frame = |event: &Event| {
             let mut line = serde_json::to_vec(&json!({"type": event.kind, "object": event.object}))

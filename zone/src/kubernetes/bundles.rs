@@ -5,7 +5,7 @@
 //! # Rules
 //!
 //! - The leader keeps one ConfigMap [`CONFIGMAP_NAME`] with key [`BUNDLE_KEY`] (the bundle's
-//!   PEM roots) in every namespace labelled [`INJECT_LABEL`]` = `[`INJECT_ENABLED`] (the
+//!   PEM roots) in every namespace labelled [`INJECT_KEY`]` = `[`INJECT_ENABLED`] (the
 //!   webhook's `namespaceSelector`) that is not terminating. It creates it where missing and
 //!   updates it when the bundle changes (root rotation), when someone edits it, or when it is
 //!   deleted; a namespace that is labelled later gets it at once.
@@ -50,8 +50,6 @@ use crate::kubernetes::webhook::INJECT_KEY;
 pub const CONFIGMAP_NAME: &str = "strait-trust-bundle";
 /// Its key: the PEM roots of the federation.
 pub const BUNDLE_KEY: &str = "bundle.pem";
-/// The namespace label the injector selects on, and its value.
-pub const INJECT_LABEL: &str = INJECT_KEY;
 pub const INJECT_ENABLED: &str = "enabled";
 
 /// How long changes are collected before the ConfigMaps are reconciled: a burst of namespace
@@ -98,7 +96,7 @@ pub struct BundlePlan {
 fn is_served(namespace: &Namespace) -> bool {
     let labelled = namespace
         .labels()
-        .get(INJECT_LABEL)
+        .get(INJECT_KEY)
         .is_some_and(|v| v == INJECT_ENABLED);
     let terminating = namespace.metadata.deletion_timestamp.is_some()
         || namespace.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
@@ -215,7 +213,7 @@ pub async fn run(
     let streams = vec![
         watch_stream(
             Api::<Namespace>::all(client.clone()),
-            watcher::Config::default().labels(&format!("{INJECT_LABEL}={INJECT_ENABLED}")),
+            watcher::Config::default().labels(&format!("{INJECT_KEY}={INJECT_ENABLED}")),
             namespaces_w,
             |ns| ns.metadata.managed_fields = None,
         ),
@@ -347,7 +345,7 @@ mod tests {
 
     fn namespace(name: &str, inject: Option<&str>) -> Namespace {
         let labels = match inject {
-            Some(v) => json!({INJECT_LABEL: v}),
+            Some(v) => json!({INJECT_KEY: v}),
             None => json!({}),
         };
         serde_json::from_value(json!({

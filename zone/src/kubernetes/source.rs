@@ -989,35 +989,23 @@ pub(crate) mod tests {
 
     #[test]
     fn not_ready_or_terminating_is_unhealthy_and_no_ip_or_finished_is_absent() {
-        let not_ready = gateway_pod(
-            "strait-system",
-            "gw-a",
-            "eu-1",
-            "10.2.0.7",
-            false,
-            json!({}),
-        );
+        let gw = |ip: &str, ready: bool| {
+            gateway_pod("strait-system", "gw-a", "eu-1", ip, ready, json!({}))
+        };
+        let not_ready = gw("10.2.0.7", false);
         assert!(!gateway_of(&not_ready).unwrap().unwrap().healthy);
 
-        let mut terminating =
-            gateway_pod("strait-system", "gw-a", "eu-1", "10.2.0.7", true, json!({}));
+        let mut terminating = gw("10.2.0.7", true);
         terminating.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::from_second(1_750_000_000).unwrap(),
             ));
         assert!(!gateway_of(&terminating).unwrap().unwrap().healthy);
 
-        let pending = gateway_pod("strait-system", "gw-a", "eu-1", "", false, json!({}));
+        let pending = gw("", false);
         assert_eq!(gateway_of(&pending), Ok(None));
 
-        let mut failed = gateway_pod(
-            "strait-system",
-            "gw-a",
-            "eu-1",
-            "10.2.0.7",
-            false,
-            json!({}),
-        );
+        let mut failed = gw("10.2.0.7", false);
         failed.status.as_mut().unwrap().phase = Some("Failed".into());
         assert_eq!(gateway_of(&failed), Ok(None));
     }

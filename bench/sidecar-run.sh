@@ -6,14 +6,15 @@
 # load, and CPU seconds per 1,000 requests of each proxy pair.
 #
 #   bench/sidecar-run.sh [--duration 20s] [--warmup 5s] [--rounds 3] [--rate 1000]
-#                        [--connections 8] [--perf 10] [--binary PATH] [--keep]
+#                        [--connections 8] [--perf 10] [--binary PATH] [--keep] [--hold]
 #
 # Installs haproxy and nginx (apt-get, as root) and oha (`cargo install oha --locked`) if they
 # are missing, builds `strait` in release mode (or, with `--binary PATH`, runs that binary
 # instead: e.g. one built with other profile settings), runs the benchmark, and writes the
 # machine, the command and the tables to target/bench/sidecar-<UTC time>.md. With `--perf N`,
 # one more Strait run records N seconds of `perf record -g` on both sidecars and adds the top
-# symbols.
+# symbols. With `--hold`, it sets everything up, prints the addresses and pids, and waits
+# without measuring until interrupted: for A/B runs and `perf` by hand (bench/sidecar/legs.py).
 #
 # Everything it starts (the federation, both sidecars, nginx, both haproxy) is stopped when it
 # ends, fails or is interrupted; all of it listens on loopback only.
@@ -22,7 +23,7 @@ start_dir=$PWD
 cd "$(dirname "$0")/.."
 root=$PWD
 
-duration=20s warmup=5s rounds=3 rate=1000 connections=8 perf_secs=0 keep=0 binary=""
+duration=20s warmup=5s rounds=3 rate=1000 connections=8 perf_secs=0 keep=0 hold=0 binary=""
 args_given="$*"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -34,7 +35,8 @@ while [ $# -gt 0 ]; do
     --perf) perf_secs=$2; shift 2 ;;
     --binary) binary=$(cd "$start_dir" && realpath -- "$2"); shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --hold) hold=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -256,6 +258,12 @@ wait_for 30 check "$strait_addr"
 echo "paths: direct $nginx_addr, strait $strait_addr (VIP of demo/echo), haproxy $hap_a_addr" >&2
 
 procs="client-sidecar=$client_pid,echo-sidecar=$echo_pid,haproxy-a=$hap_a_pid,haproxy-b=$hap_b_pid,nginx=$nginx_pid"
+if [ "$hold" = 1 ]; then
+  echo "holding (Ctrl-C stops everything); pids: $procs" >&2
+  sleep infinity &
+  started+=($!)
+  wait $!
+fi
 records=$run_dir/records.jsonl
 declare -A target=([direct]=$nginx_addr [strait]=$strait_addr [haproxy]=$hap_a_addr)
 

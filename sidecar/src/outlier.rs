@@ -162,6 +162,10 @@ struct TargetState {
 pub struct OutlierDetector<K> {
     config: OutlierConfig,
     targets: HashMap<K, TargetState>,
+    /// When the latest ejection ever made ends (a reinstatement does not lower it): before
+    /// then a target may be ejected, after it none is. Nothing is ejected most of the time,
+    /// and then [`Self::is_ejected`], asked several times per request, needs no lookup.
+    ejections_end: Option<Instant>,
 }
 
 impl<K: Eq + Hash + Clone> OutlierDetector<K> {
@@ -169,6 +173,7 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
         Self {
             config,
             targets: HashMap::new(),
+            ejections_end: None,
         }
     }
 
@@ -253,6 +258,7 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
         let multiplier = state.ejections.min(MAX_EJECTION_MULTIPLIER);
         let until = now + base.saturating_mul(multiplier);
         state.ejected_until = Some(until);
+        self.ejections_end = Some(self.ejections_end.map_or(until, |end| end.max(until)));
         state.cause = Some(cause);
         state.consecutive_5xx = 0;
         state.consecutive_connect = 0;
@@ -265,6 +271,9 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
 
     /// Whether `key` is ejected at `now`; unknown targets are not.
     pub fn is_ejected(&self, key: &K, now: Instant) -> bool {
+        if self.ejections_end.is_none_or(|end| now >= end) {
+            return false;
+        }
         self.targets
             .get(key)
             .and_then(|s| s.ejected_until)

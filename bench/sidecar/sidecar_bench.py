@@ -263,6 +263,18 @@ def cmd_report(args):
             row.append(f"{fmt(med(ratios), 2)} ({span(ratios, 2)})")
         out.append("| " + " | ".join(row) + " |")
     out.append("")
+    # How often each pair wins a round: the machine's drift between steps is often larger than
+    # the difference, and a median of ratios alone hides whether one side wins consistently.
+    wins = [
+        s <= h
+        for s, h in (
+            (by[(k, "strait")]["load"]["p99"], by[(k, "haproxy")]["load"]["p99"])
+            for k in rounds
+            if (k, "strait") in by and (k, "haproxy") in by
+        )
+    ]
+    out.append(f"Strait's p99 at or below haproxy's in {sum(wins)} of {len(wins)} rounds.")
+    out.append("")
 
     # Resources.
     out.append(

@@ -492,6 +492,27 @@ mod tests {
     }
 
     #[test]
+    fn a_shorter_later_ejection_does_not_hide_a_longer_earlier_one() {
+        let t0 = Instant::now();
+        let mut d = detector(&["a", "b", "c", "d"]);
+        let first = feed(&mut d, "a", Outcome::ConnectFailure, 5, t0).unwrap();
+        // "a" fails again as soon as it is back: 60 s this time.
+        let long = feed(&mut d, "a", Outcome::ConnectFailure, 5, first.until).unwrap();
+        assert_eq!(long.until - first.until, 60 * S);
+        let short = feed(&mut d, "b", Outcome::ConnectFailure, 5, first.until + S).unwrap();
+        assert!(short.until < long.until);
+        let between = short.until + S;
+        assert!(
+            d.is_ejected(&"a", between),
+            "the longer ejection still runs"
+        );
+        assert!(!d.is_ejected(&"b", between));
+        assert!(d.reinstate(&"a", between));
+        assert!(!d.is_ejected(&"a", between));
+        assert!(!d.is_ejected(&"a", long.until));
+    }
+
+    #[test]
     fn a_lone_target_is_never_ejected_by_default() {
         let t0 = Instant::now();
         let mut d = detector(&["only"]);

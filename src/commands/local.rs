@@ -234,6 +234,55 @@ fn start(
     Ok(())
 }
 
+/// How many sets of ports a process is started on before `up` gives up on it.
+const PORT_TRIES: usize = 3;
+
+/// Starts the process `build` makes from `n` fresh loopback TCP ports, and records it; returns
+/// the ports. They are picked right before the start, and if another program took one in
+/// between (the race [`crate::local::ports::free_loopback_ports`] describes, which federations
+/// started side by side, as the tests do, run into), the process exits with "address in use"
+/// and is started again on new ports.
+fn start_on_ports(
+    plan: &Plan<'_>,
+    n: usize,
+    records: &mut Vec<ProcessRecord>,
+    build: impl Fn(&[SocketAddr]) -> anyhow::Result<ProcessSpec>,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    for attempt in 1..=PORT_TRIES {
+        let ports = crate::local::ports::free_loopback_ports(n)?;
+        let spec = build(&ports)?;
+        let started = tokio::task::block_in_place(|| {
+            supervisor::start(&spec, Instant::now() + READY_TIMEOUT, &progress)
+        });
+        match started {
+            Ok(record) => {
+                records.push(record);
+                processes::write(plan.dir, records)?;
+                return Ok(ports);
+            }
+            Err(err) if attempt < PORT_TRIES && lost_a_port(&err) => {
+                eprintln!(
+                    "{}: another program took one of its ports; starting it on new ones",
+                    spec.name
+                );
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Whether a process failed to start because one of its addresses was in use.
+fn lost_a_port(err: &supervisor::SupervisorError) -> bool {
+    match err {
+        supervisor::SupervisorError::ExitedBeforeReady { log, .. }
+        | supervisor::SupervisorError::NotReady { log, .. } => {
+            log.lines.contains("Address already in use")
+        }
+        _ => false,
+    }
+}
+
 fn spec(
     plan: &Plan<'_>,
     name: String,
@@ -266,18 +315,14 @@ async fn start_global(
     records: &mut Vec<ProcessRecord>,
 ) -> anyhow::Result<Vec<String>> {
     let dir = plan.dir;
-    let ports = crate::local::ports::free_loopback_ports(usize::try_from(nodes * 2).unwrap_or(2))?;
     let mut api_addrs: Vec<String> = Vec::new();
-    for (id, pair) in (1..=nodes).zip(ports.chunks(2)) {
-        let [api, admin]: [SocketAddr; 2] = pair.try_into().context("port allocation")?;
+    for id in 1..=nodes {
         let mut args: Vec<String> = ["global", "run"].map(str::to_owned).to_vec();
         args.extend(flag("--node-id", id));
         args.extend(flag(
             "--data-dir",
             dir.join(format!("global-{id}")).display(),
         ));
-        args.extend(flag("--listen", api));
-        args.extend(flag("--admin-listen", admin));
         args.extend(flag("--trust-domain", TRUST_DOMAIN));
         args.extend(flag("--admin-credentials-dir", dir.join("admin").display()));
         args.extend(plan.tuning.global.iter().cloned());
@@ -298,16 +343,23 @@ async fn start_global(
             args.extend(flag("--join", api_addrs.join(",")));
             args.extend(flag("--token-file", token_file.display()));
         }
-        let mut spec = spec(
-            plan,
-            format!("global-{id}"),
-            ProcessKind::Global,
-            None,
-            args,
-            &[("api", api.to_string()), ("admin", admin.to_string())],
-        );
-        spec.node_id = Some(id);
-        start(plan, spec, records)?;
+        let ports = start_on_ports(plan, 2, records, |ports| {
+            let [api, admin]: [SocketAddr; 2] = ports.try_into().context("port allocation")?;
+            let mut args = args.clone();
+            args.extend(flag("--listen", api));
+            args.extend(flag("--admin-listen", admin));
+            let mut spec = spec(
+                plan,
+                format!("global-{id}"),
+                ProcessKind::Global,
+                None,
+                args,
+                &[("api", api.to_string()), ("admin", admin.to_string())],
+            );
+            spec.node_id = Some(id);
+            Ok(spec)
+        })?;
+        let api = ports.first().context("port allocation")?;
         api_addrs.push(api.to_string());
         let config = client_config(dir, &api_addrs)
             .to_yaml()
@@ -328,10 +380,7 @@ async fn start_zones(
 ) -> anyhow::Result<()> {
     let dir = plan.dir;
     let client = AdminClient::new(&client_config(dir, api_addrs))?;
-    // api, admin, and dns (UDP and TCP on the same port).
-    let ports = crate::local::ports::free_loopback_ports(zones.len() * 3)?;
-    for ((index, zone), triple) in zones.iter().enumerate().zip(ports.chunks(3)) {
-        let [api, admin, dns]: [SocketAddr; 3] = triple.try_into().context("port allocation")?;
+    for (index, zone) in zones.iter().enumerate() {
         let region = regions
             .get(zone)
             .cloned()
@@ -362,28 +411,29 @@ async fn start_zones(
         ));
         args.extend(flag("--vip-cidr", &vip_cidr));
         args.extend(flag("--trust-domain", TRUST_DOMAIN));
-        args.extend(flag("--listen", api));
-        args.extend(flag("--admin-listen", admin));
-        args.extend(flag("--dns", dns));
         args.extend(plan.tuning.zone.iter().cloned());
-        let addresses = [
-            ("api", api.to_string()),
-            ("admin", admin.to_string()),
-            ("dns", dns.to_string()),
-            ("vip_cidr", vip_cidr),
-        ];
-        start(
-            plan,
-            spec(
+        // api, admin, and dns (UDP and TCP on the same port).
+        start_on_ports(plan, 3, records, |ports| {
+            let [api, admin, dns]: [SocketAddr; 3] = ports.try_into().context("port allocation")?;
+            let mut args = args.clone();
+            args.extend(flag("--listen", api));
+            args.extend(flag("--admin-listen", admin));
+            args.extend(flag("--dns", dns));
+            let addresses = [
+                ("api", api.to_string()),
+                ("admin", admin.to_string()),
+                ("dns", dns.to_string()),
+                ("vip_cidr", vip_cidr.clone()),
+            ];
+            Ok(spec(
                 plan,
                 format!("zone-{zone}"),
                 ProcessKind::Zone,
                 Some(zone.clone()),
                 args,
                 &addresses,
-            ),
-            records,
-        )?;
+            ))
+        })?;
     }
     Ok(())
 }
@@ -408,40 +458,38 @@ async fn start_gateways(
             let token = workload_token(&client, zone, "", "gateway").await?;
             let token_file = dir.join("tokens").join(format!("{name}.token"));
             write_private(&token_file, &token)?;
-            let [local, admin]: [SocketAddr; 2] = crate::local::ports::free_loopback_ports(2)?
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("port allocation"))?;
-            let quic = *crate::local::ports::free_loopback_udp_ports(1)?
-                .first()
-                .context("UDP port allocation")?;
             let mut args: Vec<String> = ["gateway", "run"].map(str::to_owned).to_vec();
             args.extend(flag("--zone-cp", &zone_api));
             args.extend(flag("--zone", zone));
             args.extend(flag("--token-file", token_file.display()));
             args.extend(flag("--instance", &name));
-            args.extend(flag("--quic", quic));
-            args.extend(flag("--public-address", quic));
-            args.extend(flag("--local", local));
-            args.extend(flag("--admin", admin));
             args.extend(flag("--bundle-file", bundle.display()));
             args.extend(flag("--trust-domain", TRUST_DOMAIN));
-            let addresses = [
-                ("quic", quic.to_string()),
-                ("local", local.to_string()),
-                ("admin", admin.to_string()),
-            ];
-            start(
-                plan,
-                spec(
+            start_on_ports(plan, 2, records, |ports| {
+                let [local, admin]: [SocketAddr; 2] =
+                    ports.try_into().context("port allocation")?;
+                let quic = *crate::local::ports::free_loopback_udp_ports(1)?
+                    .first()
+                    .context("UDP port allocation")?;
+                let mut args = args.clone();
+                args.extend(flag("--quic", quic));
+                args.extend(flag("--public-address", quic));
+                args.extend(flag("--local", local));
+                args.extend(flag("--admin", admin));
+                let addresses = [
+                    ("quic", quic.to_string()),
+                    ("local", local.to_string()),
+                    ("admin", admin.to_string()),
+                ];
+                Ok(spec(
                     plan,
-                    name,
+                    name.clone(),
                     ProcessKind::Gateway,
                     Some(zone.clone()),
                     args,
                     &addresses,
-                ),
-                records,
-            )?;
+                ))
+            })?;
         }
     }
     Ok(())
@@ -483,8 +531,7 @@ async fn start_demo(
             workloads.push(("ledger", Some("v1")));
         }
         workloads.push(("client", None));
-        let admin_ports = crate::local::ports::free_loopback_ports(workloads.len())?;
-        for (n, ((service, version), admin)) in workloads.iter().zip(admin_ports).enumerate() {
+        for (n, (service, version)) in workloads.iter().enumerate() {
             let host = format!("127.1.{z}.{}", n + 1);
             let token = workload_token(&client, zone, "demo", service).await?;
             let token_file = dir.join("tokens").join(format!("{service}-{zone}.token"));
@@ -502,7 +549,6 @@ async fn start_demo(
             args.extend(flag("--namespace", "demo"));
             args.extend(flag("--instance", &name));
             args.extend(flag("--inbound", &inbound));
-            args.extend(flag("--admin", admin));
             args.extend(flag("--bundle-file", bundle.display()));
             if let Some(version) = version {
                 let app = format!("{host}:{DEMO_PORT}");
@@ -533,20 +579,21 @@ async fn start_demo(
             } else {
                 args.extend(flag("--outbound", "vips"));
             }
-            let addresses = [("inbound", inbound), ("admin", admin.to_string())];
             let sidecar_name = format!("{name}-sidecar");
-            start(
-                plan,
-                spec(
+            start_on_ports(plan, 1, records, |ports| {
+                let [admin]: [SocketAddr; 1] = ports.try_into().context("port allocation")?;
+                let mut args = args.clone();
+                args.extend(flag("--admin", admin));
+                let addresses = [("inbound", inbound.clone()), ("admin", admin.to_string())];
+                Ok(spec(
                     plan,
-                    sidecar_name,
+                    sidecar_name.clone(),
                     ProcessKind::Sidecar,
                     Some(zone.clone()),
                     args,
                     &addresses,
-                ),
-                records,
-            )?;
+                ))
+            })?;
         }
     }
     Ok(())
@@ -652,4 +699,105 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
         args.dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A stand-in process: serves `/ready` on the port it is given, or exits with Python's
+    /// "Address already in use" if it cannot bind it.
+    const SERVE_READY: &str = "import http.server as h, sys
+class R(h.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b'ready')
+h.HTTPServer(('127.0.0.1', int(sys.argv[1])), R).serve_forever()";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_that_lost_its_port_is_started_again_on_a_new_one() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("logs"))?;
+        let plan = Plan {
+            dir: dir.path(),
+            program: PathBuf::from("python3"),
+            tuning: Tuning::default(),
+        };
+        // The first set of ports is taken by "another program" (held here) before the process
+        // binds it: the race `free_loopback_ports` leaves open.
+        let taken: Mutex<Vec<std::net::TcpListener>> = Mutex::new(Vec::new());
+        let tries = Mutex::new(Vec::new());
+        let mut records = Vec::new();
+        let ports = start_on_ports(&plan, 1, &mut records, |ports| {
+            let [port]: [SocketAddr; 1] = ports.try_into().context("port allocation")?;
+            let mut tries = tries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if tries.is_empty() {
+                taken
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(std::net::TcpListener::bind(port)?);
+            }
+            tries.push(port);
+            Ok(spec(
+                &plan,
+                "stand-in".to_owned(),
+                ProcessKind::App,
+                None,
+                vec![
+                    "-c".to_owned(),
+                    SERVE_READY.to_owned(),
+                    port.port().to_string(),
+                ],
+                &[("admin", port.to_string())],
+            ))
+        })?;
+        let report = supervisor::stop_all(&records, STOP_GRACE, &|_| {});
+        let tries = tries
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert_eq!(tries.len(), 2, "{tries:?}");
+        assert_eq!(ports, vec![tries[1]]);
+        assert_ne!(tries[0], tries[1]);
+        assert_eq!(records.len(), 1);
+        assert!(report.all_stopped(), "{report:?}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn other_start_failures_are_not_retried() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("logs"))?;
+        let plan = Plan {
+            dir: dir.path(),
+            program: PathBuf::from("python3"),
+            tuning: Tuning::default(),
+        };
+        let tries = Mutex::new(0);
+        let mut records = Vec::new();
+        let result = start_on_ports(&plan, 1, &mut records, |ports| {
+            *tries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+            Ok(spec(
+                &plan,
+                "failing".to_owned(),
+                ProcessKind::App,
+                None,
+                vec!["-c".to_owned(), "raise SystemExit('bad config')".to_owned()],
+                &[("admin", ports[0].to_string())],
+            ))
+        });
+        let err = result.err().context("a failing process started")?;
+        assert!(err.to_string().contains("bad config"), "{err:#}");
+        assert_eq!(
+            *tries
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            1
+        );
+        assert!(records.is_empty());
+        Ok(())
+    }
 }

@@ -30,7 +30,8 @@ const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
 /// bind. Between that release and a process binding its port, another program may take it: a
 /// small race. Callers therefore confirm every process is listening
 /// (`supervisor::wait_ready`), which turns a lost race into a clear "address in use" in that
-/// process's log rather than a silent misrouting.
+/// process's log rather than a silent misrouting, and `strait up` then starts that process
+/// again on new ports (`commands::local::start_on_ports`).
 pub fn free_loopback_ports(n: usize) -> Result<Vec<SocketAddr>, PortsError> {
     let span = PORT_RANGE.end - PORT_RANGE.start;
     let seed = std::time::SystemTime::now()

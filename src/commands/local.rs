@@ -248,7 +248,8 @@ fn start_on_ports(
     records: &mut Vec<ProcessRecord>,
     build: impl Fn(&[SocketAddr]) -> anyhow::Result<ProcessSpec>,
 ) -> anyhow::Result<Vec<SocketAddr>> {
-    for attempt in 1..=PORT_TRIES {
+    let mut attempt = 1;
+    loop {
         let ports = crate::local::ports::free_loopback_ports(n)?;
         let spec = build(&ports)?;
         let started = tokio::task::block_in_place(|| {
@@ -265,11 +266,11 @@ fn start_on_ports(
                     "{}: another program took one of its ports; starting it on new ones",
                     spec.name
                 );
+                attempt += 1;
             }
             Err(err) => return Err(err.into()),
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 /// Whether a process failed to start because one of its addresses was in use.
@@ -714,15 +715,20 @@ class R(h.BaseHTTPRequestHandler):
         self.send_response(200); self.end_headers(); self.wfile.write(b'ready')
 h.HTTPServer(('127.0.0.1', int(sys.argv[1])), R).serve_forever()";
 
+    /// A plan whose processes are `python3` with the spec's arguments, logging under `dir`.
+    fn python_plan(dir: &Path) -> anyhow::Result<Plan<'_>> {
+        std::fs::create_dir_all(dir.join("logs"))?;
+        Ok(Plan {
+            dir,
+            program: PathBuf::from("python3"),
+            tuning: Tuning::default(),
+        })
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_process_that_lost_its_port_is_started_again_on_a_new_one() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        std::fs::create_dir_all(dir.path().join("logs"))?;
-        let plan = Plan {
-            dir: dir.path(),
-            program: PathBuf::from("python3"),
-            tuning: Tuning::default(),
-        };
+        let plan = python_plan(dir.path())?;
         // The first set of ports is taken by "another program" (held here) before the process
         // binds it: the race `free_loopback_ports` leaves open.
         let taken: Mutex<Vec<std::net::TcpListener>> = Mutex::new(Vec::new());
@@ -768,12 +774,7 @@ h.HTTPServer(('127.0.0.1', int(sys.argv[1])), R).serve_forever()";
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn other_start_failures_are_not_retried() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        std::fs::create_dir_all(dir.path().join("logs"))?;
-        let plan = Plan {
-            dir: dir.path(),
-            program: PathBuf::from("python3"),
-            tuning: Tuning::default(),
-        };
+        let plan = python_plan(dir.path())?;
         let tries = Mutex::new(0);
         let mut records = Vec::new();
         let result = start_on_ports(&plan, 1, &mut records, |ports| {

@@ -1515,26 +1515,19 @@ async fn try_once(
                 Target::Endpoint {
                     address, spiffe_id, ..
                 } => {
-                    // Boxed: a connect future (TCP, TLS and HTTP/2 handshakes) is ~7 KB,
-                    // and inline it would make every request's future that big, copied
-                    // several times per request even when the connection is pooled.
-                    Box::pin(
-                        shared
-                            .pool
-                            .sender(address, spiffe_id, policy.connect_timeout, permit),
-                    )
-                    .await
+                    shared
+                        .pool
+                        .sender(address, spiffe_id, policy.connect_timeout, permit)
+                        .await
                 }
                 Target::Remote { .. } => {
                     let Some(remote) = remote(target, name, port, gateway_id) else {
                         return (Outcome::ConnectFailure, None);
                     };
-                    Box::pin(
-                        shared
-                            .pool
-                            .remote_sender(&remote, policy.connect_timeout, permit),
-                    )
-                    .await
+                    shared
+                        .pool
+                        .remote_sender(&remote, policy.connect_timeout, permit)
+                        .await
                 }
             };
             (sender, Some(pending))

@@ -495,7 +495,10 @@ where
         return Ok(sender.clone());
     }
     *guard = None;
-    let sender = connect().await?;
+    // Boxed: a connect (TCP, TLS and HTTP/2 handshakes, through a tunnel for a remote zone)
+    // is a ~7 KB future; inline, it would make the future of every request that awaits the
+    // pool that big, copied several times per request even when the connection is open.
+    let sender = Box::pin(connect()).await?;
     *guard = Some((id.to_owned(), sender.clone()));
     Ok(sender)
 }

@@ -278,7 +278,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A request with an empty `Incoming` body, as the inbound side forwards a GET.
+    /// A GET with an empty body through `pool`: its status and body.
     async fn get(pool: &Arc<AppPool<Empty<Bytes>>>, path: &str) -> Result<(u16, Bytes), AppError> {
         let request = Request::get(path)
             .header("host", "app")

@@ -38,14 +38,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // sends it on every response): one pass over the few names present finds what to remove,
     // where a removal of each of the eight would hash every one of them, twice per message
     // in each sidecar.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
     let mut doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| HOP_BY_HOP.contains(name))
         .cloned()
         .collect();
+    if doomed.is_empty() {
+        return; // (an empty `collect` allocates nothing)
+    }
     doomed.extend(
         headers
             .get_all(header::CONNECTION)

@@ -222,12 +222,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// so `down` can clean up after a partial failure).
 fn start(
     plan: &Plan<'_>,
-    spec: ProcessSpec,
+    spec: &ProcessSpec,
     records: &mut Vec<ProcessRecord>,
 ) -> anyhow::Result<()> {
     // Polling /ready blocks: keep it off the async workers.
     let record = tokio::task::block_in_place(|| {
-        supervisor::start(&spec, Instant::now() + READY_TIMEOUT, &progress)
+        supervisor::start(spec, Instant::now() + READY_TIMEOUT, &progress)
     })?;
     records.push(record);
     processes::write(plan.dir, records)?;
@@ -252,15 +252,8 @@ fn start_on_ports(
     loop {
         let ports = crate::local::ports::free_loopback_ports(n)?;
         let spec = build(&ports)?;
-        let started = tokio::task::block_in_place(|| {
-            supervisor::start(&spec, Instant::now() + READY_TIMEOUT, &progress)
-        });
-        match started {
-            Ok(record) => {
-                records.push(record);
-                processes::write(plan.dir, records)?;
-                return Ok(ports);
-            }
+        match start(plan, &spec, records) {
+            Ok(()) => return Ok(ports),
             Err(err) if attempt < PORT_TRIES && lost_a_port(&err) => {
                 eprintln!(
                     "{}: another program took one of its ports; starting it on new ones",
@@ -268,18 +261,18 @@ fn start_on_ports(
                 );
                 attempt += 1;
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
         }
     }
 }
 
 /// Whether a process failed to start because one of its addresses was in use.
-fn lost_a_port(err: &supervisor::SupervisorError) -> bool {
-    match err {
-        supervisor::SupervisorError::ExitedBeforeReady { log, .. }
-        | supervisor::SupervisorError::NotReady { log, .. } => {
-            log.lines.contains("Address already in use")
-        }
+fn lost_a_port(err: &anyhow::Error) -> bool {
+    match err.downcast_ref::<supervisor::SupervisorError>() {
+        Some(
+            supervisor::SupervisorError::ExitedBeforeReady { log, .. }
+            | supervisor::SupervisorError::NotReady { log, .. },
+        ) => log.lines.contains("Address already in use"),
         _ => false,
     }
 }
@@ -573,7 +566,7 @@ async fn start_demo(
                     app_args.map(str::to_owned).to_vec(),
                     &app_addresses,
                 );
-                start(plan, app_spec, records)?;
+                start(plan, &app_spec, records)?;
                 args.extend(flag("--app", &app));
                 args.extend(flag("--labels", format!("version={version}")));
                 args.extend(flag("--outbound", "none"));

@@ -26,6 +26,8 @@ pub mod config;
 pub mod demo_app;
 pub mod discovery;
 pub mod fault;
+mod h2body;
+mod h2client;
 mod headers;
 pub mod identity;
 pub mod inbound;

@@ -100,6 +100,7 @@ use tracing::Instrument;
 
 use crate::discovery::Control;
 use crate::fault::FaultInjector;
+use crate::h2client::{Outgoing, SendError, Sender};
 use crate::headers::{self as names, strip_hop_by_hop};
 use crate::inbound::ALPN_TCP;
 use crate::lb::{Balancer, BalancerConfig, Target};
@@ -1020,14 +1021,11 @@ enum RequestBody {
 }
 
 impl RequestBody {
-    fn take(&mut self) -> Option<Body> {
+    fn take(&mut self) -> Option<Outgoing> {
         match self {
-            RequestBody::Replayable(bytes) => Some(
-                Full::new(bytes.clone())
-                    .map_err(|never: Infallible| match never {})
-                    .boxed(),
-            ),
-            RequestBody::Streaming(body) => body.take().map(BodyExt::boxed),
+            RequestBody::Replayable(bytes) if bytes.is_empty() => Some(Outgoing::Empty),
+            RequestBody::Replayable(bytes) => Some(Outgoing::Full(bytes.clone())),
+            RequestBody::Streaming(body) => body.take().map(Outgoing::Stream),
         }
     }
 
@@ -1170,7 +1168,7 @@ fn overflow(shared: &Shared, service: &ServiceState, limit: Overflow) -> Respons
 /// passed over without counting as a try.
 enum Admitted<'a> {
     /// An open pooled connection: no wait, no new connection.
-    Open(hyper::client::conn::http2::SendRequest<Body>),
+    Open(Sender),
     /// The try waits for a connection (a place in `maxPendingRequests`, held until the
     /// connection is ready); a new one takes `permit`.
     Wait {
@@ -1255,7 +1253,7 @@ async fn prepare(
 
 /// The upstream request of one try: absolute URI (HTTP/2 needs `:scheme` and
 /// `:authority`), the authority from `Host` when the app sent one.
-fn upstream_request(parts: &http::request::Parts, body: Body) -> Result<Request<Body>, String> {
+fn upstream_request(parts: &http::request::Parts) -> Result<Request<()>, String> {
     let invalid = |e: http::Error| format!("cannot build the upstream URI: {e}");
     let authority = match parts
         .headers
@@ -1274,7 +1272,7 @@ fn upstream_request(parts: &http::request::Parts, body: Body) -> Result<Request<
     uri.authority = Some(authority);
     uri.path_and_query = Some(crate::headers::path_and_query(&parts.uri));
     let uri = Uri::from_parts(uri).map_err(|e| invalid(e.into()))?;
-    let mut request = Request::new(body);
+    let mut request = Request::new(());
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.headers_mut() = parts.headers.clone();
@@ -1545,14 +1543,7 @@ async fn try_once(
         }
     };
     if sender.ready().await.is_err() {
-        match target {
-            Target::Endpoint { address, .. } => shared.pool.forget(address),
-            Target::Remote { .. } => {
-                if let Some(remote) = remote(target, name, port, "") {
-                    shared.pool.forget_remote(&remote);
-                }
-            }
-        }
+        forget(shared, target, name, port);
         return (Outcome::ConnectFailure, None);
     }
     // Connected: no longer waiting.
@@ -1560,7 +1551,7 @@ async fn try_once(
     let Some(request_body) = body.take() else {
         return (Outcome::Reset, None);
     };
-    let request = match upstream_request(parts, request_body) {
+    let request = match upstream_request(parts) {
         Ok(r) => r,
         Err(reason) => {
             tracing::info!(service = name, %reason, "request refused");
@@ -1570,7 +1561,7 @@ async fn try_once(
             );
         }
     };
-    let send = sender.send_request(request);
+    let send = sender.send(request, request_body);
     let result = match policy.retry.per_try_timeout {
         Some(limit) => match tokio::time::timeout(limit, send).await {
             Ok(r) => r,
@@ -1585,12 +1576,37 @@ async fn try_once(
             let status = parts.status.as_u16();
             (
                 Outcome::Response(status),
-                Some(Response::from_parts(parts, body.boxed())),
+                Some(Response::from_parts(
+                    parts,
+                    body.map_err(Into::into).boxed(),
+                )),
             )
         }
-        Err(err) => {
+        Err(err @ SendError::Closed(_)) => {
+            tracing::debug!(?target, %err, "pooled connection unusable");
+            forget(shared, target, name, port);
+            (Outcome::ConnectFailure, None)
+        }
+        // Never processed: like a connect failure, it may go to another target.
+        Err(err @ SendError::Refused(_)) => {
+            tracing::debug!(?target, %err, "upstream refused the stream");
+            (Outcome::ConnectFailure, None)
+        }
+        Err(err @ SendError::Failed(_)) => {
             tracing::debug!(?target, %err, "upstream reset");
             (Outcome::Reset, None)
+        }
+    }
+}
+
+/// Drops the pooled connection to `target`: it failed.
+fn forget(shared: &Shared, target: &Target, service: &str, port: u16) {
+    match target {
+        Target::Endpoint { address, .. } => shared.pool.forget(address),
+        Target::Remote { .. } => {
+            if let Some(remote) = remote(target, service, port, "") {
+                shared.pool.forget_remote(&remote);
+            }
         }
     }
 }
@@ -1849,15 +1865,9 @@ mod tests {
         assert_eq!((p.max_connections, p.max_pending), (Some(3), Some(2)));
     }
 
-    fn empty() -> Body {
-        Full::new(Bytes::new())
-            .map_err(|never: Infallible| match never {})
-            .boxed()
-    }
-
     fn upstream_uri(request: Request<()>) -> Result<String, String> {
         let (parts, ()) = request.into_parts();
-        upstream_request(&parts, empty()).map(|r| r.uri().to_string())
+        upstream_request(&parts).map(|r| r.uri().to_string())
     }
 
     #[test]
@@ -1868,7 +1878,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let up = upstream_request(&parts, empty()).unwrap();
+        let up = upstream_request(&parts).unwrap();
         assert_eq!(up.uri().to_string(), "http://svc.demo:8080/a/b?x=1");
         assert_eq!(up.method(), Method::GET);
         assert!(!up.headers().contains_key(header::HOST));

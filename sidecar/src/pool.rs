@@ -46,11 +46,13 @@ use strait_trust::{AllowExactly, SpiffeId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::h2body::BoxError;
+use crate::h2client::{self, Sender};
 use crate::inbound::ALPN_H2;
 use crate::limits::breaker::{Counter, OwnedPermit};
 
 /// The request and response bodies the outbound side moves.
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
 /// HTTP/2 keepalive pings on pooled connections to this zone's sidecars and gateways, to notice
 /// a dead peer (a process that dies is noticed at once: its socket is reset).
@@ -75,6 +77,8 @@ pub(crate) enum ConnectError {
     Alpn(String),
     #[error("HTTP/2: {0}")]
     Http(#[from] hyper::Error),
+    #[error("HTTP/2: {0}")]
+    H2(#[from] h2::Error),
     #[error("no east-west gateway in this zone: other zones cannot be reached")]
     NoGateway,
     #[error("the gateway refused the tunnel: {}: {reason}", wire::status_code_name(*status))]
@@ -103,12 +107,32 @@ impl ConnectError {
 type TlsStream<IO> = tokio_rustls::client::TlsStream<IO>;
 /// TLS client configs by (accepted SPIFFE IDs, space separated; ALPN).
 type TlsKey = (String, &'static [u8]);
-type Slot = Arc<tokio::sync::Mutex<Option<(String, SendRequest<Body>)>>>;
+/// A pooled connection for an identity (or identities, space separated).
+type Slot<S> = Arc<tokio::sync::Mutex<Option<(String, S)>>>;
+/// To gateways: hyper's client, for its `CONNECT` upgrades.
+type GatewaySender = SendRequest<Body>;
+
+/// A pooled connection's handle.
+trait Pooled: Clone {
+    fn is_closed(&self) -> bool;
+}
+
+impl Pooled for Sender {
+    fn is_closed(&self) -> bool {
+        Sender::is_closed(self)
+    }
+}
+
+impl Pooled for GatewaySender {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
 
 /// What a pool slot holds for a target, looked up without waiting.
 pub(crate) enum Lookup {
     /// An open connection for the right identity.
-    Open(SendRequest<Body>),
+    Open(Sender),
     /// Someone is connecting (or holds the slot this instant): wait for it and share it.
     Busy,
     /// Nothing usable: a new connection is needed.
@@ -123,19 +147,15 @@ pub(crate) enum ConnPermit {
     /// To take from this counter (against this limit) only if a connection must be opened:
     /// for callers that found a connect under way and expect to share it.
     Later(Arc<Counter>, Option<u32>),
-    /// Not counted (the gateway connections every service shares, probes).
-    Unlimited,
 }
 
 impl ConnPermit {
-    fn take(self) -> Result<Option<OwnedPermit>, ConnectError> {
+    fn take(self) -> Result<OwnedPermit, ConnectError> {
         match self {
-            ConnPermit::Held(permit) => Ok(Some(permit)),
-            ConnPermit::Later(counter, max) => counter
-                .acquire_owned(max)
-                .map(Some)
-                .ok_or(ConnectError::Overflow),
-            ConnPermit::Unlimited => Ok(None),
+            ConnPermit::Held(permit) => Ok(permit),
+            ConnPermit::Later(counter, max) => {
+                counter.acquire_owned(max).ok_or(ConnectError::Overflow)
+            }
         }
     }
 }
@@ -168,10 +188,12 @@ impl Remote<'_> {
 pub(crate) struct Pool {
     creds: CredentialStore,
     trust: TrustStore,
-    /// To endpoints of this zone and to this zone's gateways, by address.
-    h2: Mutex<HashMap<String, Slot>>,
+    /// To endpoints of this zone, by address.
+    h2: Mutex<HashMap<String, Slot<Sender>>>,
+    /// To this zone's gateways, by address.
+    gateways: Mutex<HashMap<String, Slot<GatewaySender>>>,
     /// Through tunnels, by [`Remote::pool_key`].
-    tunnelled: Mutex<HashMap<String, Slot>>,
+    tunnelled: Mutex<HashMap<String, Slot<Sender>>>,
     tls: Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>,
     /// Spreads tunnels over the zone's gateways.
     next_gateway: AtomicUsize,
@@ -187,6 +209,7 @@ impl Pool {
             creds,
             trust,
             h2: Mutex::default(),
+            gateways: Mutex::default(),
             tunnelled: Mutex::default(),
             tls: Mutex::default(),
             next_gateway: AtomicUsize::new(0),
@@ -197,6 +220,7 @@ impl Pool {
     /// and tunnelled ones to zones no longer in it.
     pub(crate) fn retain(&self, addresses: &HashSet<String>, zones: &HashSet<String>) {
         lock(&self.h2).retain(|a, _| addresses.contains(a));
+        lock(&self.gateways).retain(|a, _| addresses.contains(a));
         lock(&self.tunnelled).retain(|key, _| {
             key.split_once('/')
                 .is_some_and(|(zone, _)| zones.contains(zone))
@@ -205,6 +229,10 @@ impl Pool {
 
     pub(crate) fn forget(&self, address: &str) {
         lock(&self.h2).remove(address);
+    }
+
+    fn forget_gateway(&self, address: &str) {
+        lock(&self.gateways).remove(address);
     }
 
     pub(crate) fn forget_remote(&self, remote: &Remote<'_>) {
@@ -290,15 +318,15 @@ impl Pool {
         })
     }
 
-    /// The pooled HTTP/2 connection to `address` (an endpoint or a gateway), opened when
-    /// there is none (or it closed). A new connection holds `permit` for its life.
+    /// The pooled HTTP/2 connection to the endpoint at `address`, opened when there is none
+    /// (or it closed). A new connection holds `permit` for its life.
     pub(crate) async fn sender(
         &self,
         address: &str,
         spiffe_id: &str,
         timeout: Duration,
         permit: ConnPermit,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    ) -> Result<Sender, ConnectError> {
         let slot = lock(&self.h2)
             .entry(address.to_owned())
             .or_default()
@@ -310,7 +338,31 @@ impl Pool {
             move || async move {
                 let permit = permit.take()?;
                 let tls = self.connect(address, spiffe_id, ALPN_H2, timeout).await?;
-                h2_handshake(tls, address.to_owned(), H2_KEEPALIVE, permit).await
+                Ok(h2client::handshake(tls, address.to_owned(), H2_KEEPALIVE, permit).await?)
+            },
+        )
+        .await
+    }
+
+    /// The pooled HTTP/2 connection to the gateway at `address`, which must be `spiffe_id`.
+    /// Shared by every service: it holds no `maxConnections` permit.
+    async fn gateway_sender(
+        &self,
+        address: &str,
+        spiffe_id: &str,
+        timeout: Duration,
+    ) -> Result<GatewaySender, ConnectError> {
+        let slot = lock(&self.gateways)
+            .entry(address.to_owned())
+            .or_default()
+            .clone();
+        pooled(
+            &slot,
+            |held| held == spiffe_id,
+            spiffe_id,
+            move || async move {
+                let tls = self.connect(address, spiffe_id, ALPN_H2, timeout).await?;
+                gateway_handshake(tls, address.to_owned()).await
             },
         )
         .await
@@ -337,7 +389,7 @@ impl Pool {
                 }
                 Err(err) => {
                     tracing::debug!(%gateway, %err, "local gateway unusable; trying the next");
-                    self.forget(gateway);
+                    self.forget_gateway(gateway);
                     last = err;
                 }
             }
@@ -352,9 +404,8 @@ impl Pool {
         timeout: Duration,
     ) -> Result<Upgraded, ConnectError> {
         let open = async {
-            // The connection to the gateway is shared by every service: no permit.
             let mut sender = self
-                .sender(gateway, remote.gateway_id, timeout, ConnPermit::Unlimited)
+                .gateway_sender(gateway, remote.gateway_id, timeout)
                 .await?;
             sender.ready().await?;
             let request = Request::builder()
@@ -431,7 +482,7 @@ impl Pool {
         remote: &Remote<'_>,
         timeout: Duration,
         permit: ConnPermit,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    ) -> Result<Sender, ConnectError> {
         let key = remote.pool_key();
         let slot = lock(&self.tunnelled)
             .entry(key.clone())
@@ -445,7 +496,7 @@ impl Pool {
             move || async move {
                 let permit = permit.take()?;
                 let tls = self.connect_remote(remote, ALPN_H2, timeout).await?;
-                h2_handshake(tls, key, TUNNEL_KEEPALIVE, permit).await
+                Ok(h2client::handshake(tls, key, TUNNEL_KEEPALIVE, permit).await?)
             },
         )
         .await
@@ -462,7 +513,7 @@ fn joined_eq(held: &str, ids: &[String]) -> bool {
 }
 
 /// What `slot` holds for an id `matches` accepts, without waiting.
-fn look_up(slot: &Slot, matches: impl Fn(&str) -> bool) -> Lookup {
+fn look_up(slot: &Slot<Sender>, matches: impl Fn(&str) -> bool) -> Lookup {
     let Ok(guard) = slot.try_lock() else {
         return Lookup::Busy;
     };
@@ -477,15 +528,16 @@ fn look_up(slot: &Slot, matches: impl Fn(&str) -> bool) -> Lookup {
 /// The connection in `slot` if it is open and was made for an id `matches` accepts (`id`),
 /// else a new one from `connect`. One connect per slot at a time: concurrent callers wait for
 /// it and share it.
-async fn pooled<F, Fut>(
-    slot: &Slot,
+async fn pooled<S, F, Fut>(
+    slot: &Slot<S>,
     matches: impl Fn(&str) -> bool,
     id: &str,
     connect: F,
-) -> Result<SendRequest<Body>, ConnectError>
+) -> Result<S, ConnectError>
 where
+    S: Pooled,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<SendRequest<Body>, ConnectError>>,
+    Fut: Future<Output = Result<S, ConnectError>>,
 {
     let mut guard = slot.lock().await;
     if let Some((held, sender)) = guard.as_ref()
@@ -503,27 +555,21 @@ where
     Ok(sender)
 }
 
-/// The HTTP/2 client handshake over `io`; the connection is driven by its own task, which
-/// holds `permit` (a place in its service's `maxConnections`) until the connection ends.
-/// A ping unanswered for `keepalive` closes the connection.
-async fn h2_handshake<IO>(
-    io: IO,
-    label: String,
-    keepalive: Duration,
-    permit: Option<OwnedPermit>,
-) -> Result<SendRequest<Body>, ConnectError>
+/// hyper's HTTP/2 client handshake with a gateway over `io` (with upgrades, for `CONNECT`);
+/// the connection is driven by its own task. A ping unanswered for [`H2_KEEPALIVE`] closes
+/// the connection.
+async fn gateway_handshake<IO>(io: IO, label: String) -> Result<GatewaySender, ConnectError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(keepalive)
-        .keep_alive_timeout(keepalive)
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(H2_KEEPALIVE)
         .keep_alive_while_idle(true)
         .handshake(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {
-        let _permit = permit;
         if let Err(err) = conn.await {
             tracing::debug!(upstream = %label, %err, "upstream HTTP/2 connection ended");
         }

@@ -18,8 +18,7 @@
 //!    `x-strait-peer-identity` it sent is removed. Under STRICT (the default) nothing is
 //!    peeked. A plaintext HTTP connection still open when the mode goes back to STRICT gets
 //!    `403` `plaintext-refused` (and is closed) on its next request.
-//! 2. By ALPN: `h2` → HTTP/2 ([`crate::h2server`]); `http/1.1` (or none) → HTTP (hyper);
-//!    `strait-tcp` → a byte pipe.
+//! 2. By ALPN: `h2` or `http/1.1` (or none) → HTTP; `strait-tcp` → a byte pipe.
 //! 3. HTTP, per request: the inbound `PermissionPolicy` of the running config decides
 //!    ([`authorize`]); denied → `403`. Any `x-strait-peer-identity` the caller sent is removed
 //!    and replaced with the *verified* caller identity, so the app can trust that header. The
@@ -70,7 +69,6 @@ use tracing::Instrument;
 use crate::app_pool::AppPool;
 use crate::authz::{InboundAuthz, Reason, TlsMode};
 use crate::discovery::Control;
-use crate::h2body::{BoxError, RecvBody};
 use crate::headers::{self as names, strip_hop_by_hop};
 use crate::limits::idle::{self, DEFAULT_IDLE_TIMEOUT, PipeEnd};
 use crate::outbound::{STATUS_CLASSES, Sniff, status_class_index};
@@ -431,43 +429,7 @@ struct App {
     /// which every request then reports).
     authority: Option<Authority>,
     /// Connections to it.
-    pool: Arc<AppPool<InBody>>,
-}
-
-/// A request body as the inbound side received it: from hyper (HTTP/1.1, plaintext callers)
-/// or from [`crate::h2server`] (other sidecars).
-enum InBody {
-    Hyper(Incoming),
-    H2(RecvBody),
-}
-
-impl http_body::Body for InBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            InBody::Hyper(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
-            InBody::H2(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            InBody::Hyper(body) => body.is_end_stream(),
-            InBody::H2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            InBody::Hyper(body) => body.size_hint(),
-            InBody::H2(body) => body.size_hint(),
-        }
-    }
+    pool: Arc<AppPool<Incoming>>,
 }
 
 /// The local `RateLimit` of this sidecar's service: one token bucket shared by every caller,
@@ -584,27 +546,7 @@ async fn connection(
         tcp_pipe(&shared, tls, Some(&caller), peer, None).await;
         return;
     }
-    if alpn.as_deref() == Some(ALPN_H2) {
-        serve_h2(shared, tls, Arc::from(caller), peer, stop).await;
-        return;
-    }
     serve_http(shared, tls, Some(Arc::from(caller)), peer, stop, None).await;
-}
-
-/// Serves HTTP/2 from another sidecar (`caller`) on `io` (see [`crate::h2server`]) until it
-/// closes the connection, or the listener stops and the requests under way are answered.
-async fn serve_h2<IO>(
-    shared: Arc<Shared>,
-    io: IO,
-    caller: Arc<str>,
-    peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let origin = Origin::new(Some(caller), peer);
-    let handle = |request: Request<RecvBody>| handle(&shared, request.map(InBody::H2), &origin);
-    crate::h2server::serve(io, handle, stopped(&mut stop)).await;
 }
 
 /// A plaintext connection under PERMISSIVE: sniffed (unless `kind` is known already), then
@@ -656,10 +598,7 @@ async fn serve_http<IO>(
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let shared = service_shared.clone();
         let origin = origin.clone();
-        async move {
-            let request = request.map(InBody::Hyper);
-            Ok::<_, Infallible>(handle(&shared, request, &origin).await)
-        }
+        async move { Ok::<_, Infallible>(handle(&shared, request, &origin).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -728,7 +667,7 @@ impl Origin {
 }
 
 /// One HTTP request: authorize, forward to the app, stream the response back.
-async fn handle(shared: &Shared, request: Request<InBody>, origin: &Origin) -> Response<Body> {
+async fn handle(shared: &Shared, request: Request<Incoming>, origin: &Origin) -> Response<Body> {
     let start = Instant::now();
     // At debug level: an enabled span formats its fields for the log on every request,
     // logged or not (docs/benchmarks.md "Sidecar"), so the few info events of a request carry
@@ -755,7 +694,7 @@ async fn handle(shared: &Shared, request: Request<InBody>, origin: &Origin) -> R
     response
 }
 
-async fn forward(shared: &Shared, request: Request<InBody>, origin: &Origin) -> Response<Body> {
+async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -> Response<Body> {
     let caller = origin.caller.as_deref();
     let config = shared.ctx.config.borrow().clone();
     if config.version == 0 {
@@ -851,11 +790,11 @@ async fn forward(shared: &Shared, request: Request<InBody>, origin: &Origin) -> 
 /// taken from an HTTP/2 `:authority`, or else the app's address. `app` is the app's authority
 /// (`None`: it has none that is valid); `identity` the caller's header value (`None`:
 /// plaintext).
-fn app_request<B>(
-    request: Request<B>,
+fn app_request(
+    request: Request<Incoming>,
     app: Option<&Authority>,
     identity: Option<&Result<HeaderValue, String>>,
-) -> Result<Request<B>, String> {
+) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = request.into_parts();
     let app = app.ok_or("cannot build the app URI: the app's address is no authority")?;
     let authority = parts.uri.authority().cloned();

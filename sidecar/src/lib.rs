@@ -28,7 +28,6 @@ pub mod discovery;
 pub mod fault;
 mod h2body;
 mod h2client;
-mod h2server;
 mod headers;
 pub mod identity;
 pub mod inbound;

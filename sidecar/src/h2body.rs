@@ -19,6 +19,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The flow-control window is given back as soon as a chunk is handed on: whoever reads this
 /// body applies backpressure by not polling it, and the peer can send at most one window
 /// ahead.
+#[derive(Debug)]
 pub(crate) struct RecvBody {
     stream: RecvStream,
     /// What `Content-Length` says is still to come (h2 checks that the DATA frames add up to

@@ -203,6 +203,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The slot of `key` in `slots`, made empty when there is none yet.
+fn slot<S>(slots: &Mutex<HashMap<String, Slot<S>>>, key: &str) -> Slot<S> {
+    lock(slots).entry(key.to_owned()).or_default().clone()
+}
+
 impl Pool {
     pub(crate) fn new(creds: CredentialStore, trust: TrustStore) -> Self {
         Self {
@@ -327,10 +332,7 @@ impl Pool {
         timeout: Duration,
         permit: ConnPermit,
     ) -> Result<Sender, ConnectError> {
-        let slot = lock(&self.h2)
-            .entry(address.to_owned())
-            .or_default()
-            .clone();
+        let slot = slot(&self.h2, address);
         pooled(
             &slot,
             |held| held == spiffe_id,
@@ -352,10 +354,7 @@ impl Pool {
         spiffe_id: &str,
         timeout: Duration,
     ) -> Result<GatewaySender, ConnectError> {
-        let slot = lock(&self.gateways)
-            .entry(address.to_owned())
-            .or_default()
-            .clone();
+        let slot = slot(&self.gateways, address);
         pooled(
             &slot,
             |held| held == spiffe_id,
@@ -484,10 +483,7 @@ impl Pool {
         permit: ConnPermit,
     ) -> Result<Sender, ConnectError> {
         let key = remote.pool_key();
-        let slot = lock(&self.tunnelled)
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let slot = slot(&self.tunnelled, &key);
         let ids = remote.identities.join(" ");
         pooled(
             &slot,

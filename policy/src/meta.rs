@@ -12,6 +12,10 @@ use crate::kind::Kind;
 /// The namespace of a resource whose metadata leaves it out.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// The mesh namespace (as Istio's root namespace): a resource here without `targetRef` applies
+/// to every service of every namespace, below anything a service's own namespace sets.
+pub const MESH_NAMESPACE: &str = "strait-system";
+
 fn default_namespace() -> String {
     DEFAULT_NAMESPACE.to_owned()
 }

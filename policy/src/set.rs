@@ -4,9 +4,12 @@
 //! compiler asks it what applies to each service.
 
 use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
 
 use crate::kind::Kind;
-use crate::meta::ResourceKey;
+use crate::meta::{MESH_NAMESPACE, ResourceKey};
 use crate::resource::Resource;
 use crate::spec::{
     CircuitBreakerSpec, FaultInjectionSpec, LocalityFailoverSpec, MeshTlsSpec, RateLimitSpec,
@@ -19,21 +22,81 @@ pub struct PolicySet {
     resources: BTreeMap<ResourceKey, Resource>,
 }
 
-/// The resource of one kind that applies to a service, and its key (for status and errors).
+/// How widely a resource applies, from least to most specific.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// No `targetRef`, in [`MESH_NAMESPACE`]: every service of every namespace.
+    Mesh,
+    /// No `targetRef`: every service of the resource's namespace.
+    Namespace,
+    /// `targetRef: {service}`: every port of one service.
+    Service,
+    /// `targetRef: {service, port}`: one port of one service.
+    Port,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Mesh => "mesh",
+            Scope::Namespace => "namespace",
+            Scope::Service => "service",
+            Scope::Port => "port",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A resource that applies to a service, its key (for status and errors) and how specifically
+/// it targets the service.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Applied<'a, T> {
     pub key: &'a ResourceKey,
     pub spec: &'a T,
+    pub scope: Scope,
 }
 
-/// The effective policies of one service (or one of its ports): at most one resource of each
-/// kind.
+/// A resource that targets the service but lost to another of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shadowed<'a> {
+    pub key: &'a ResourceKey,
+    pub scope: Scope,
+    /// The resource that applies instead.
+    pub by: &'a ResourceKey,
+    pub by_scope: Scope,
+}
+
+impl Shadowed<'_> {
+    /// Why it lost, in words for `strait apply` and `strait describe`.
+    pub fn reason(&self) -> String {
+        if self.by_scope > self.scope {
+            format!(
+                "{} is more specific ({} scope beats {} scope)",
+                self.by, self.by_scope, self.scope
+            )
+        } else {
+            format!(
+                "{} has the same ({}) scope and its name sorts first",
+                self.by, self.by_scope
+            )
+        }
+    }
+}
+
+/// The effective policies of one service (or one of its ports).
 ///
-/// When several resources of a kind target the service, the most specific wins (a resource
-/// naming the port, then one naming the service, then for `MeshTLS` a namespace-wide one);
-/// among equally specific ones, the one whose name sorts first (byte order) wins. The choice
-/// depends only on the set's content, never on the order things were applied, so every zone
-/// computes the same answer. The losers are listed in `shadowed` so tools can warn.
+/// `TrafficPermission`s **combine**: every one that applies (mesh, namespace, service and port
+/// scope) is listed and evaluated together by [`decide_permissions`]. For every other kind at
+/// most one resource applies: the most specific (port, then service, then namespace, then
+/// mesh scope); among equally specific ones, the one whose name sorts first (byte order). The
+/// choice depends only on the set's content, never on the order things were applied, so every
+/// zone computes the same answer. The losers are listed in `shadowed`, with the winner.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServicePolicies<'a> {
     pub traffic_route: Option<Applied<'a, TrafficRouteSpec>>,
@@ -42,11 +105,38 @@ pub struct ServicePolicies<'a> {
     pub circuit_breaker: Option<Applied<'a, CircuitBreakerSpec>>,
     pub fault_injection: Option<Applied<'a, FaultInjectionSpec>>,
     pub rate_limit: Option<Applied<'a, RateLimitSpec>>,
-    pub traffic_permission: Option<Applied<'a, TrafficPermissionSpec>>,
+    /// Every `TrafficPermission` that applies, from the widest scope to the narrowest, then by
+    /// namespace and name.
+    pub traffic_permissions: Vec<Applied<'a, TrafficPermissionSpec>>,
     pub locality_failover: Option<Applied<'a, LocalityFailoverSpec>>,
     pub mesh_tls: Option<Applied<'a, MeshTlsSpec>>,
-    /// Resources that target the service but lost to another of the same kind.
-    pub shadowed: Vec<&'a ResourceKey>,
+    /// Resources that target the service but lost to another of the same kind, by key.
+    pub shadowed: Vec<Shadowed<'a>>,
+}
+
+impl ServicePolicies<'_> {
+    /// Every resource that applies (permissions included), with its scope, in key order.
+    pub fn applied(&self) -> Vec<(&ResourceKey, Scope)> {
+        let mut out: Vec<(&ResourceKey, Scope)> = Vec::new();
+        macro_rules! one {
+            ($($field:ident),*) => {
+                $(if let Some(a) = &self.$field { out.push((a.key, a.scope)); })*
+            };
+        }
+        one!(
+            traffic_route,
+            retry,
+            timeout,
+            circuit_breaker,
+            fault_injection,
+            rate_limit,
+            locality_failover,
+            mesh_tls
+        );
+        out.extend(self.traffic_permissions.iter().map(|a| (a.key, a.scope)));
+        out.sort();
+        out
+    }
 }
 
 impl PolicySet {
@@ -105,48 +195,68 @@ impl PolicySet {
     }
 
     fn select(&self, namespace: &str, service: &str, port: Option<u16>) -> ServicePolicies<'_> {
-        // Keys iterate in name order within a kind and namespace, so keeping the first of the
-        // highest specificity picks the name that sorts first.
-        let mut best: BTreeMap<Kind, (u8, &ResourceKey, &Resource)> = BTreeMap::new();
-        let mut shadowed = Vec::new();
+        // Keys iterate in kind, namespace, name order, so keeping the first of the highest
+        // specificity picks the name that sorts first (the mesh namespace's resources compete
+        // only at mesh scope, below everything of the service's own namespace).
+        let mut best: BTreeMap<Kind, (Scope, &ResourceKey, &Resource)> = BTreeMap::new();
+        let mut losers: Vec<(Kind, &ResourceKey, Scope)> = Vec::new();
+        let mut permissions = Vec::new();
         for (key, resource) in &self.resources {
-            if key.namespace != namespace {
-                continue;
-            }
-            let Some(rank) = specificity(&resource.spec, service, port) else {
+            let Some(scope) = scope_for(key, &resource.spec, namespace, service, port) else {
                 continue;
             };
+            if let Spec::TrafficPermission(spec) = &resource.spec {
+                permissions.push(Applied { key, spec, scope });
+                continue;
+            }
             match best.get(&key.kind) {
-                Some(&(current, loser, _)) if rank > current => {
-                    shadowed.push(loser);
-                    best.insert(key.kind, (rank, key, resource));
+                Some(&(current, loser, _)) if scope > current => {
+                    losers.push((key.kind, loser, current));
+                    best.insert(key.kind, (scope, key, resource));
                 }
-                Some(_) => shadowed.push(key),
+                Some(_) => losers.push((key.kind, key, scope)),
                 None => {
-                    best.insert(key.kind, (rank, key, resource));
+                    best.insert(key.kind, (scope, key, resource));
                 }
             }
         }
-        shadowed.sort();
+        permissions.sort_by(|a, b| (a.scope, a.key).cmp(&(b.scope, b.key)));
+        let mut shadowed: Vec<Shadowed<'_>> = losers
+            .into_iter()
+            .filter_map(|(kind, key, scope)| {
+                let &(by_scope, by, _) = best.get(&kind)?;
+                Some(Shadowed {
+                    key,
+                    scope,
+                    by,
+                    by_scope,
+                })
+            })
+            .collect();
+        shadowed.sort_by(|a, b| a.key.cmp(b.key));
         let mut out = ServicePolicies {
             shadowed,
+            traffic_permissions: permissions,
             ..ServicePolicies::default()
         };
-        for (_, (_, key, resource)) in best {
+        for (_, (scope, key, resource)) in best {
             match &resource.spec {
-                Spec::TrafficRoute(spec) => out.traffic_route = Some(Applied { key, spec }),
-                Spec::Retry(spec) => out.retry = Some(Applied { key, spec }),
-                Spec::Timeout(spec) => out.timeout = Some(Applied { key, spec }),
-                Spec::CircuitBreaker(spec) => out.circuit_breaker = Some(Applied { key, spec }),
-                Spec::FaultInjection(spec) => out.fault_injection = Some(Applied { key, spec }),
-                Spec::RateLimit(spec) => out.rate_limit = Some(Applied { key, spec }),
-                Spec::TrafficPermission(spec) => {
-                    out.traffic_permission = Some(Applied { key, spec });
+                Spec::TrafficRoute(spec) => out.traffic_route = Some(Applied { key, spec, scope }),
+                Spec::Retry(spec) => out.retry = Some(Applied { key, spec, scope }),
+                Spec::Timeout(spec) => out.timeout = Some(Applied { key, spec, scope }),
+                Spec::CircuitBreaker(spec) => {
+                    out.circuit_breaker = Some(Applied { key, spec, scope });
                 }
+                Spec::FaultInjection(spec) => {
+                    out.fault_injection = Some(Applied { key, spec, scope });
+                }
+                Spec::RateLimit(spec) => out.rate_limit = Some(Applied { key, spec, scope }),
+                // Collected above: permissions combine, none is chosen.
+                Spec::TrafficPermission(_) => {}
                 Spec::LocalityFailover(spec) => {
-                    out.locality_failover = Some(Applied { key, spec });
+                    out.locality_failover = Some(Applied { key, spec, scope });
                 }
-                Spec::MeshTls(spec) => out.mesh_tls = Some(Applied { key, spec }),
+                Spec::MeshTls(spec) => out.mesh_tls = Some(Applied { key, spec, scope }),
             }
         }
         out
@@ -169,15 +279,27 @@ impl Extend<Resource> for PolicySet {
     }
 }
 
-/// How specifically a spec targets `service` (and `port`): 2 names the port, 1 the service,
-/// 0 the whole namespace; `None` when it does not apply.
-fn specificity(spec: &Spec, service: &str, port: Option<u16>) -> Option<u8> {
+/// The scope at which the resource `key` applies to `service` (and `port`) of `namespace`;
+/// `None` when it does not apply.
+///
+/// A resource without `targetRef` covers its namespace, or every namespace when it lives in
+/// [`MESH_NAMESPACE`]. `for_service` (`port` `None`) leaves port-scoped resources out.
+pub fn scope_for(
+    key: &ResourceKey,
+    spec: &Spec,
+    namespace: &str,
+    service: &str,
+    port: Option<u16>,
+) -> Option<Scope> {
     match spec.target_ref() {
-        None => Some(0),
+        None if key.namespace == namespace => Some(Scope::Namespace),
+        None if key.namespace == MESH_NAMESPACE => Some(Scope::Mesh),
+        None => None,
+        Some(_) if key.namespace != namespace => None,
         Some(t) if t.service != service => None,
         Some(t) => match (t.port, port) {
-            (None, _) => Some(1),
-            (Some(p), Some(q)) if p == q => Some(2),
+            (None, _) => Some(Scope::Service),
+            (Some(p), Some(q)) if p == q => Some(Scope::Port),
             _ => None,
         },
     }

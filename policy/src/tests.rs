@@ -78,7 +78,7 @@ fn timeout_example_from_the_brief() {
     let Spec::Timeout(t) = &r.spec else {
         panic!("{r:?}")
     };
-    assert_eq!(t.target_ref, TargetRef::service("echo"));
+    assert_eq!(t.target_ref, Some(TargetRef::service("echo")));
     assert_eq!(t.request, Some(HumanDuration::from_secs(2)));
     assert_eq!(t.connect, None);
 }
@@ -546,7 +546,7 @@ fn retry_invalid() {
 fn timeout_invalid() {
     assert_problem(
         &doc("Timeout", "targetRef: {service: echo}"),
-        &["spec: set at least one of connect, request or idle"],
+        &["spec: set at least one of connect, request, responseHeaders, stream or idle"],
     );
     assert_problem(
         &doc("Timeout", "targetRef: {service: echo}\nconnect: 0ms"),
@@ -763,13 +763,14 @@ fn traffic_permission_valid_invalid_and_evaluation() {
     );
     assert_eq!(s.evaluate(&req(None, "GET", "/api")), Action::Deny);
 
-    assert_problem(
-        &doc(
-            "TrafficPermission",
-            "targetRef: {service: echo}\nrules: [{action: allow, from: [\"spiffe://strait.local/ns/demo/sa/a\"]}]",
-        ),
-        &["spec.defaultAction", "permits every request"],
-    );
+    // Only allows, with the default allow: accepted, since its allows lift another
+    // resource's default deny when permissions combine (`strait apply` warns when none
+    // applies, see describe.rs).
+    let allow_only = one(&doc(
+        "TrafficPermission",
+        "targetRef: {service: echo}\nrules: [{action: allow, from: [\"spiffe://strait.local/ns/demo/sa/a\"]}]",
+    ));
+    assert_eq!(allow_only.kind, Kind::TrafficPermission);
     assert_problem(
         &doc(
             "TrafficPermission",
@@ -954,7 +955,9 @@ fn validate_catches_code_built_resources() {
     let mut r = Resource::new(
         Metadata::new("demo", "t"),
         Spec::Timeout(TimeoutSpec {
-            target_ref: TargetRef::service("echo"),
+            target_ref: Some(TargetRef::service("echo")),
+            response_headers: None,
+            stream: None,
             connect: None,
             request: None,
             idle: None,
@@ -965,7 +968,7 @@ fn validate_catches_code_built_resources() {
         errs,
         vec![FieldError::new(
             "spec",
-            "set at least one of connect, request or idle"
+            "set at least one of connect, request, responseHeaders, stream or idle"
         )]
     );
     r.kind = Kind::Retry;
@@ -1047,12 +1050,12 @@ fn for_service_picks_one_per_kind_deterministically() {
     assert_eq!(p.retry.map(|r| r.spec.attempts), Some(2));
     assert_eq!(p.mesh_tls.map(|m| m.spec.mode), Some(MeshTlsMode::Strict));
     assert!(p.traffic_route.is_none());
-    let shadowed: Vec<&str> = p.shadowed.iter().map(|k| k.name.as_str()).collect();
+    let shadowed: Vec<&str> = p.shadowed.iter().map(|k| k.key.name.as_str()).collect();
     assert_eq!(shadowed, vec!["zz"]);
 
     let p = set.for_port("demo", "echo", 8080);
     assert_eq!(p.timeout.map(|t| t.key.name.as_str()), Some("port"));
-    let mut shadowed: Vec<&str> = p.shadowed.iter().map(|k| k.name.as_str()).collect();
+    let mut shadowed: Vec<&str> = p.shadowed.iter().map(|k| k.key.name.as_str()).collect();
     shadowed.sort();
     assert_eq!(shadowed, vec!["aa", "zz"]);
     assert_eq!(
@@ -1071,7 +1074,7 @@ fn for_service_picks_one_per_kind_deterministically() {
     assert_eq!(
         p.shadowed
             .iter()
-            .map(|k| k.name.as_str())
+            .map(|k| k.key.name.as_str())
             .collect::<Vec<_>>(),
         vec!["ns-wide"]
     );
@@ -1165,4 +1168,295 @@ fn never_panics_on_garbage() {
         "a: &a [{}]\nb: [*a, *a, *a, *a, *a, *a, *a, *a]\n",
         "x, ".repeat(1000)
     ));
+}
+
+// === scopes, combined permissions, describe and warnings ===
+
+/// A resource of `kind` named `name` in `namespace`.
+fn in_ns(kind: &str, namespace: &str, name: &str, spec: &str) -> Resource {
+    one(&doc(kind, spec)
+        .replace("name: p", &format!("name: {name}"))
+        .replace("namespace: demo", &format!("namespace: {namespace}")))
+}
+
+#[test]
+fn mesh_namespace_service_and_port_scopes_rank_in_that_order() {
+    let set: PolicySet = [
+        in_ns("Timeout", MESH_NAMESPACE, "mesh", "request: 9s"),
+        in_ns("Timeout", "demo", "ns", "request: 5s"),
+        in_ns(
+            "Timeout",
+            "demo",
+            "svc",
+            "targetRef: {service: echo}\nrequest: 2s",
+        ),
+        in_ns(
+            "Timeout",
+            "demo",
+            "port",
+            "targetRef: {service: echo, port: 9090}\nrequest: 1s",
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let winner = |ns: &str, svc: &str, port: Option<u16>| {
+        let p = match port {
+            Some(port) => set.for_port(ns, svc, port),
+            None => set.for_service(ns, svc),
+        };
+        let t = p.timeout.unwrap();
+        (t.key.name.clone(), t.scope)
+    };
+    assert_eq!(winner("prod", "api", None), ("mesh".into(), Scope::Mesh));
+    assert_eq!(
+        winner("demo", "ledger", None),
+        ("ns".into(), Scope::Namespace)
+    );
+    assert_eq!(winner("demo", "echo", None), ("svc".into(), Scope::Service));
+    assert_eq!(
+        winner("demo", "echo", Some(8080)),
+        ("svc".into(), Scope::Service)
+    );
+    assert_eq!(
+        winner("demo", "echo", Some(9090)),
+        ("port".into(), Scope::Port)
+    );
+    // Every loser is named with the winner.
+    let p = set.for_port("demo", "echo", 9090);
+    let lost: Vec<(&str, &str)> = p
+        .shadowed
+        .iter()
+        .map(|s| (s.key.name.as_str(), s.by.name.as_str()))
+        .collect();
+    // In key order: demo's resources, then the mesh namespace's.
+    assert_eq!(
+        lost,
+        vec![("ns", "port"), ("svc", "port"), ("mesh", "port")]
+    );
+    assert!(
+        p.shadowed[2]
+            .reason()
+            .contains("port scope beats mesh scope")
+    );
+    // TrafficRoute keeps its required targetRef.
+    assert_problem(
+        &doc("TrafficRoute", "rules: [{split: [{weight: 1}]}]"),
+        &["spec", "targetRef"],
+    );
+}
+
+#[test]
+fn every_applicable_permission_is_listed_and_decides_together() {
+    let deny_client = "targetRef: {service: ledger}\nrules: [{action: deny, from: [spiffe://strait.local/ns/demo/sa/client]}]";
+    let allow_all = "targetRef: {service: ledger}\ndefaultAction: deny\nrules: [{action: allow, from: [\"spiffe://strait.local/ns/*/sa/*\"]}]";
+    let set: PolicySet = [
+        in_ns("TrafficPermission", "demo", "z-deny-client", deny_client),
+        in_ns("TrafficPermission", "demo", "a-allow-everyone", allow_all),
+        in_ns(
+            "TrafficPermission",
+            "demo",
+            "ns-default",
+            "defaultAction: deny",
+        ),
+        in_ns(
+            "TrafficPermission",
+            "demo",
+            "port-deny",
+            "targetRef: {service: ledger, port: 9090}\nrules: [{action: deny}]",
+        ),
+        in_ns(
+            "TrafficPermission",
+            MESH_NAMESPACE,
+            "mesh-deny-batch",
+            "rules: [{action: deny, from: [spiffe://strait.local/ns/demo/sa/batch]}]",
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let names = |p: &ServicePolicies<'_>| -> Vec<String> {
+        p.traffic_permissions
+            .iter()
+            .map(|a| a.key.name.clone())
+            .collect()
+    };
+    let ledger = set.for_service("demo", "ledger");
+    assert_eq!(
+        names(&ledger),
+        vec![
+            "mesh-deny-batch",
+            "ns-default",
+            "a-allow-everyone",
+            "z-deny-client"
+        ]
+    );
+    assert!(ledger.shadowed.is_empty());
+    let decide = |p: &ServicePolicies<'_>, caller: &str| {
+        decide_permissions(
+            p.traffic_permissions.iter().map(|a| PermissionInput {
+                default_action: a.spec.default_action,
+                rules: &a.spec.rules,
+            }),
+            &RequestInfo {
+                caller: Some(caller),
+                method: "GET",
+                path: "/",
+            },
+        )
+        .action
+    };
+    assert_eq!(
+        decide(&ledger, "spiffe://strait.local/ns/demo/sa/client"),
+        Action::Deny
+    );
+    assert_eq!(
+        decide(&ledger, "spiffe://strait.local/ns/demo/sa/web"),
+        Action::Allow
+    );
+    assert_eq!(
+        decide(&ledger, "spiffe://strait.local/ns/demo/sa/batch"),
+        Action::Deny
+    );
+    // The port-scoped deny applies on its port only.
+    let port = set.for_port("demo", "ledger", 9090);
+    assert_eq!(names(&port).len(), 5);
+    assert_eq!(
+        decide(&port, "spiffe://strait.local/ns/demo/sa/web"),
+        Action::Deny
+    );
+    // Another service of demo: the namespace default denies, the mesh deny applies.
+    let echo = set.for_service("demo", "echo");
+    assert_eq!(names(&echo), vec!["mesh-deny-batch", "ns-default"]);
+    assert_eq!(
+        decide(&echo, "spiffe://strait.local/ns/demo/sa/web"),
+        Action::Deny
+    );
+}
+
+#[test]
+fn describe_lists_what_applies_and_what_is_overridden() {
+    let set: PolicySet = [
+        in_ns("Timeout", "demo", "ns-timeout", "request: 5s"),
+        in_ns(
+            "Timeout",
+            "demo",
+            "echo-timeout",
+            "targetRef: {service: echo}\nrequest: 2s",
+        ),
+        in_ns(
+            "TrafficPermission",
+            "demo",
+            "ns-default",
+            "defaultAction: deny",
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let d = describe(&set, "demo", "echo", Some(8080));
+    let rows: Vec<(String, Scope, describe::Status)> = d
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.scope, r.status))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "echo-timeout".into(),
+                Scope::Service,
+                describe::Status::Applies
+            ),
+            (
+                "ns-default".into(),
+                Scope::Namespace,
+                describe::Status::Combined
+            ),
+            (
+                "ns-timeout".into(),
+                Scope::Namespace,
+                describe::Status::Overridden
+            ),
+        ]
+    );
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["port"], 8080);
+    assert_eq!(json["resources"][2]["status"], "overridden");
+    assert_eq!(
+        json["resources"][2]["overridden_by"],
+        "Timeout demo/echo-timeout"
+    );
+    assert!(
+        json["resources"][2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("service scope beats namespace scope")
+    );
+}
+
+#[test]
+fn apply_warns_about_overrides_missing_targets_and_permissions_that_change_nothing() {
+    let mut catalog = ServiceCatalog::new();
+    catalog.add("demo", "echo", [8080]);
+    catalog.add("demo", "ledger", [8080, 9090]);
+    let resources = [
+        in_ns(
+            "Retry",
+            "demo",
+            "a-retry",
+            "targetRef: {service: echo}\nattempts: 1",
+        ),
+        in_ns(
+            "Retry",
+            "demo",
+            "b-retry",
+            "targetRef: {service: echo}\nattempts: 2",
+        ),
+        in_ns(
+            "Timeout",
+            "demo",
+            "ghost",
+            "targetRef: {service: ghost}\nrequest: 1s",
+        ),
+        in_ns(
+            "Timeout",
+            "demo",
+            "no-such-port",
+            "targetRef: {service: ledger, port: 7000}\nrequest: 1s",
+        ),
+        in_ns(
+            "TrafficPermission",
+            "demo",
+            "allow-only",
+            "targetRef: {service: echo}\nrules: [{action: allow, from: [spiffe://strait.local/ns/demo/sa/client]}]",
+        ),
+        in_ns("Timeout", "empty", "nothing-here", "request: 1s"),
+    ];
+    let set: PolicySet = resources.iter().cloned().collect();
+    let keys: Vec<ResourceKey> = resources.iter().map(Resource::key).collect();
+    let warnings = apply_warnings(&set, &keys, &catalog);
+    let expect = [
+        "Retry demo/a-retry overrides Retry demo/b-retry on demo/echo:8080",
+        "Retry demo/b-retry is overridden on demo/echo:8080 by Retry demo/a-retry: Retry demo/a-retry has the same (service) scope and its name sorts first",
+        "Timeout demo/ghost: no zone exports service demo/ghost yet",
+        "Timeout demo/no-such-port: service demo/ledger has no port 7000 (its ports: 8080, 9090)",
+        "TrafficPermission demo/allow-only changes nothing on demo/echo:8080",
+        "Timeout empty/nothing-here: no zone exports a service in namespace empty yet",
+    ];
+    for want in expect {
+        assert!(
+            warnings.iter().any(|w| w.starts_with(want)),
+            "no warning starts with {want:?}:\n{}",
+            warnings.join("\n")
+        );
+    }
+    assert_eq!(warnings.len(), expect.len(), "{warnings:#?}");
+    // With a namespace default deny, the allow-only permission means something.
+    let mut set = set;
+    set.insert(in_ns(
+        "TrafficPermission",
+        "demo",
+        "ns-default",
+        "defaultAction: deny",
+    ));
+    let warnings = apply_warnings(&set, &keys[4..5], &catalog);
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }

@@ -12,7 +12,9 @@ use crate::spec::route::{HttpMatch, check_matches};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultInjectionSpec {
-    pub target_ref: TargetRef,
+    /// Absent: every service of the namespace (or of the mesh, in the mesh namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
     /// Only requests matching any of these are affected; absent means every request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<HttpMatch>,
@@ -43,7 +45,9 @@ pub struct AbortFault {
 
 impl FaultInjectionSpec {
     pub(crate) fn check(&self, c: &mut Checker) {
-        self.target_ref.check("spec.targetRef", c);
+        if let Some(t) = &self.target_ref {
+            t.check("spec.targetRef", c);
+        }
         check_matches("spec.matches", &self.matches, c);
         if self.delay.is_none() && self.abort.is_none() {
             c.err("spec", "set at least one of delay or abort");

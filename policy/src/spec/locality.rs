@@ -15,7 +15,9 @@ use crate::meta::TargetRef;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LocalityFailoverSpec {
-    pub target_ref: TargetRef,
+    /// Absent: every service of the namespace (or of the mesh, in the mesh namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
     pub order: Vec<Locality>,
     /// In percent, 100..=1000. Default 140: a level keeps all its traffic until fewer than
     /// 1/1.4 (about 71%) of its endpoints are healthy.
@@ -75,7 +77,9 @@ impl From<Locality> for LocalityRepr {
 
 impl LocalityFailoverSpec {
     pub(crate) fn check(&self, c: &mut Checker) {
-        self.target_ref.check("spec.targetRef", c);
+        if let Some(t) = &self.target_ref {
+            t.check("spec.targetRef", c);
+        }
         if self.order.is_empty() {
             c.err("spec.order", "must list at least one zone or region");
         }

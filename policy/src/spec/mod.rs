@@ -63,17 +63,18 @@ impl Spec {
         }
     }
 
-    /// The service the policy applies to; `None` only for a namespace-wide `MeshTLS`.
+    /// The service the policy applies to; `None` for a namespace-wide (or, in the mesh
+    /// namespace, mesh-wide) resource. Every kind but `TrafficRoute` may leave it out.
     pub fn target_ref(&self) -> Option<&TargetRef> {
         match self {
             Spec::TrafficRoute(s) => Some(&s.target_ref),
-            Spec::Retry(s) => Some(&s.target_ref),
-            Spec::Timeout(s) => Some(&s.target_ref),
-            Spec::CircuitBreaker(s) => Some(&s.target_ref),
-            Spec::FaultInjection(s) => Some(&s.target_ref),
-            Spec::RateLimit(s) => Some(&s.target_ref),
-            Spec::TrafficPermission(s) => Some(&s.target_ref),
-            Spec::LocalityFailover(s) => Some(&s.target_ref),
+            Spec::Retry(s) => s.target_ref.as_ref(),
+            Spec::Timeout(s) => s.target_ref.as_ref(),
+            Spec::CircuitBreaker(s) => s.target_ref.as_ref(),
+            Spec::FaultInjection(s) => s.target_ref.as_ref(),
+            Spec::RateLimit(s) => s.target_ref.as_ref(),
+            Spec::TrafficPermission(s) => s.target_ref.as_ref(),
+            Spec::LocalityFailover(s) => s.target_ref.as_ref(),
             Spec::MeshTls(s) => s.target_ref.as_ref(),
         }
     }

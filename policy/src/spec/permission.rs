@@ -9,12 +9,15 @@ use crate::meta::TargetRef;
 
 /// `spec` of a `TrafficPermission`, enforced by the service's inbound proxies.
 ///
-/// Decision: if any `deny` rule matches the request, it is denied; otherwise if any `allow`
-/// rule matches, it is allowed; otherwise `defaultAction` applies. Rule order does not matter.
+/// Every resource that applies to a request is evaluated together ([`crate::decide_permissions`]):
+/// any matching `deny` rule denies; otherwise any matching `allow` rule allows; otherwise the
+/// request is denied if any of them has `defaultAction: deny`. Rule order does not matter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPermissionSpec {
-    pub target_ref: TargetRef,
+    /// Absent: every service of the namespace (or of the mesh, in the mesh namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
     /// For requests no rule matches. Default `allow`; `deny` makes an allow-list.
     #[serde(default)]
     pub default_action: Action,
@@ -58,34 +61,22 @@ pub struct RequestInfo<'a> {
 }
 
 impl TrafficPermissionSpec {
-    /// The decision for one request (see the type's docs for the order).
+    /// The decision of this resource alone (see the type's docs for the order); several that
+    /// apply together are decided by [`crate::decide_permissions`].
     pub fn evaluate(&self, request: &RequestInfo<'_>) -> Action {
-        let matching = |action: Action| {
-            self.rules
-                .iter()
-                .any(|r| r.action == action && r.matches(request))
-        };
-        if matching(Action::Deny) {
-            Action::Deny
-        } else if matching(Action::Allow) {
-            Action::Allow
-        } else {
-            self.default_action
-        }
+        crate::decide_permissions(
+            [crate::PermissionInput {
+                default_action: self.default_action,
+                rules: &self.rules,
+            }],
+            request,
+        )
+        .action
     }
 
     pub(crate) fn check(&self, c: &mut Checker) {
-        self.target_ref.check("spec.targetRef", c);
-        if self.default_action == Action::Allow
-            && !self.rules.is_empty()
-            && self.rules.iter().all(|r| r.action == Action::Allow)
-        {
-            // The classic mistake: an allow-list that allows everyone. Refuse it and say how
-            // to get what was almost certainly meant.
-            c.err(
-                "spec.defaultAction",
-                "every rule allows and defaultAction is allow, so this resource permits every request: set defaultAction: deny to allow only what the rules list",
-            );
+        if let Some(t) = &self.target_ref {
+            t.check("spec.targetRef", c);
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let path = format!("spec.rules[{i}]");

@@ -14,7 +14,9 @@ use crate::meta::TargetRef;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitSpec {
-    pub target_ref: TargetRef,
+    /// Absent: every service of the namespace (or of the mesh, in the mesh namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
     /// Tokens added per interval (at least 1).
     pub requests: u32,
     pub interval: HumanDuration,
@@ -37,7 +39,9 @@ impl RateLimitSpec {
     }
 
     pub(crate) fn check(&self, c: &mut Checker) {
-        self.target_ref.check("spec.targetRef", c);
+        if let Some(t) = &self.target_ref {
+            t.check("spec.targetRef", c);
+        }
         c.at_least("spec.requests", self.requests.into(), 1);
         c.duration("spec.interval", self.interval);
         if let Some(b) = self.burst {

@@ -20,7 +20,9 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetrySpec {
-    pub target_ref: TargetRef,
+    /// Absent: every service of the namespace (or of the mesh, in the mesh namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
     /// Retries after the first try (1..=10).
     pub attempts: u32,
     /// Deadline of each try; absent means only the `Timeout` request deadline applies.
@@ -131,7 +133,9 @@ impl Default for RetryBudget {
 
 impl RetrySpec {
     pub(crate) fn check(&self, c: &mut Checker) {
-        self.target_ref.check("spec.targetRef", c);
+        if let Some(t) = &self.target_ref {
+            t.check("spec.targetRef", c);
+        }
         if !(1..=MAX_RETRY_ATTEMPTS).contains(&self.attempts) {
             c.err(
                 "spec.attempts",
@@ -188,13 +192,25 @@ impl RetrySpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TimeoutSpec {
-    pub target_ref: TargetRef,
+    /// Absent: every service of the namespace (or of the mesh, in the mesh namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
     /// Time to establish a connection (TCP and TLS) to an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<HumanDuration>,
-    /// Time from the request's start until the whole response, retries included.
+    /// Time from the request's start until the end of the whole response, retries included.
+    /// A streaming response (a `text/event-stream` or gRPC response, or an upgrade) is held to
+    /// it only until its headers; [`TimeoutSpec::stream`] bounds the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<HumanDuration>,
+    /// Time from the request's start until the response headers, retries included, for every
+    /// response (streams too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HumanDuration>,
+    /// Time from the request's start until the end of a streaming response; absent: streams
+    /// have no total deadline (only `idle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<HumanDuration>,
     /// A connection or stream with no bytes in either direction for this long is closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<HumanDuration>,
@@ -202,15 +218,23 @@ pub struct TimeoutSpec {
 
 impl TimeoutSpec {
     pub(crate) fn check(&self, c: &mut Checker) {
-        self.target_ref.check("spec.targetRef", c);
-        if self.connect.is_none() && self.request.is_none() && self.idle.is_none() {
-            c.err("spec", "set at least one of connect, request or idle");
+        if let Some(t) = &self.target_ref {
+            t.check("spec.targetRef", c);
         }
-        for (path, d) in [
+        let fields = [
             ("spec.connect", self.connect),
             ("spec.request", self.request),
+            ("spec.responseHeaders", self.response_headers),
+            ("spec.stream", self.stream),
             ("spec.idle", self.idle),
-        ] {
+        ];
+        if fields.iter().all(|(_, d)| d.is_none()) {
+            c.err(
+                "spec",
+                "set at least one of connect, request, responseHeaders, stream or idle",
+            );
+        }
+        for (path, d) in fields {
             if let Some(d) = d {
                 c.duration(path, d);
             }
@@ -223,7 +247,9 @@ impl TimeoutSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreakerSpec {
-    pub target_ref: TargetRef,
+    /// Absent: every service of the namespace (or of the mesh, in the mesh namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<TargetRef>,
     /// Connections open to the service's endpoints, from one proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
@@ -289,7 +315,9 @@ impl Default for OutlierDetection {
 
 impl CircuitBreakerSpec {
     pub(crate) fn check(&self, c: &mut Checker) {
-        self.target_ref.check("spec.targetRef", c);
+        if let Some(t) = &self.target_ref {
+            t.check("spec.targetRef", c);
+        }
         if self.max_connections.is_none()
             && self.max_pending_requests.is_none()
             && self.max_requests.is_none()

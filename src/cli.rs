@@ -43,6 +43,8 @@ enum Command {
     Delete(commands::admin::DeleteArgs),
     /// Every exported service: zones, healthy endpoints, VIP.
     Services(OutputArgs),
+    /// Which policies apply to a service (per port), which are overridden and why.
+    Describe(commands::describe::DescribeArgs),
     /// Run the sidecar proxy of one workload instance.
     #[command(subcommand)]
     Sidecar(SidecarCommand),
@@ -175,6 +177,7 @@ impl Cli {
             Command::Get(args) => commands::admin::get(args).await,
             Command::Delete(args) => commands::admin::delete(args).await,
             Command::Services(args) => commands::admin::services(args).await,
+            Command::Describe(args) => commands::describe::describe(args).await,
             Command::Sidecar(SidecarCommand::Run(args)) => commands::sidecar::run(*args).await,
             Command::Sidecar(SidecarCommand::Init(args)) => commands::sidecar::init(*args),
             Command::DemoApp(args) => commands::sidecar::demo_app(args).await,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::demo::{apply, get, json, vip};
+use common::demo::{apply, get, json, mtls_get, vip};
 use common::{Federation, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,49 +64,6 @@ async fn calls_through_the_vip_carry_the_callers_identity_end_to_end() {
         refused.is_err(),
         "a certificate from another root must not get through: {refused:?}"
     );
-}
-
-/// `GET /` over HTTP/1.1 to the inbound port at `address`, presenting `creds` and trusting this
-/// federation's root (any identity of it): the status and body, or why there was none.
-async fn mtls_get(
-    fed: &Federation,
-    address: &str,
-    creds: strait_trust::tls::CredentialStore,
-) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let trust = strait_trust::tls::TrustStore::new(common::sidecar::bundle(fed));
-    let tls = strait_trust::tls::client_config(
-        &creds,
-        &trust,
-        Arc::new(strait_trust::tls::AllowAny),
-        vec![b"http/1.1".to_vec()],
-    )
-    .unwrap();
-    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("strait").unwrap();
-    // With TLS 1.3 the client finishes its handshake before the server has checked the client's
-    // certificate: a refusal shows as an alert on the first read.
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n")
-        .await
-        .map_err(|e| format!("write: {e}"))?;
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
-    let answer = String::from_utf8_lossy(&answer);
-    let status = answer
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, body.to_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

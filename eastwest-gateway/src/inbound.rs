@@ -230,7 +230,7 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, peer_zone: &str, sha
         return;
     }
     let service = match view.route_inbound(&header) {
-        Ok(service) => service.clone(),
+        Ok(service) => service,
         Err(refusal) => {
             refuse(&mut send, &mut recv, &refusal, peer_zone, shared).await;
             return;

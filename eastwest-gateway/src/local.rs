@@ -21,9 +21,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_proto as pb;
 use strait_proto::TunnelStatus;
 use strait_proto::tunnel::{
-    HEADER_SERVED_BY_INSTANCE, HEADER_SERVED_BY_ZONE, HEADER_TARGET_ZONE, HEADER_TRACEPARENT,
-    HEADER_TRACESTATE, HEADER_TUNNEL_REASON, HEADER_TUNNEL_STATUS, TUNNEL_VERSION, http_status,
-    response_status, status_code_name,
+    HEADER_SERVED_BY_INSTANCE, HEADER_SERVED_BY_ZONE, HEADER_SUBSET, HEADER_TARGET_ZONE,
+    HEADER_TRACEPARENT, HEADER_TRACESTATE, HEADER_TUNNEL_REASON, HEADER_TUNNEL_STATUS,
+    TUNNEL_VERSION, http_status, parse_subset, response_status, status_code_name,
 };
 use strait_trust::IdentityKind;
 use strait_trust::tls::PeerIdentity;
@@ -230,6 +230,15 @@ fn tunnel_header(
     };
     let traceparent = trace_header(HEADER_TRACEPARENT)?;
     let tracestate = trace_header(HEADER_TRACESTATE)?;
+    let subset = match req.headers().get(HEADER_SUBSET) {
+        None => Default::default(),
+        Some(v) => {
+            let text = v
+                .to_str()
+                .map_err(|_| bad(format!("header {HEADER_SUBSET} is not text")))?;
+            parse_subset(text).map_err(|e| bad(format!("header {HEADER_SUBSET}: {e}")))?
+        }
+    };
     Ok(pb::TunnelHeader {
         version: TUNNEL_VERSION,
         service: Some(pb::ServiceRef {
@@ -243,6 +252,7 @@ fn tunnel_header(
             traceparent,
             tracestate,
         }),
+        subset: subset.into_iter().collect(),
     })
 }
 

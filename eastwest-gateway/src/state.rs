@@ -93,7 +93,7 @@ impl ConfigView {
     }
 
     /// Checks an inbound tunnel header and returns the service's endpoints to try.
-    pub fn route_inbound(&self, header: &pb::TunnelHeader) -> Result<&ServiceView, Refusal> {
+    pub fn route_inbound(&self, header: &pb::TunnelHeader) -> Result<ServiceView, Refusal> {
         if header.version != TUNNEL_VERSION {
             return Err(Refusal::new(
                 TunnelStatus::UnsupportedVersion,
@@ -147,16 +147,41 @@ impl ConfigView {
         if view.drained {
             return Err(Refusal::new(TunnelStatus::NoHealthyUpstream, "drained"));
         }
-        if !view.endpoints.iter().any(|e| e.healthy) {
+        // A route's subset: only endpoints carrying every label may serve, never another
+        // subset. Checked by the header's own rules (the map came off the wire).
+        let subset = strait_proto::tunnel::encode_subset(&header.subset);
+        strait_proto::tunnel::parse_subset(&subset)
+            .map_err(|e| Refusal::new(TunnelStatus::BadHeader, e))?;
+        let endpoints: Vec<pb::Endpoint> = view
+            .endpoints
+            .iter()
+            .filter(|e| {
+                header
+                    .subset
+                    .iter()
+                    .all(|(k, v)| e.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect();
+        if !endpoints.iter().any(|e| e.healthy) {
+            let within = if subset.is_empty() {
+                String::new()
+            } else {
+                format!(" in subset {subset}")
+            };
             return Err(Refusal::new(
                 TunnelStatus::NoHealthyUpstream,
                 format!(
-                    "no healthy endpoint of {}.{} in zone {:?}",
+                    "no healthy endpoint of {}.{}{within} in zone {:?}",
                     service.name, service.namespace, self.zone
                 ),
             ));
         }
-        Ok(view)
+        Ok(ServiceView {
+            ports: view.ports.clone(),
+            endpoints,
+            drained: false,
+        })
     }
 
     /// The gateways of `target_zone` for a sidecar's tunnel.
@@ -211,11 +236,20 @@ mod tests {
                         port: 8080,
                         ..Default::default()
                     }],
-                    endpoints: vec![pb::Endpoint {
-                        address: "127.0.0.1:1".into(),
-                        healthy: true,
-                        ..Default::default()
-                    }],
+                    endpoints: vec![
+                        pb::Endpoint {
+                            address: "127.0.0.1:1".into(),
+                            healthy: true,
+                            labels: [("version".to_owned(), "v1".to_owned())].into(),
+                            ..Default::default()
+                        },
+                        pb::Endpoint {
+                            address: "127.0.0.1:4".into(),
+                            healthy: false,
+                            labels: [("version".to_owned(), "v2".to_owned())].into(),
+                            ..Default::default()
+                        },
+                    ],
                     drained: false,
                 },
                 pb::GatewayService {
@@ -277,6 +311,7 @@ mod tests {
             source_zone: "a".into(),
             target_zone: "b".into(),
             trace: None,
+            subset: Default::default(),
         }
     }
 
@@ -304,6 +339,43 @@ mod tests {
         let mut h = header("echo", 8080);
         h.target_zone = String::new();
         assert!(v.route_inbound(&h).is_ok(), "empty target = this zone");
+    }
+
+    #[test]
+    fn a_subset_is_served_only_by_its_endpoints() {
+        let v = ConfigView::new("b", &config());
+        let with = |labels: &[(&str, &str)]| {
+            let mut h = header("echo", 8080);
+            h.subset = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            v.route_inbound(&h)
+        };
+        let v1 = with(&[("version", "v1")]).unwrap();
+        let addresses: Vec<&str> = v1.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addresses, vec!["127.0.0.1:1"]);
+        // v2's only endpoint is unhealthy: refused at once, never served by v1.
+        let refused = with(&[("version", "v2")]).unwrap_err();
+        assert_eq!(refused.status, TunnelStatus::NoHealthyUpstream);
+        assert!(
+            refused.reason.contains("subset version=v2"),
+            "{}",
+            refused.reason
+        );
+        assert_eq!(
+            with(&[("version", "v3")]).unwrap_err().status,
+            TunnelStatus::NoHealthyUpstream
+        );
+        assert_eq!(
+            with(&[("version", "v 1")]).unwrap_err().status,
+            TunnelStatus::BadHeader
+        );
+        assert_eq!(
+            with(&[]).unwrap().endpoints.len(),
+            2,
+            "no subset: every endpoint"
+        );
     }
 
     #[test]

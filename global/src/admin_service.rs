@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::require_admin;
 use crate::cluster::MembershipChange;
 use crate::context::{NodeContext, cluster_status, now_ms};
-use crate::state::{Command, Detail, PolicyKey, Port, TokenPurpose, Zone};
+use crate::state::{Command, Detail, FederationState, PolicyKey, Port, TokenPurpose, Zone};
 use crate::types::NodeInfo;
 
 /// Default lifetime of a join token (DESIGN: 24 h).
@@ -447,9 +447,10 @@ impl pb::admin_server::Admin for AdminService {
                 json,
             ));
         }
-        // Outcomes are computed against the state this node has; the write itself is atomic.
-        let results = self.ctx.read(|s| {
-            policies
+        // Outcomes and warnings are computed against the state this node has; the write itself
+        // is atomic.
+        let (results, warnings) = self.ctx.read(|s| {
+            let results = policies
                 .iter()
                 .map(|(key, json)| pb::PolicyResult {
                     kind: key.kind.clone(),
@@ -462,7 +463,8 @@ impl pb::admin_server::Admin for AdminService {
                     }
                     .to_owned(),
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            (results, apply_warnings(s, &resources))
         });
         let revision = if req.dry_run {
             0
@@ -472,6 +474,7 @@ impl pb::admin_server::Admin for AdminService {
         Ok(Response::new(pb::ApplyPoliciesResponse {
             results,
             revision,
+            warnings,
         }))
     }
 
@@ -540,11 +543,7 @@ impl pb::admin_server::Admin for AdminService {
                         namespace: view.service.namespace.clone(),
                         name: view.service.name.clone(),
                     }),
-                    ports: view
-                        .zones
-                        .first()
-                        .map(|z| z.ports.iter().map(port_pb).collect())
-                        .unwrap_or_default(),
+                    ports: union_ports(&view.zones),
                     vip_index: view.vip.unwrap_or(0),
                     vips: zone_vips(s, view.vip),
                     zones: view
@@ -643,4 +642,37 @@ impl pb::admin_server::Admin for AdminService {
             status: Some(self.status().await),
         }))
     }
+}
+
+/// The ports of a service in every zone that exports it, by number (the first zone's name and
+/// protocol for a port several zones list).
+fn union_ports(zones: &[crate::state::ServiceZoneView]) -> Vec<pb::Port> {
+    let mut ports: BTreeMap<u16, pb::Port> = BTreeMap::new();
+    for port in zones.iter().flat_map(|z| &z.ports) {
+        ports.entry(port.port).or_insert_with(|| port_pb(port));
+    }
+    ports.into_values().collect()
+}
+
+/// What `strait apply` should warn about once `applied` is stored next to what `state` holds
+/// (see [`strait_policy::apply_warnings`]): the services every zone exports are the catalog.
+fn apply_warnings(state: &FederationState, applied: &[strait_policy::Resource]) -> Vec<String> {
+    let mut set: strait_policy::PolicySet = state
+        .policies
+        .values()
+        .filter_map(|p| strait_policy::Resource::from_json(&p.json).ok())
+        .collect();
+    set.extend(applied.iter().cloned());
+    let mut catalog = strait_policy::ServiceCatalog::new();
+    for inventory in state.inventories.values() {
+        for (key, exported) in &inventory.services {
+            catalog.add(
+                &key.namespace,
+                &key.name,
+                exported.ports.iter().map(|p| p.port),
+            );
+        }
+    }
+    let keys: Vec<strait_policy::ResourceKey> = applied.iter().map(|r| r.key()).collect();
+    strait_policy::apply_warnings(&set, &keys, &catalog)
 }

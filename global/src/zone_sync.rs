@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::context::{NodeContext, now_ms};
 use crate::state::{
     Command, CommandResult, ExportedService, FederationState, LocalityCount, Port, ServiceKey,
+    SubsetCount,
 };
 
 /// How long a new stream may take to say hello.
@@ -191,8 +192,20 @@ fn exported_pb(key: &ServiceKey, svc: &ExportedService) -> pb::ExportedService {
             })
             .collect(),
         identities: svc.identities.clone(),
+        subsets: svc
+            .subsets
+            .iter()
+            .map(|s| pb::SubsetCount {
+                labels: s.labels.clone().into_iter().collect(),
+                healthy: s.healthy,
+                total: s.total,
+            })
+            .collect(),
     }
 }
+
+/// At most this many label subsets per exported service (one per subset its routes use).
+const MAX_SUBSETS: usize = 64;
 
 /// At most this many identities per exported service (a zone reports one per service account).
 const MAX_IDENTITIES: usize = 64;
@@ -256,6 +269,28 @@ fn inventory_model(
                 ));
             }
         }
+        if exported.subsets.len() > MAX_SUBSETS {
+            return Err(format!(
+                "{}/{}: more than {MAX_SUBSETS} subsets",
+                service.namespace, service.name
+            ));
+        }
+        let subsets = exported
+            .subsets
+            .iter()
+            .map(|s| {
+                // The header's rules: a subset another zone's gateway will be asked for.
+                let labels = strait_proto::tunnel::parse_subset(
+                    &strait_proto::tunnel::encode_subset(&s.labels),
+                )
+                .map_err(|e| format!("{}/{}: {e}", service.namespace, service.name))?;
+                Ok(SubsetCount {
+                    labels,
+                    healthy: s.healthy.min(s.total),
+                    total: s.total,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let key = ServiceKey::new(&service.namespace, &service.name);
         let identities = exported.identities.clone();
         if services
@@ -265,6 +300,7 @@ fn inventory_model(
                     ports,
                     localities,
                     identities,
+                    subsets,
                 },
             )
             .is_some()

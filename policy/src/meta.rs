@@ -91,6 +91,17 @@ impl TargetRef {
         }
     }
 
+    /// Kinds whose effect is per service, not per port (one balancer and one set of limits
+    /// serve every port of a service): a port here could not be enforced, so it is refused.
+    pub(crate) fn whole_service_only(&self, path: &str, kind: &str, c: &mut Checker) {
+        if self.port.is_some() {
+            c.err(
+                path,
+                format!("a {kind} applies to a whole service (one balancer and one set of limits serve all its ports): remove the port"),
+            );
+        }
+    }
+
     pub(crate) fn check(&self, path: &str, c: &mut Checker) {
         c.dns_label(&format!("{path}.service"), &self.service);
         if self.port == Some(0) {

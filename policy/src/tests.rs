@@ -1460,3 +1460,24 @@ fn apply_warns_about_overrides_missing_targets_and_permissions_that_change_nothi
     let warnings = apply_warnings(&set, &keys[4..5], &catalog);
     assert!(warnings.is_empty(), "{warnings:#?}");
 }
+
+#[test]
+fn per_service_kinds_refuse_a_port() {
+    assert_problem(
+        &doc(
+            "CircuitBreaker",
+            "targetRef: {service: echo, port: 8080}\nmaxRequests: 5",
+        ),
+        &["spec.targetRef.port", "whole service"],
+    );
+    assert_problem(
+        &doc(
+            "LocalityFailover",
+            "targetRef: {service: echo, port: 8080}\norder: [{zone: b}]",
+        ),
+        &["spec.targetRef.port", "whole service"],
+    );
+    // Namespace-wide, both are fine.
+    one(&doc("CircuitBreaker", "maxRequests: 5"));
+    one(&doc("LocalityFailover", "order: [{zone: b}]"));
+}

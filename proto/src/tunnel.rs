@@ -33,6 +33,13 @@ pub const HEADER_SERVED_BY_INSTANCE: &str = "x-strait-served-by-instance";
 pub const HEADER_TUNNEL_STATUS: &str = "x-strait-tunnel-status";
 /// CONNECT refusal: free text for humans and logs.
 pub const HEADER_TUNNEL_REASON: &str = "x-strait-tunnel-reason";
+/// CONNECT request: the route's label subset, `k=v,k2=v2` ([`encode_subset`]); the serving
+/// zone picks only endpoints carrying every label.
+pub const HEADER_SUBSET: &str = "x-strait-subset";
+/// Most labels a subset may name.
+pub const MAX_SUBSET_LABELS: usize = 16;
+/// Longest label key or value accepted in a subset (Kubernetes' limit for a key with prefix).
+pub const MAX_SUBSET_LABEL_LEN: usize = 317;
 /// W3C trace context, passed through to the remote gateway.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 pub const HEADER_TRACESTATE: &str = "tracestate";
@@ -358,5 +365,85 @@ mod tests {
             let mut reader = input.as_slice();
             let _ = read_frame::<TunnelHeader, _>(&mut reader).await;
         }
+    }
+}
+
+/// A label subset as the value of [`HEADER_SUBSET`]: `k=v` pairs joined by `,`, in key order.
+/// Label keys and values never hold `=` or `,` (see [`parse_subset`]), so this is unambiguous.
+pub fn encode_subset<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let mut pairs: Vec<(&String, &String)> = labels.into_iter().collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The inverse of [`encode_subset`], for input from a peer: at most [`MAX_SUBSET_LABELS`]
+/// labels, keys of letters, digits, `.`, `_`, `-` and `/`, values of letters, digits, `.`,
+/// `_` and `-` (empty allowed), each at most [`MAX_SUBSET_LABEL_LEN`] bytes, no key twice.
+pub fn parse_subset(value: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    if value.is_empty() {
+        return Ok(labels);
+    }
+    for pair in value.split(',') {
+        let (key, val) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("subset entry {pair:?} is not key=value"))?;
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_SUBSET_LABEL_LEN
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        if !key_ok {
+            return Err(format!("subset label key {key:?} is invalid"));
+        }
+        let value_ok = val.len() <= MAX_SUBSET_LABEL_LEN
+            && val
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !value_ok {
+            return Err(format!("subset label value {val:?} is invalid"));
+        }
+        if labels.insert(key.to_owned(), val.to_owned()).is_some() {
+            return Err(format!("subset label {key:?} appears twice"));
+        }
+        if labels.len() > MAX_SUBSET_LABELS {
+            return Err(format!("a subset names at most {MAX_SUBSET_LABELS} labels"));
+        }
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod subset_tests {
+    use super::*;
+
+    #[test]
+    fn subsets_round_trip_and_bad_ones_are_refused() {
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("version".to_owned(), "v2".to_owned()),
+            ("app.kubernetes.io/tier".to_owned(), "back_end-1".to_owned()),
+        ]
+        .into();
+        let text = encode_subset(&labels);
+        assert_eq!(text, "app.kubernetes.io/tier=back_end-1,version=v2");
+        assert_eq!(parse_subset(&text).unwrap(), labels);
+        assert!(parse_subset("").unwrap().is_empty());
+        for bad in [
+            "version",
+            "=v2",
+            "version=v 2",
+            "version=v2,version=v3",
+            "k=v,",
+            "k=a=b",
+            "k\n=v",
+        ] {
+            assert!(parse_subset(bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_SUBSET_LABELS).map(|i| format!("k{i}=v")).collect();
+        assert!(parse_subset(&many.join(",")).is_err());
     }
 }

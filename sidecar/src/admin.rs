@@ -340,20 +340,25 @@ fn inbound(i: &pb::InboundPolicy) -> Value {
     };
     let mut m = Map::new();
     m.insert("tls_mode".into(), json!(tls_mode));
-    if let Some(p) = &i.permission {
-        m.insert(
-            "permission".into(),
-            json!({
-                "default_deny": p.default_deny,
-                "rules": p.rules.iter().map(|r| json!({
-                    "allow": r.allow,
-                    "from": r.from,
-                    "methods": r.methods,
-                    "path_prefixes": r.path_prefixes,
-                })).collect::<Vec<_>>(),
-            }),
-        );
-    }
+    m.insert(
+        "permissions".into(),
+        i.permissions
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "default_deny": p.default_deny,
+                    "rules": p.rules.iter().map(|r| json!({
+                        "allow": r.allow,
+                        "from": r.from,
+                        "methods": r.methods,
+                        "path_prefixes": r.path_prefixes,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into(),
+    );
     if let Some(r) = &i.rate_limit {
         m.insert("rate_limit".into(), rate_limit(r));
     }
@@ -420,14 +425,15 @@ mod tests {
             }],
             inbound: Some(pb::InboundPolicy {
                 tls_mode: pb::MeshTlsMode::Strict as i32,
-                permission: Some(pb::PermissionPolicy {
+                permissions: vec![pb::PermissionPolicy {
                     default_deny: true,
                     rules: vec![pb::PermissionRule {
                         allow: true,
                         from: vec!["spiffe://strait.local/ns/demo/sa/*".into()],
                         ..Default::default()
                     }],
-                }),
+                    name: "demo/echo-access".into(),
+                }],
                 rate_limit: None,
             }),
             deny_list: vec!["c".into()],
@@ -448,7 +454,7 @@ mod tests {
             "1"
         );
         assert_eq!(v["inbound"]["tls_mode"], "STRICT");
-        assert_eq!(v["inbound"]["permission"]["default_deny"], true);
+        assert_eq!(v["inbound"]["permissions"][0]["default_deny"], true);
         assert_eq!(v["deny_list"][0], "c");
         assert_eq!(v["locality"]["region"], "eu");
     }

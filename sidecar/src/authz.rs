@@ -6,12 +6,14 @@
 //! TLS; `PERMISSIVE` admits plaintext too, while workloads move into the mesh. A plaintext
 //! caller has no identity.
 //!
-//! `TrafficPermission`, as `docs/policies.md` defines it:
+//! `TrafficPermission`, as `docs/policies.md` defines it: every resource that applies to this
+//! sidecar's service and port (mesh, namespace, service and port scope; the zone sends exactly
+//! those) is evaluated together by [`strait_policy::decide_permissions`]:
 //!
-//! - if any **deny** rule matches, the request is denied; otherwise if any **allow** rule
-//!   matches, it is allowed; otherwise `defaultAction` decides (allow unless `default_deny`).
-//!   Rule order does not matter; the decision names the first matching rule of the winning
-//!   kind, for logs.
+//! - if any **deny** rule of any of them matches, the request is denied; otherwise if any
+//!   **allow** rule matches, it is allowed; otherwise it is denied if any of them has
+//!   `defaultAction: deny`, and allowed if none does. Rule and resource order do not matter;
+//!   the decision names the resource and rule that decided, for logs.
 //! - a rule matches when each of its non-empty lists has a matching entry: `from` (SPIFFE ID
 //!   patterns, `*` standing for exactly one path segment, the trust domain always literal),
 //!   `methods` (exact), `paths` (prefixes).
@@ -19,19 +21,23 @@
 //!   matches callers with a verified identity.
 //! - no `TrafficPermission` at all allows everything.
 //!
-//! Rule matching is [`strait_policy::PermissionRule::matches`] itself, so the proxy and the
-//! policy crate cannot disagree. Patterns are parsed once, when the config is loaded; a bad
-//! one is a load error (the zone validated them, so this only guards against a zone of
-//! another version).
+//! Rule matching and combining are the policy crate's own functions, so the proxy and the
+//! tools cannot disagree. Patterns are parsed once, when the config is loaded; a bad one is a
+//! load error (the zone validated them, so this only guards against a zone of another
+//! version).
 
-use strait_policy::{Action, PermissionRule, RequestInfo, SpiffeIdPattern};
+use strait_policy::{
+    Action, CombinedReason, PermissionInput, PermissionRule, RequestInfo, SpiffeIdPattern,
+    decide_permissions,
+};
 use strait_proto as pb;
 
 /// A permission policy that cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthzError {
-    #[error("permission.rules[{rule}].from[{index}]: {reason}")]
+    #[error("permissions[{policy}].rules[{rule}].from[{index}]: {reason}")]
     Pattern {
+        policy: usize,
         rule: usize,
         index: usize,
         reason: String,
@@ -73,104 +79,112 @@ pub struct Decision {
 /// What decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// This rule (index into the policy's rules) matched.
-    Rule(usize),
-    /// No rule matched; `defaultAction` decided.
-    Default,
-    /// The service has no `TrafficPermission`.
+    /// This rule of this resource (indexes into the config's `permissions` and its rules)
+    /// matched.
+    Rule { policy: usize, rule: usize },
+    /// No rule matched; this resource's `defaultAction: deny` decided.
+    DefaultDeny { policy: usize },
+    /// No rule matched and no resource denies by default.
+    NothingDenies,
+    /// No `TrafficPermission` applies to the service.
     NoPolicy,
     /// A plaintext caller under `STRICT`.
     PlaintextRefused,
 }
 
-/// The compiled `TrafficPermission` of this sidecar's service.
+/// The compiled `TrafficPermission`s of this sidecar's service and port.
 #[derive(Debug, Clone, Default)]
 pub struct Authorizer {
-    /// `None`: no policy, allow everything.
-    policy: Option<Compiled>,
+    /// Empty: no policy, allow everything.
+    policies: Vec<Compiled>,
 }
 
 #[derive(Debug, Clone)]
 struct Compiled {
-    default_deny: bool,
+    default_action: Action,
     rules: Vec<PermissionRule>,
+    /// `NAMESPACE/NAME` of the resource, for logs.
+    name: String,
 }
 
 impl Authorizer {
-    /// Compiles a permission policy (`None`: no policy).
-    pub fn new(policy: Option<&pb::PermissionPolicy>) -> Result<Self, AuthzError> {
-        let Some(p) = policy else {
-            return Ok(Self::default());
-        };
-        let rules = p
-            .rules
+    /// Compiles the permission policies that apply (none: allow everything).
+    pub fn new(policies: &[pb::PermissionPolicy]) -> Result<Self, AuthzError> {
+        let policies = policies
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                let from = r
-                    .from
-                    .iter()
-                    .enumerate()
-                    .map(|(j, f)| {
-                        SpiffeIdPattern::new(f).map_err(|reason| AuthzError::Pattern {
-                            rule: i,
-                            index: j,
-                            reason,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(PermissionRule {
-                    action: if r.allow { Action::Allow } else { Action::Deny },
-                    from,
-                    methods: r.methods.clone(),
-                    paths: r.path_prefixes.clone(),
-                })
-            })
-            .collect::<Result<_, AuthzError>>()?;
-        Ok(Self {
-            policy: Some(Compiled {
-                default_deny: p.default_deny,
-                rules,
-            }),
-        })
+            .map(|(p, policy)| compile(p, policy))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { policies })
     }
 
     /// The decision for a request from `caller` (its verified SPIFFE ID, `None` in plaintext).
     pub fn decide(&self, caller: Option<&str>, method: &str, path: &str) -> Decision {
-        let Some(policy) = &self.policy else {
-            return Decision {
-                allowed: true,
-                reason: Reason::NoPolicy,
-            };
-        };
         let request = RequestInfo {
             caller,
             method,
             path,
         };
-        let first = |action: Action| {
-            policy
-                .rules
-                .iter()
-                .position(|r| r.action == action && r.matches(&request))
-        };
-        if let Some(i) = first(Action::Deny) {
-            return Decision {
-                allowed: false,
-                reason: Reason::Rule(i),
-            };
-        }
-        if let Some(i) = first(Action::Allow) {
-            return Decision {
-                allowed: true,
-                reason: Reason::Rule(i),
-            };
-        }
+        let combined = decide_permissions(
+            self.policies.iter().map(|p| PermissionInput {
+                default_action: p.default_action,
+                rules: &p.rules,
+            }),
+            &request,
+        );
         Decision {
-            allowed: !policy.default_deny,
-            reason: Reason::Default,
+            allowed: combined.action == Action::Allow,
+            reason: match combined.reason {
+                CombinedReason::Rule { policy, rule } => Reason::Rule { policy, rule },
+                CombinedReason::DefaultDeny { policy } => Reason::DefaultDeny { policy },
+                CombinedReason::NothingDenies => Reason::NothingDenies,
+                CombinedReason::NoPolicy => Reason::NoPolicy,
+            },
         }
     }
+
+    /// The name (`NAMESPACE/NAME`) of the resource at `index`, for logs.
+    pub fn name(&self, index: usize) -> &str {
+        self.policies.get(index).map_or("?", |p| p.name.as_str())
+    }
+}
+
+fn compile(index: usize, p: &pb::PermissionPolicy) -> Result<Compiled, AuthzError> {
+    let rules = p
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let from = r
+                .from
+                .iter()
+                .enumerate()
+                .map(|(j, f)| {
+                    SpiffeIdPattern::new(f).map_err(|reason| AuthzError::Pattern {
+                        policy: index,
+                        rule: i,
+                        index: j,
+                        reason,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(PermissionRule {
+                action: if r.allow { Action::Allow } else { Action::Deny },
+                from,
+                methods: r.methods.clone(),
+                paths: r.path_prefixes.clone(),
+            })
+        })
+        .collect::<Result<_, AuthzError>>()?;
+    Ok(Compiled {
+        default_action: if p.default_deny {
+            Action::Deny
+        } else {
+            Action::Allow
+        },
+        rules,
+        name: p.name.clone(),
+    })
 }
 
 /// Both inbound checks of this sidecar's service.
@@ -185,7 +199,7 @@ impl InboundAuthz {
     pub fn new(policy: Option<&pb::InboundPolicy>) -> Result<Self, AuthzError> {
         Ok(Self {
             tls_mode: TlsMode::from_policy(policy),
-            permission: Authorizer::new(policy.and_then(|p| p.permission.as_ref()))?,
+            permission: Authorizer::new(policy.map_or(&[], |p| p.permissions.as_slice()))?,
         })
     }
 
@@ -222,7 +236,7 @@ mod tests {
 
     /// The allow-list example of docs/policies.md.
     fn echo_access() -> Authorizer {
-        Authorizer::new(Some(&pb::PermissionPolicy {
+        Authorizer::new(&[pb::PermissionPolicy {
             default_deny: true,
             rules: vec![
                 rule(
@@ -233,7 +247,8 @@ mod tests {
                 ),
                 rule(false, &[BATCH], &[], &[]),
             ],
-        }))
+            ..Default::default()
+        }])
         .unwrap()
     }
 
@@ -244,7 +259,7 @@ mod tests {
             a.decide(Some(DEMO_API), "GET", "/api/items"),
             Decision {
                 allowed: true,
-                reason: Reason::Rule(0)
+                reason: Reason::Rule { policy: 0, rule: 0 }
             }
         );
         assert!(a.decide(Some(WEB), "HEAD", "/api/").allowed);
@@ -253,7 +268,7 @@ mod tests {
             a.decide(Some(BATCH), "GET", "/api/items"),
             Decision {
                 allowed: false,
-                reason: Reason::Rule(1)
+                reason: Reason::Rule { policy: 0, rule: 1 }
             }
         );
         // Unmatched method, path or caller: the default (deny).
@@ -267,7 +282,7 @@ mod tests {
                 a.decide(Some(caller), method, path),
                 Decision {
                     allowed: false,
-                    reason: Reason::Default
+                    reason: Reason::DefaultDeny { policy: 0 }
                 },
                 "{caller} {method} {path}"
             );
@@ -293,10 +308,11 @@ mod tests {
 
     #[test]
     fn deny_list_with_default_allow() {
-        let a = Authorizer::new(Some(&pb::PermissionPolicy {
+        let a = Authorizer::new(&[pb::PermissionPolicy {
             default_deny: false,
             rules: vec![rule(false, &[], &[], &["/admin"])],
-        }))
+            ..Default::default()
+        }])
         .unwrap();
         assert!(!a.decide(Some(WEB), "GET", "/admin/users").allowed);
         assert!(!a.decide(None, "GET", "/admin").allowed);
@@ -304,20 +320,21 @@ mod tests {
             a.decide(Some(WEB), "GET", "/"),
             Decision {
                 allowed: true,
-                reason: Reason::Default
+                reason: Reason::NothingDenies
             }
         );
     }
 
     #[test]
     fn plaintext_callers_match_only_rules_without_from() {
-        let a = Authorizer::new(Some(&pb::PermissionPolicy {
+        let a = Authorizer::new(&[pb::PermissionPolicy {
             default_deny: true,
             rules: vec![
                 rule(true, &[WEB], &[], &["/private"]),
                 rule(true, &[], &["GET"], &["/public"]),
             ],
-        }))
+            ..Default::default()
+        }])
         .unwrap();
         assert!(a.decide(None, "GET", "/public/x").allowed);
         assert!(!a.decide(None, "GET", "/private").allowed);
@@ -325,8 +342,55 @@ mod tests {
     }
 
     #[test]
+    fn every_policy_decides_together() {
+        let client = "spiffe://strait.local/ns/demo/sa/client";
+        // The reported hole: a deny on ledger, then an allow-list of everyone named so that it
+        // sorts first. The deny still holds; others are allowed by the allow-list.
+        let a = Authorizer::new(&[
+            pb::PermissionPolicy {
+                default_deny: true,
+                rules: vec![rule(true, &["spiffe://strait.local/ns/*/sa/*"], &[], &[])],
+                name: "demo/a-allow-everyone".into(),
+            },
+            pb::PermissionPolicy {
+                default_deny: false,
+                rules: vec![rule(false, &[client], &[], &[])],
+                name: "demo/deny-client".into(),
+            },
+        ])
+        .unwrap();
+        let d = a.decide(Some(client), "GET", "/");
+        assert_eq!(
+            d,
+            Decision {
+                allowed: false,
+                reason: Reason::Rule { policy: 1, rule: 0 }
+            }
+        );
+        assert_eq!(a.name(1), "demo/deny-client");
+        assert!(a.decide(Some(WEB), "GET", "/").allowed);
+        // A namespace default deny with an allow on the service: the allow lifts the default.
+        let b = Authorizer::new(&[
+            pb::PermissionPolicy {
+                default_deny: true,
+                ..Default::default()
+            },
+            pb::PermissionPolicy {
+                rules: vec![rule(true, &[client], &[], &[])],
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        assert!(b.decide(Some(client), "GET", "/").allowed);
+        assert_eq!(
+            b.decide(Some(WEB), "GET", "/").reason,
+            Reason::DefaultDeny { policy: 0 }
+        );
+    }
+
+    #[test]
     fn no_policy_allows_everything() {
-        let a = Authorizer::new(None).unwrap();
+        let a = Authorizer::new(&[]).unwrap();
         assert_eq!(
             a.decide(None, "DELETE", "/"),
             Decision {
@@ -367,16 +431,18 @@ mod tests {
 
     #[test]
     fn a_bad_pattern_is_a_load_error() {
-        let err = Authorizer::new(Some(&pb::PermissionPolicy {
+        let err = Authorizer::new(&[pb::PermissionPolicy {
             default_deny: true,
             rules: vec![
                 rule(true, &[WEB], &[], &[]),
                 rule(true, &[WEB, "web"], &[], &[]),
             ],
-        }))
+            ..Default::default()
+        }])
         .unwrap_err();
         assert!(
-            err.to_string().starts_with("permission.rules[1].from[1]: "),
+            err.to_string()
+                .starts_with("permissions[0].rules[1].from[1]: "),
             "{err}"
         );
     }

@@ -241,17 +241,27 @@ pub fn validate(config: &pb::SidecarConfig, expect: &Expectations) -> Result<(),
         if let Some(policy) = &service.policy {
             check_route_policy(policy, &format!("{path}.policy"))?;
         }
+        for (port, policy) in &service.port_policies {
+            if u16::try_from(*port).map_or(true, |p| p == 0) {
+                return Err(format!("{path}.port_policies: {port} is not a port"));
+            }
+            check_route_policy(policy, &format!("{path}.port_policies[{port}]"))?;
+        }
     }
-    if let Some(permission) = config.inbound.as_ref().and_then(|i| i.permission.as_ref()) {
+    let permissions = config
+        .inbound
+        .as_ref()
+        .map_or(&[][..], |i| &i.permissions[..]);
+    for (p, permission) in permissions.iter().enumerate() {
         for (i, rule) in permission.rules.iter().enumerate() {
             for (j, from) in rule.from.iter().enumerate() {
                 strait_policy::SpiffeIdPattern::new(from)
-                    .map_err(|e| format!("inbound.permission.rules[{i}].from[{j}]: {e}"))?;
+                    .map_err(|e| format!("inbound.permissions[{p}].rules[{i}].from[{j}]: {e}"))?;
             }
             for (j, prefix) in rule.path_prefixes.iter().enumerate() {
                 if !prefix.starts_with('/') {
                     return Err(format!(
-                        "inbound.permission.rules[{i}].path_prefixes[{j}]: {prefix:?} does not start with /"
+                        "inbound.permissions[{p}].rules[{i}].path_prefixes[{j}]: {prefix:?} does not start with /"
                     ));
                 }
             }
@@ -849,17 +859,21 @@ mod tests {
         assert!(e.contains("routes[0].matches[0].path_regex"), "{e}");
         let mut c = config(vec![]);
         c.inbound = Some(pb::InboundPolicy {
-            permission: Some(pb::PermissionPolicy {
-                default_deny: true,
-                rules: vec![pb::PermissionRule {
-                    allow: true,
-                    from: vec!["not-spiffe".into()],
+            permissions: vec![
+                pb::PermissionPolicy::default(),
+                pb::PermissionPolicy {
+                    default_deny: true,
+                    rules: vec![pb::PermissionRule {
+                        allow: true,
+                        from: vec!["not-spiffe".into()],
+                        ..Default::default()
+                    }],
                     ..Default::default()
-                }],
-            }),
+                },
+            ],
             ..Default::default()
         });
-        assert!(err(c).starts_with("inbound.permission.rules[0].from[0]"));
+        assert!(err(c).starts_with("inbound.permissions[1].rules[0].from[0]"));
     }
 
     #[test]

@@ -234,10 +234,19 @@ fn decide(
     if decision.allowed {
         return Ok(());
     }
+    let name = |policy: usize| authz.permission.name(policy).to_owned();
     Err(match decision.reason {
-        Reason::Rule(i) => format!("deny rule {i} matches"),
-        Reason::Default => "no rule allows it and the default is deny".to_owned(),
-        Reason::NoPolicy => "no policy".to_owned(),
+        Reason::Rule { policy, rule } => {
+            format!(
+                "deny rule {rule} of TrafficPermission {} matches",
+                name(policy)
+            )
+        }
+        Reason::DefaultDeny { policy } => format!(
+            "no rule allows it and TrafficPermission {} denies by default",
+            name(policy)
+        ),
+        Reason::NothingDenies | Reason::NoPolicy => "allowed".to_owned(),
         Reason::PlaintextRefused => "plaintext is refused (STRICT)".to_owned(),
     })
 }
@@ -937,7 +946,7 @@ mod tests {
         assert!(authorize(None, &req(WEB, "GET", "/")).is_ok());
         let inbound = |permission| pb::InboundPolicy {
             tls_mode: 0,
-            permission: Some(permission),
+            permissions: vec![permission],
             rate_limit: None,
         };
         let policy = inbound(pb::PermissionPolicy {
@@ -951,6 +960,7 @@ mod tests {
                 ),
                 rule(false, &[BATCH], &[], &[]),
             ],
+            ..Default::default()
         });
         let p = Some(&policy);
         assert!(authorize(p, &req(WEB, "GET", "/api/x")).is_ok());
@@ -967,6 +977,7 @@ mod tests {
         let deny_list = inbound(pb::PermissionPolicy {
             default_deny: false,
             rules: vec![rule(false, &[], &[], &["/admin"])],
+            ..Default::default()
         });
         let p = Some(&deny_list);
         assert!(authorize(p, &req(WEB, "GET", "/admin/x")).is_err());
@@ -977,6 +988,7 @@ mod tests {
         let bad = inbound(pb::PermissionPolicy {
             default_deny: false,
             rules: vec![rule(false, &["nope"], &[], &[])],
+            ..Default::default()
         });
         let err = authorize(Some(&bad), &req(WEB, "GET", "/")).unwrap_err();
         assert!(err.contains("cannot be loaded"), "{err}");
@@ -1002,10 +1014,12 @@ mod tests {
 
     #[test]
     fn plaintext_callers_are_unauthenticated() {
-        let inbound = |tls_mode: pb::MeshTlsMode, permission| pb::InboundPolicy {
-            tls_mode: tls_mode as i32,
-            permission,
-            rate_limit: None,
+        let inbound = |tls_mode: pb::MeshTlsMode, permission: Option<pb::PermissionPolicy>| {
+            pb::InboundPolicy {
+                tls_mode: tls_mode as i32,
+                permissions: permission.into_iter().collect(),
+                rate_limit: None,
+            }
         };
         let plain = |method, path| InboundRequest {
             caller: None,
@@ -1033,6 +1047,7 @@ mod tests {
                     rule(true, &["spiffe://strait.local/ns/demo/sa/*"], &[], &[]),
                     rule(true, &[], &["GET"], &["/public"]),
                 ],
+                ..Default::default()
             }),
         );
         let p = Some(&named);

@@ -43,14 +43,14 @@
 //!
 //! # Subsets (TrafficRoute)
 //!
-//! A route's label subset filters **this zone's** endpoints. Remote zones are reached through
-//! gateways that carry no labels, so they **cannot be filtered**; they stay in the priority
-//! chain as they are and receive the subset's traffic only by spill-over, exactly when the
-//! local subset lacks healthy capacity (in particular when no local endpoint carries the
-//! labels). A subset that matches no endpoint here and has no remote level to spill to gets
-//! `None` (503), as Envoy's subset balancer does without a fallback. The alternative — never sending subset traffic out of the zone — would turn a
-//! canary split into an outage whenever the local subset is down; availability wins, and the
-//! split still holds wherever the subset runs locally.
+//! A route's label subset holds in every zone, as Envoy's subset balancer does across
+//! priorities. This zone's endpoints are filtered by their labels. A remote zone reports its
+//! healthy and total instances per subset the service's routes use (`LocalityGroup.subsets`);
+//! for a subset pick its capacity is that count, and a zone that does not report the subset
+//! counts as not serving it (0 of 0). So a subset's traffic spills only to zones that serve
+//! it, weighted by their instances of it, and the chosen [`Target::Remote`] carries the subset
+//! so that the remote zone picks one of its endpoints in it. A subset no zone serves gets
+//! `None` (503 `no-healthy-upstream`) at once — never another subset.
 //!
 //! # Zone-pinned picks
 //!
@@ -110,6 +110,8 @@ pub enum Target {
         zone: String,
         gateways: Arc<[String]>,
         identities: Arc<[String]>,
+        /// The route's subset, as the tunnel header carries it; `None`: any endpoint.
+        subset: Option<Arc<str>>,
     },
 }
 
@@ -184,6 +186,8 @@ enum GroupKind {
         identities: Arc<[String]>,
         weight: u32,
         total: u32,
+        /// (labels, healthy, total) per subset the zone reported.
+        subsets: Vec<(HashMap<String, String>, u32, u32)>,
     },
 }
 
@@ -283,6 +287,11 @@ impl Balancer {
                     identities: g.identities.as_slice().into(),
                     weight: g.weight,
                     total: g.total,
+                    subsets: g
+                        .subsets
+                        .iter()
+                        .map(|s| (s.labels.clone(), s.healthy, s.total))
+                        .collect(),
                 }
             } else {
                 GroupKind::Local(
@@ -367,6 +376,7 @@ impl Balancer {
                             zone: group.zone.clone(),
                             gateways: gateways.clone(),
                             identities: identities.clone(),
+                            subset: None,
                         });
                     }
                 }
@@ -569,8 +579,16 @@ impl Balancer {
                 gateways,
                 weight,
                 total,
+                subsets,
                 ..
             } => {
+                let (weight, total) = match view.subset {
+                    None => (weight, total),
+                    Some(subset) => match subsets.iter().find(|(labels, _, _)| subset.is(labels)) {
+                        Some((_, healthy, total)) => (healthy, total),
+                        None => return (0, 0),
+                    },
+                };
                 let usable =
                     !group.drained && !gateways.is_empty() && self.usable(&group.key, view);
                 let healthy = if usable { u64::from(*weight) } else { 0 };
@@ -619,6 +637,7 @@ impl Balancer {
                 zone: group.zone.clone(),
                 gateways: gateways.clone(),
                 identities: identities.clone(),
+                subset: view.subset.map(|s| s.wire().clone()),
             }),
             GroupKind::Local(endpoints) => {
                 let candidates: Vec<&pb::Endpoint> = endpoints
@@ -920,6 +939,7 @@ mod tests {
                 zone: "zone-b".into(),
                 gateways: vec!["10.0.0.1:15008".to_owned()].into(),
                 identities: vec!["spiffe://strait.local/ns/demo/sa/echo".to_owned()].into(),
+                subset: None,
             })
         );
     }

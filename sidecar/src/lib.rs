@@ -23,6 +23,7 @@ pub mod app_pool;
 pub mod authz;
 pub mod capture;
 pub mod config;
+mod deadline;
 pub mod demo_app;
 pub mod discovery;
 pub mod fault;

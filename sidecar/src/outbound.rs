@@ -58,8 +58,10 @@
 //!
 //! Timeouts (`Timeout` policy, mesh defaults when absent): connect
 //! [`DEFAULT_CONNECT_TIMEOUT`] per connection (TCP and TLS), request
-//! [`DEFAULT_REQUEST_TIMEOUT`] from the start of a request to its response headers, retries
-//! included.
+//! [`DEFAULT_REQUEST_TIMEOUT`] from the start of a request to the end of its response, retries
+//! included (to the headers only for a streaming response, whose body `stream` bounds when
+//! set; see [`crate::deadline`]); `responseHeaders` to the response headers. A port with a
+//! policy of its own (`port_policies`) uses it instead of the service's.
 //!
 //! Metrics: `strait_sidecar_outbound_requests_total{service, zone, code}` (`code` is the
 //! status class, `zone` the serving zone: `local` for this zone's endpoints, the zone's name
@@ -98,6 +100,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::deadline::{self, DeadlineBody};
 use crate::discovery::Control;
 use crate::fault::FaultInjector;
 use crate::h2client::{Outgoing, SendError, Sender};
@@ -382,7 +385,12 @@ struct ServicePolicy {
     fault: Option<FaultInjector>,
     retry: RetryConfig,
     connect_timeout: Duration,
+    /// To the end of a unary response (to the headers of a streaming one).
     request_timeout: Duration,
+    /// To the response headers (`responseHeaders`), when set.
+    headers_timeout: Option<Duration>,
+    /// To the end of a streaming response (`stream`), when set.
+    stream_timeout: Option<Duration>,
     /// Downstream connections silent this long are closed.
     idle_timeout: Duration,
     max_requests: Option<u32>,
@@ -391,8 +399,7 @@ struct ServicePolicy {
 }
 
 impl ServicePolicy {
-    fn compile(service: &pb::OutboundService) -> Result<Self, String> {
-        let policy = service.policy.as_ref();
+    fn compile(policy: Option<&pb::RoutePolicy>) -> Result<Self, String> {
         let timeout = policy.and_then(|p| p.timeout.as_ref());
         let breaker = policy.and_then(|p| p.circuit_breaker.as_ref());
         let ms = |v: u64, default: Duration| {
@@ -408,6 +415,14 @@ impl ServicePolicy {
             retry: RetryConfig::from_policy(policy.and_then(|p| p.retry.as_ref())),
             connect_timeout: ms(timeout.map_or(0, |t| t.connect_ms), DEFAULT_CONNECT_TIMEOUT),
             request_timeout: ms(timeout.map_or(0, |t| t.request_ms), DEFAULT_REQUEST_TIMEOUT),
+            headers_timeout: timeout
+                .map(|t| t.response_headers_ms)
+                .filter(|ms| *ms != 0)
+                .map(Duration::from_millis),
+            stream_timeout: timeout
+                .map(|t| t.stream_ms)
+                .filter(|ms| *ms != 0)
+                .map(Duration::from_millis),
             idle_timeout: idle::from_policy_ms(timeout.map_or(0, |t| t.idle_ms)),
             max_requests: breaker.and_then(|c| breaker::limit(c.max_requests)),
             max_connections: breaker.and_then(|c| breaker::limit(c.max_connections)),
@@ -423,7 +438,10 @@ struct ServiceState {
     name: String,
     balancer: Mutex<Balancer>,
     budget: Mutex<Budget>,
+    /// The policy of the service as a whole.
     policy: RwLock<Arc<ServicePolicy>>,
+    /// Ports whose own policy differs (a resource names the port).
+    port_policies: RwLock<HashMap<u16, Arc<ServicePolicy>>>,
     /// Requests in flight (`maxRequests`).
     in_flight: Counter,
     /// Upstream connections open (`maxConnections`): pooled HTTP/2 connections and tunnels,
@@ -528,8 +546,8 @@ impl Shared {
         for service in &config.services {
             let key = service_key(service);
             seen.insert(key.clone());
-            let policy = match ServicePolicy::compile(service) {
-                Ok(p) => Some(Arc::new(p)),
+            let policy = match compile_policies(service) {
+                Ok(p) => Some(p),
                 Err(err) => {
                     // The discovery client validated this already; keep what runs.
                     tracing::error!(service = %key, %err, "outbound policy cannot be loaded");
@@ -540,12 +558,19 @@ impl Shared {
             match services.get(&key) {
                 Some(state) => {
                     lock(&state.balancer).update(&service.localities, balancer_config);
-                    if let Some(policy) = policy {
-                        *state.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+                    if let Some((policy, ports)) = policy {
+                        *state.policy.write().unwrap_or_else(PoisonError::into_inner) =
+                            Arc::new(policy);
+                        *state
+                            .port_policies
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner) = ports;
                     }
                 }
                 None => {
-                    let policy = policy.unwrap_or_else(|| Arc::new(default_policy()));
+                    let (policy, port_policies) =
+                        policy.unwrap_or_else(|| (default_policy(), HashMap::new()));
+                    let policy = Arc::new(policy);
                     services.insert(
                         key.clone(),
                         Arc::new(ServiceState {
@@ -553,6 +578,7 @@ impl Shared {
                             balancer: Mutex::new(Balancer::for_service(service)),
                             budget: Mutex::new(Budget::from_config(&policy.retry, now)),
                             policy: RwLock::new(policy),
+                            port_policies: RwLock::new(port_policies),
                             in_flight: Counter::default(),
                             connections: Arc::default(),
                             pending: Counter::default(),
@@ -605,6 +631,39 @@ impl Shared {
     }
 }
 
+impl ServiceState {
+    /// The policy of requests to `port`: the port's own, or the service's.
+    fn policy_for(&self, port: u16) -> Arc<ServicePolicy> {
+        let ports = self
+            .port_policies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match ports.get(&port) {
+            Some(policy) => policy.clone(),
+            None => self
+                .policy
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+}
+
+/// The service's policy and its ports' own, or the first error.
+fn compile_policies(
+    service: &pb::OutboundService,
+) -> Result<(ServicePolicy, HashMap<u16, Arc<ServicePolicy>>), String> {
+    let whole = ServicePolicy::compile(service.policy.as_ref())?;
+    let mut ports = HashMap::new();
+    for (port, policy) in &service.port_policies {
+        let number = u16::try_from(*port).map_err(|_| format!("port {port}"))?;
+        let compiled = ServicePolicy::compile(Some(policy))
+            .map_err(|e| format!("port_policies[{port}]: {e}"))?;
+        ports.insert(number, Arc::new(compiled));
+    }
+    Ok((whole, ports))
+}
+
 /// Every default: what a new service runs when its policy cannot be loaded.
 fn default_policy() -> ServicePolicy {
     ServicePolicy {
@@ -613,6 +672,8 @@ fn default_policy() -> ServicePolicy {
         retry: RetryConfig::default(),
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        headers_timeout: None,
+        stream_timeout: None,
         idle_timeout: idle::DEFAULT_IDLE_TIMEOUT,
         max_requests: None,
         max_connections: None,
@@ -921,10 +982,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, vip: SocketAddr) {
     let idle_timeout = shared
         .service(&binding.service)
         .map_or(idle::DEFAULT_IDLE_TIMEOUT, |s| {
-            s.policy
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .idle_timeout
+            s.policy_for(binding.port).idle_timeout
         });
     if kind == Sniff::Tcp {
         tokio::select! {
@@ -1093,11 +1151,8 @@ async fn route_request(
             NONE,
         );
     };
-    let policy = service
-        .policy
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let start = tokio::time::Instant::now();
+    let policy = service.policy_for(port);
     let (subset, fault) = {
         let view = RequestView {
             method: request.method(),
@@ -1127,8 +1182,12 @@ async fn route_request(
         Ok(p) => p,
         Err(response) => return (response, NONE),
     };
+    // Until the headers, `request` (and `responseHeaders`) hold whatever the response will be.
+    let headers_timeout = policy
+        .headers_timeout
+        .map_or(policy.request_timeout, |h| h.min(policy.request_timeout));
     match tokio::time::timeout(
-        policy.request_timeout,
+        headers_timeout,
         send_with_retries(
             shared,
             service,
@@ -1144,11 +1203,31 @@ async fn route_request(
     )
     .await
     {
-        Ok(result) => result,
+        Ok((response, zone)) => (bound_body(response, &policy, start), zone),
         Err(_) => (
             error_response(StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             NONE,
         ),
+    }
+}
+
+/// The response with its body held to the `Timeout` (see [`crate::deadline`]): the request's
+/// start plus `request` for a unary response, plus `stream` (if set) for a streaming one.
+fn bound_body(
+    response: Response<Body>,
+    policy: &ServicePolicy,
+    start: tokio::time::Instant,
+) -> Response<Body> {
+    let limit = if deadline::is_stream(response.status(), response.headers()) {
+        policy.stream_timeout
+    } else {
+        Some(policy.request_timeout)
+    };
+    match limit {
+        Some(limit) if !response.body().is_end_stream() => {
+            response.map(|body| DeadlineBody::new(body, start + limit, limit).boxed())
+        }
+        _ => response,
     }
 }
 
@@ -1459,6 +1538,7 @@ fn remote<'a>(
         zone,
         gateways,
         identities,
+        subset,
     } = target
     else {
         return None;
@@ -1472,6 +1552,7 @@ fn remote<'a>(
         identities,
         gateways,
         gateway_id,
+        subset: subset.as_deref(),
     })
 }
 
@@ -1670,11 +1751,7 @@ async fn tcp_proxy(
         outcome("unknown_service");
         return;
     };
-    let policy = service
-        .policy
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let policy = service.policy_for(port);
     // CircuitBreaker: the upstream connection is held for the proxied connection's life; the
     // pending place while it connects (tries included). Over either: closed at once.
     let over = |limit: Overflow| {
@@ -1816,7 +1893,7 @@ mod tests {
 
     #[test]
     fn policy_defaults_and_overrides() {
-        let default = ServicePolicy::compile(&pb::OutboundService::default()).unwrap();
+        let default = ServicePolicy::compile(None).unwrap();
         assert_eq!(default.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(default.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         assert_eq!(default.max_requests, None);
@@ -1837,7 +1914,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let p = ServicePolicy::compile(&service).unwrap();
+        let p = ServicePolicy::compile(service.policy.as_ref()).unwrap();
         assert_eq!(p.connect_timeout, Duration::from_millis(250));
         assert_eq!(p.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         assert_eq!(p.max_requests, Some(7));
@@ -1859,7 +1936,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let p = ServicePolicy::compile(&service).unwrap();
+        let p = ServicePolicy::compile(service.policy.as_ref()).unwrap();
         assert_eq!(p.idle_timeout, Duration::from_secs(90));
         assert_eq!(p.max_requests, None);
         assert_eq!((p.max_connections, p.max_pending), (Some(3), Some(2)));

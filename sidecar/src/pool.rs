@@ -173,13 +173,22 @@ pub(crate) struct Remote<'a> {
     pub gateways: &'a [String],
     /// Who those gateways must be: `spiffe://TD/zone/THIS_ZONE/gateway`.
     pub gateway_id: &'a str,
+    /// The route's label subset (the tunnel header's form): the remote zone serves the
+    /// tunnel from an endpoint in it. `None`: any endpoint.
+    pub subset: Option<&'a str>,
 }
 
 impl Remote<'_> {
+    /// A tunnel ends at one remote endpoint, so connections are pooled per subset too: a v2
+    /// request must never ride a tunnel to a v1 instance.
     fn pool_key(&self) -> String {
         format!(
-            "{}/{}/{}:{}",
-            self.zone, self.namespace, self.name, self.port
+            "{}/{}/{}:{}#{}",
+            self.zone,
+            self.namespace,
+            self.name,
+            self.port,
+            self.subset.unwrap_or("")
         )
     }
 }
@@ -407,13 +416,17 @@ impl Pool {
                 .gateway_sender(gateway, remote.gateway_id, timeout)
                 .await?;
             sender.ready().await?;
-            let request = Request::builder()
+            let mut request = Request::builder()
                 .method(Method::CONNECT)
                 .uri(format!(
                     "{}.{}:{}",
                     remote.name, remote.namespace, remote.port
                 ))
-                .header(wire::HEADER_TARGET_ZONE, remote.zone)
+                .header(wire::HEADER_TARGET_ZONE, remote.zone);
+            if let Some(subset) = remote.subset.filter(|s| !s.is_empty()) {
+                request = request.header(wire::HEADER_SUBSET, subset);
+            }
+            let request = request
                 .body(
                     Empty::<Bytes>::new()
                         .map_err(|never: Infallible| match never {})

@@ -26,6 +26,7 @@
 //! [`RequestMatcher`] is shared with [`crate::fault`], whose `matches` have the same form.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName};
 use rand::Rng;
@@ -64,15 +65,28 @@ pub struct RequestView<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Subset {
     labels: BTreeMap<String, String>,
+    /// `labels` as the tunnel's subset header carries them, made once.
+    wire: Arc<str>,
 }
 
 impl Subset {
     pub fn new(labels: BTreeMap<String, String>) -> Self {
-        Self { labels }
+        let wire = strait_proto::tunnel::encode_subset(&labels).into();
+        Self { labels, wire }
     }
 
     pub fn labels(&self) -> &BTreeMap<String, String> {
         &self.labels
+    }
+
+    /// The labels as the value of the tunnel's subset header.
+    pub fn wire(&self) -> &Arc<str> {
+        &self.wire
+    }
+
+    /// Whether a zone's report of `labels` is this subset's.
+    pub fn is(&self, labels: &HashMap<String, String>) -> bool {
+        labels.len() == self.labels.len() && self.matches(labels)
     }
 
     /// Whether an endpoint with `endpoint_labels` belongs to the subset.

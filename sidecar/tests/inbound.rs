@@ -61,7 +61,7 @@ impl Sidecar {
         config.version += 1;
         config.inbound = Some(pb::InboundPolicy {
             tls_mode: pb::MeshTlsMode::Strict as i32,
-            permission,
+            permissions: permission.into_iter().collect(),
             rate_limit: None,
         });
         self.config.send_replace(Arc::new(config));
@@ -243,6 +243,7 @@ async fn traffic_permission_denies_with_403_and_follows_config_changes() {
             methods: vec![],
             path_prefixes: vec![],
         }],
+        ..Default::default()
     }));
     let got = http.get("/", &[]).await.unwrap();
     assert_eq!(got.status, 403);
@@ -267,6 +268,7 @@ async fn traffic_permission_denies_with_403_and_follows_config_changes() {
             methods: vec![],
             path_prefixes: vec!["/admin".into()],
         }],
+        ..Default::default()
     }));
     assert_eq!(http.get("/", &[]).await.unwrap().status, 200);
     assert_eq!(http.get("/admin/users", &[]).await.unwrap().status, 403);
@@ -362,6 +364,7 @@ async fn tcp_mode_pipes_bytes_after_authorization() {
     sidecar.set_policy(Some(pb::PermissionPolicy {
         default_deny: true,
         rules: vec![],
+        ..Default::default()
     }));
     let mut tls = tls_connect(sidecar.addr, Some(&web), &pki.trust, &[ALPN_TCP])
         .await
@@ -438,7 +441,7 @@ impl Sidecar {
         config.version += 1;
         config.inbound = Some(pb::InboundPolicy {
             tls_mode: mode as i32,
-            permission,
+            permissions: permission.into_iter().collect(),
             rate_limit: None,
         });
         self.config.send_replace(Arc::new(config));
@@ -538,6 +541,7 @@ async fn mesh_tls_permissive_serves_plaintext_without_an_identity_and_strict_ref
                 methods: vec![],
                 path_prefixes: vec![],
             }],
+            ..Default::default()
         }),
     );
     let got = plain.get("/", &[]).await.unwrap();

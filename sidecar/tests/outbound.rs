@@ -878,3 +878,91 @@ async fn idle_downstream_connections_are_closed_and_new_ones_work() {
         silent.elapsed()
     );
 }
+
+/// An app that answers every request with headers and half its body at once, the other half
+/// after `gap` (`content-length` announces both halves).
+async fn slow_body_app(gap: Duration) -> (SocketAddr, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0_u8; 4096];
+                loop {
+                    let Ok(n) = tcp.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nfirst";
+                    if tcp.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                    if tcp.write_all(b"-half").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn the_request_timeout_covers_the_whole_response_body() {
+    let pki = Pki::new();
+    let (app, app_task) = slow_body_app(Duration::from_millis(1_500)).await;
+    let up = Upstream::in_front_of(&pki, "slow-1", "v1", app, app_task).await;
+    let timeout = |request_ms: u64| {
+        Some(pb::RoutePolicy {
+            timeout: Some(pb::TimeoutPolicy {
+                request_ms,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    let short = free_vip();
+    let long = free_vip();
+    let _client = Client::start(
+        &pki,
+        config(
+            1,
+            vec![
+                service(short, pb::Protocol::Http, vec![up.endpoint()], timeout(500)),
+                service(
+                    long,
+                    pb::Protocol::Http,
+                    vec![up.endpoint()],
+                    timeout(5_000),
+                ),
+            ],
+        ),
+    )
+    .await;
+    // The headers arrive in time, the body does not: the response fails, it is never a short
+    // body that looks whole.
+    let mut http = plain(short).await;
+    let started = std::time::Instant::now();
+    let result = http.get("/", &[]).await;
+    assert!(
+        result.is_err(),
+        "a body past the deadline must fail: {result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1_400),
+        "cut at the deadline, not when the body ended: {:?}",
+        started.elapsed()
+    );
+    // Within its deadline the whole body arrives.
+    let mut http = plain(long).await;
+    let got = get(&mut http, "/", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(&got.body[..], b"first-half");
+}

@@ -406,6 +406,9 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
             r.outcome
         );
     }
+    for warning in reply.warnings {
+        eprintln!("warning: {warning}");
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod demo;
+pub mod describe;
 pub mod drill;
 pub mod gateway;
 pub mod global;

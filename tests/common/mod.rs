@@ -168,10 +168,25 @@ impl Federation {
             .iter()
             .map(|a| a.as_str().unwrap_or_default().to_owned())
             .collect();
+        let pid = self.spawn(&argv, Path::new(process["log"].as_str().expect("log path")));
+        std::fs::write(self.dir.path().join(format!("{name}.pid")), pid.to_string())
+            .expect("pid file");
+    }
+
+    /// Starts `strait ARGS` as one more process of the federation (killed on drop), logging to
+    /// `DIR/NAME.log`.
+    pub fn start_extra(&mut self, name: &str, args: &[String]) -> u32 {
+        let mut argv = vec![BIN.to_owned()];
+        argv.extend(args.iter().cloned());
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.spawn(&argv, &log)
+    }
+
+    fn spawn(&mut self, argv: &[String], log: &Path) -> u32 {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(process["log"].as_str().expect("log path"))
+            .open(log)
             .expect("open log");
         let child = {
             use std::os::unix::process::CommandExt;
@@ -182,16 +197,13 @@ impl Federation {
                 .stderr(log)
                 .process_group(0)
                 .spawn()
-                .expect("restart process")
+                .expect("start process")
         };
-        std::fs::write(
-            self.dir.path().join(format!("{name}.pid")),
-            child.id().to_string(),
-        )
-        .expect("pid file");
-        self.restarted.push(child.id());
+        let pid = child.id();
+        self.restarted.push(pid);
         // The child is reaped by nobody in particular; the federation owns it now.
         std::mem::forget(child);
+        pid
     }
 
     /// Waits for `GET /ready` on `name`'s admin address to answer 200.

@@ -3,7 +3,9 @@
 //! [`InventoryWatch`]; the sync client reports it to global.
 
 use std::collections::BTreeMap;
+
 use std::sync::Arc;
+use strait_policy::PolicySet;
 
 use strait_proto as pb;
 use tokio::sync::watch;
@@ -103,12 +105,31 @@ pub type InventoryWatch = watch::Receiver<Arc<LocalInventory>>;
 
 impl LocalInventory {
     /// What this zone exports to the federation: every service with at least one instance,
-    /// with healthy/total counts per locality. Universal mode exports every registered service.
-    pub fn exported_services(&self) -> Vec<pb::ExportedService> {
+    /// with healthy/total counts per locality and per label subset that a `TrafficRoute` in
+    /// `policies` uses. Universal mode exports every registered service.
+    pub fn exported_services(&self, policies: &PolicySet) -> Vec<pb::ExportedService> {
         self.instances
             .iter()
             .filter(|(_, instances)| !instances.is_empty())
             .map(|(key, instances)| {
+                let subsets = crate::discovery::compile::route_subsets(
+                    &policies.for_service(&key.namespace, &key.name),
+                )
+                .into_iter()
+                .map(|labels| {
+                    let matching = instances
+                        .values()
+                        .filter(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)));
+                    let (healthy, total) = matching.fold((0_u32, 0_u32), |(h, t), i| {
+                        (h.saturating_add(u32::from(i.healthy)), t.saturating_add(1))
+                    });
+                    pb::SubsetCount {
+                        labels: labels.into_iter().collect(),
+                        healthy,
+                        total,
+                    }
+                })
+                .collect();
                 let mut localities: BTreeMap<(String, String, String), (u32, u32)> =
                     BTreeMap::new();
                 let mut ports: Vec<pb::Port> = Vec::new();
@@ -154,6 +175,7 @@ impl LocalInventory {
                         )
                         .collect(),
                     identities,
+                    subsets,
                 }
             })
             .collect()
@@ -224,7 +246,7 @@ mod tests {
         let entry = inv.instances.entry(key).or_default();
         entry.insert("v1".into(), instance("v1", true));
         entry.insert("v2".into(), instance("v2", false));
-        let exported = inv.exported_services();
+        let exported = inv.exported_services(&Default::default());
         assert_eq!(exported.len(), 1);
         assert_eq!(exported[0].localities.len(), 1);
         assert_eq!(
@@ -247,6 +269,6 @@ mod tests {
             },
             BTreeMap::new(),
         );
-        assert!(inv.exported_services().is_empty());
+        assert!(inv.exported_services(&Default::default()).is_empty());
     }
 }

@@ -529,7 +529,11 @@ impl SyncClient {
         let snapshot_version = federation.borrow().version();
         let (current, gateways) = {
             let inventory = inventory.borrow();
-            (inventory.exported_services(), inventory.gateway_endpoints())
+            let policies = federation.borrow().policies();
+            (
+                inventory.exported_services(&policies),
+                inventory.gateway_endpoints(),
+            )
         };
         let mut state = SyncState::new(
             config.zone.clone(),
@@ -682,7 +686,8 @@ impl SyncClient {
                     Ok(()) => {
                         let inventory = self.inventory.borrow_and_update().clone();
                         let now = Instant::now();
-                        self.state.inventory_changed(inventory.exported_services(), now);
+                        let policies = self.federation.borrow().policies();
+                        self.state.inventory_changed(inventory.exported_services(&policies), now);
                         self.state.gateways_changed(inventory.gateway_endpoints(), now);
                     }
                     Err(_) => {
@@ -824,9 +829,13 @@ impl SyncClient {
         {
             log_bundle_error(&err);
         }
-        self.federation
-            .send_replace(Arc::new(FederationView::new(snapshot)));
+        let view = Arc::new(FederationView::new(snapshot));
+        // Routes decide which subsets this zone reports counts for: a new route's subset is
+        // reported as soon as the route arrives (unchanged exports send nothing).
+        let exports = self.inventory.borrow().exported_services(&view.policies());
+        self.federation.send_replace(view);
         self.state.snapshot_applied(version);
+        self.state.inventory_changed(exports, Instant::now());
         self.metrics
             .snapshot_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));

@@ -38,6 +38,7 @@ pub use self::model::Port;
 pub use self::model::PrivateKeyPem;
 pub use self::model::ServiceKey;
 pub use self::model::StoredPolicy;
+pub use self::model::SubsetCount;
 pub use self::model::TokenPurpose;
 pub use self::model::Zone;
 pub use self::model::ZoneInventory;

@@ -210,6 +210,17 @@ pub struct ExportedService {
     /// the end of a tunnel.
     #[serde(default)]
     pub identities: Vec<String>,
+    /// Healthy and total instances per label subset its routes use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<SubsetCount>,
+}
+
+/// Instances carrying every label of a subset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubsetCount {
+    pub labels: BTreeMap<String, String>,
+    pub healthy: u32,
+    pub total: u32,
 }
 
 impl ExportedService {

@@ -79,6 +79,7 @@ impl LocalityFailoverSpec {
     pub(crate) fn check(&self, c: &mut Checker) {
         if let Some(t) = &self.target_ref {
             t.check("spec.targetRef", c);
+            t.whole_service_only("spec.targetRef.port", "LocalityFailover", c);
         }
         if self.order.is_empty() {
             c.err("spec.order", "must list at least one zone or region");

@@ -317,6 +317,7 @@ impl CircuitBreakerSpec {
     pub(crate) fn check(&self, c: &mut Checker) {
         if let Some(t) = &self.target_ref {
             t.check("spec.targetRef", c);
+            t.whole_service_only("spec.targetRef.port", "CircuitBreaker", c);
         }
         if self.max_connections.is_none()
             && self.max_pending_requests.is_none()

@@ -45,8 +45,9 @@
 //!
 //! # Policies
 //!
-//! Each service's [`pb::RoutePolicy`] is compiled from the resources that apply to it (for a
-//! single-port service, port-scoped resources too, since they cover all its traffic). Kinds
+//! Each service's [`pb::RoutePolicy`] is compiled from the resources that apply to the service
+//! as a whole; a port that a resource names gets its own in `port_policies`, on single- and
+//! multi-port services alike. The inbound policy is compiled for the port of the sidecar's app. Kinds
 //! that do not apply leave their field absent (or 0), which the sidecar reads as the
 //! documented default; a service with no client-side policy at all has no `policy`.
 //! Durations are rounded *up* to whole milliseconds so that a sub-millisecond duration never
@@ -128,7 +129,11 @@ pub fn sidecar_config_with(
         }),
         trust_domain: ctx.trust_domain.to_owned(),
         services,
-        inbound: Some(inbound_policy(ctx.policies, &sidecar.service)),
+        inbound: Some(inbound_policy(
+            ctx.policies,
+            &sidecar.service,
+            sidecar_port(sidecar),
+        )),
         deny_list,
     }
 }
@@ -243,14 +248,20 @@ fn outbound_service(
     sources: &Sources<'_>,
 ) -> pb::OutboundService {
     let ports = merged_ports(sources);
-    let policies = match ports.as_slice() {
-        [only] => match u16::try_from(only.port) {
-            Ok(port) => ctx.policies.for_port(&key.namespace, &key.name, port),
-            Err(_) => ctx.policies.for_service(&key.namespace, &key.name),
-        },
-        _ => ctx.policies.for_service(&key.namespace, &key.name),
-    };
+    let policies = ctx.policies.for_service(&key.namespace, &key.name);
+    let policy = route_policy(&policies);
+    // A port gets its own policy only where a resource names it; the sidecar falls back to
+    // the service's for every other port.
+    let port_policies = ports
+        .iter()
+        .filter_map(|p| {
+            let number = u16::try_from(p.port).ok()?;
+            let own = route_policy(&ctx.policies.for_port(&key.namespace, &key.name, number));
+            (own != policy).then(|| (p.port, own.unwrap_or_default()))
+        })
+        .collect();
     let failover = policies.locality_failover.as_ref().map(|a| a.spec);
+    let subsets = route_subsets(&policies);
     pb::OutboundService {
         service: Some(pb::ServiceRef {
             namespace: key.namespace.clone(),
@@ -259,8 +270,9 @@ fn outbound_service(
         ports,
         vip: vip(ctx, &vips.service, key),
         zone_vips: zone_vips(ctx, &vips.pinned, key, sources),
-        localities: locality_groups(ctx, key, sources, failover),
-        policy: route_policy(&policies),
+        localities: locality_groups(ctx, key, sources, failover, &subsets),
+        policy,
+        port_policies,
     }
 }
 
@@ -320,6 +332,7 @@ fn locality_groups(
     key: &ServiceKey,
     sources: &Sources<'_>,
     failover: Option<&LocalityFailoverSpec>,
+    subsets: &[BTreeMap<String, String>],
 ) -> Vec<pb::LocalityGroup> {
     let mut groups = Vec::new();
     let mut priority = 0_u32;
@@ -334,6 +347,7 @@ fn locality_groups(
             endpoints,
             local_gateways: Vec::new(),
             identities: Vec::new(),
+            subsets: Vec::new(),
             weight: u32::try_from(healthy).unwrap_or(u32::MAX),
             total,
             drained: ctx
@@ -360,6 +374,7 @@ fn locality_groups(
                 endpoints: Vec::new(),
                 local_gateways: ctx.local_gateways.to_vec(),
                 identities: exported.identities.clone(),
+                subsets: remote_subsets(exported, subsets),
                 weight: healthy,
                 total,
                 drained: ctx
@@ -370,6 +385,41 @@ fn locality_groups(
         priority += 1;
     }
     groups
+}
+
+/// The label subsets the service's routes send to (each once, sorted): what zones report
+/// counts for, so that a subset's traffic only goes to zones that serve it.
+pub fn route_subsets(policies: &ServicePolicies<'_>) -> Vec<BTreeMap<String, String>> {
+    let mut subsets: Vec<BTreeMap<String, String>> = policies
+        .traffic_route
+        .iter()
+        .flat_map(|r| &r.spec.rules)
+        .flat_map(|rule| &rule.split)
+        .filter(|s| !s.labels.is_empty())
+        .map(|s| s.labels.clone().into_iter().collect())
+        .collect();
+    subsets.sort();
+    subsets.dedup();
+    subsets
+}
+
+/// What a remote zone reported for the subsets this service's routes use; a subset it did not
+/// report is one it does not serve, and is left out (the sidecar reads it as 0 healthy).
+fn remote_subsets(
+    exported: &pb::ExportedService,
+    subsets: &[BTreeMap<String, String>],
+) -> Vec<pb::SubsetCount> {
+    exported
+        .subsets
+        .iter()
+        .filter(|reported| {
+            subsets.iter().any(|s| {
+                s.len() == reported.labels.len()
+                    && s.iter().all(|(k, v)| reported.labels.get(k) == Some(v))
+            })
+        })
+        .cloned()
+        .collect()
 }
 
 /// The remote zones (indexes into `remote`, which is sorted by zone name) grouped into
@@ -462,6 +512,8 @@ fn route_policy(p: &ServicePolicies<'_>) -> Option<pb::RoutePolicy> {
             connect_ms: s.connect.map_or(0, |d| millis(d.get())),
             request_ms: s.request.map_or(0, |d| millis(d.get())),
             idle_ms: s.idle.map_or(0, |d| millis(d.get())),
+            response_headers_ms: s.response_headers.map_or(0, |d| millis(d.get())),
+            stream_ms: s.stream.map_or(0, |d| millis(d.get())),
         });
     }
     if let Some(breaker) = &p.circuit_breaker {
@@ -508,16 +560,25 @@ fn route_policy(p: &ServicePolicies<'_>) -> Option<pb::RoutePolicy> {
     (out != pb::RoutePolicy::default()).then_some(out)
 }
 
-/// The server-side policy of the sidecar's own service. MeshTLS defaults to STRICT.
-pub fn inbound_policy(policies: &PolicySet, service: &ServiceKey) -> pb::InboundPolicy {
-    let p = policies.for_service(&service.namespace, &service.name);
+/// The server-side policy of the sidecar's own service, on `port` (the port of the app it
+/// fronts; `None` for the service as a whole). MeshTLS defaults to STRICT. Every
+/// `TrafficPermission` that applies goes in, to be evaluated together.
+pub fn inbound_policy(
+    policies: &PolicySet,
+    service: &ServiceKey,
+    port: Option<u16>,
+) -> pb::InboundPolicy {
+    let p = match port {
+        Some(port) => policies.for_port(&service.namespace, &service.name, port),
+        None => policies.for_service(&service.namespace, &service.name),
+    };
     let tls_mode = match p.mesh_tls.as_ref().map(|m| m.spec.mode) {
         Some(policy::MeshTlsMode::Permissive) => pb::MeshTlsMode::Permissive,
         Some(policy::MeshTlsMode::Strict) | None => pb::MeshTlsMode::Strict,
     };
-    let permission = p
-        .traffic_permission
-        .as_ref()
+    let permissions = p
+        .traffic_permissions
+        .iter()
         .map(|tp| pb::PermissionPolicy {
             default_deny: tp.spec.default_action == Action::Deny,
             rules: tp
@@ -531,11 +592,22 @@ pub fn inbound_policy(policies: &PolicySet, service: &ServiceKey) -> pb::Inbound
                     path_prefixes: r.paths.clone(),
                 })
                 .collect(),
-        });
+            name: format!("{}/{}", tp.key.namespace, tp.key.name),
+        })
+        .collect();
     pb::InboundPolicy {
         tls_mode: tls_mode as i32,
-        permission,
+        permissions,
         rate_limit: p.rate_limit.as_ref().map(|r| rate_limit(r.spec)),
+    }
+}
+
+/// The port the sidecar's app listens on: the one port it registered, if exactly one (a
+/// sidecar fronts one app); otherwise the service as a whole.
+pub fn sidecar_port(sidecar: &Instance) -> Option<u16> {
+    match sidecar.ports.as_slice() {
+        [only] => u16::try_from(only.port).ok().filter(|p| *p != 0),
+        _ => None,
     }
 }
 

@@ -183,10 +183,11 @@ struct Shared {
 }
 
 /// Sidecars that get equal configs: a config depends on the sidecar only through its service
-/// (the inbound policy) and its subzone (see [`compile::sidecar_config`]).
+/// and app port (the inbound policy) and its subzone (see [`compile::sidecar_config`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
     service: ServiceKey,
+    port: Option<u16>,
     subzone: String,
 }
 
@@ -220,6 +221,7 @@ impl World {
     fn assembled(&self, config: &DiscoveryConfig, sidecar: &Instance) -> Arc<Assembled> {
         let key = GroupKey {
             service: sidecar.service.clone(),
+            port: compile::sidecar_port(sidecar),
             subzone: sidecar.locality.subzone.clone(),
         };
         if let Some(found) = lock(&self.groups).get(&key) {

@@ -844,7 +844,7 @@ pub(crate) mod tests {
         );
         assert!(echo["echo-3"].labels.is_empty());
 
-        let exported = inv.exported_services();
+        let exported = inv.exported_services(&Default::default());
         assert_eq!(exported.len(), 1);
         let counts: Vec<_> = exported[0]
             .localities
@@ -870,7 +870,7 @@ pub(crate) mod tests {
         state.exports.push(Arc::new(export("other", "echo")));
         let inv = inventory(&state, &settings());
         assert!(inv.service(&key("demo", "echo")).is_none());
-        assert!(inv.exported_services().is_empty());
+        assert!(inv.exported_services(&Default::default()).is_empty());
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl ApiServer {
 
 fn totals(inventory: &LocalInventory) -> Vec<(String, u32, u32)> {
     inventory
-        .exported_services()
+        .exported_services(&Default::default())
         .iter()
         .map(|s| {
             let r = s.service.as_ref().unwrap();
@@ -303,7 +303,13 @@ async fn service_endpoint_slice_and_export_become_the_exported_inventory_until_u
         |inv| inv.instances.is_empty(),
     )
     .await;
-    assert!(running.inventory.borrow().exported_services().is_empty());
+    assert!(
+        running
+            .inventory
+            .borrow()
+            .exported_services(&Default::default())
+            .is_empty()
+    );
 
     // An endpoint becomes ready while the service is exported again.
     streams["serviceexports"]

@@ -71,6 +71,7 @@ fn zone(name: &str, region: &str, services: &[(&str, u32, u32)]) -> pb::RemoteZo
                     total,
                 }],
                 identities: vec![format!("spiffe://strait.local/ns/demo/sa/{svc}")],
+                ..Default::default()
             })
             .collect(),
         ..Default::default()
@@ -738,7 +739,7 @@ spec:
 fn inbound_defaults_to_strict_with_no_permission_policy() {
     let inbound = Fixture::new().compile().inbound.unwrap();
     assert_eq!(inbound.tls_mode, pb::MeshTlsMode::Strict as i32);
-    assert_eq!(inbound.permission, None);
+    assert!(inbound.permissions.is_empty());
     assert_eq!(inbound.rate_limit, None);
 }
 
@@ -771,13 +772,13 @@ spec:
     // The client's own service has no TrafficPermission, but the namespace-wide MeshTLS.
     let client = f.compile().inbound.unwrap();
     assert_eq!(client.tls_mode, pb::MeshTlsMode::Permissive as i32);
-    assert_eq!(client.permission, None);
+    assert!(client.permissions.is_empty());
 
     f.sidecar = instance("echo", "e1", true);
     let inbound = f.compile().inbound.unwrap();
     assert_eq!(
-        inbound.permission,
-        Some(pb::PermissionPolicy {
+        inbound.permissions,
+        vec![pb::PermissionPolicy {
             default_deny: true,
             rules: vec![
                 pb::PermissionRule {
@@ -796,7 +797,8 @@ spec:
                     path_prefixes: vec![],
                 },
             ],
-        })
+            name: "demo/echo-access".into(),
+        }]
     );
 }
 
@@ -927,4 +929,137 @@ fn a_zone_with_garbage_entries_does_not_break_the_compile() {
     f.view.snapshot.zones.push(pb::RemoteZone::default());
     let config = f.compile();
     assert_eq!(config.services.len(), 2);
+}
+
+#[test]
+fn port_scoped_policies_apply_per_port_on_a_multi_port_service() {
+    let mut f = Fixture::new().with_policies(
+        "apiVersion: strait.dev/v1alpha1
+kind: Timeout
+metadata: {name: echo, namespace: demo}
+spec: {targetRef: {service: echo}, request: 2s}
+---
+apiVersion: strait.dev/v1alpha1
+kind: Timeout
+metadata: {name: echo-admin, namespace: demo}
+spec: {targetRef: {service: echo, port: 9090}, request: 9s}
+",
+    );
+    let mut admin = instance("echo", "e9", true);
+    admin.ports = vec![port(9090)];
+    f.inventory = inventory(&[instance("echo", "e1", true), admin]);
+    let config = f.compile();
+    let echo = service(&config, "echo");
+    assert_eq!(echo.ports.len(), 2);
+    let request_ms = |p: &pb::RoutePolicy| p.timeout.as_ref().unwrap().request_ms;
+    assert_eq!(request_ms(echo.policy.as_ref().unwrap()), 2_000);
+    // Only the port a resource names gets its own policy.
+    assert_eq!(echo.port_policies.len(), 1, "{:?}", echo.port_policies);
+    assert_eq!(request_ms(&echo.port_policies[&9090]), 9_000);
+}
+
+#[test]
+fn inbound_combines_every_permission_of_the_sidecars_port() {
+    let mut f = Fixture::new().with_policies(
+        "apiVersion: strait.dev/v1alpha1
+kind: TrafficPermission
+metadata: {name: ns-default, namespace: demo}
+spec: {defaultAction: deny}
+---
+apiVersion: strait.dev/v1alpha1
+kind: TrafficPermission
+metadata: {name: echo-allow, namespace: demo}
+spec:
+  targetRef: {service: echo}
+  rules: [{action: allow, from: [spiffe://strait.local/ns/demo/sa/client]}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: TrafficPermission
+metadata: {name: echo-9090-deny, namespace: demo}
+spec:
+  targetRef: {service: echo, port: 9090}
+  rules: [{action: deny}]
+---
+apiVersion: strait.dev/v1alpha1
+kind: TrafficPermission
+metadata: {name: mesh-deny, namespace: strait-system}
+spec:
+  rules: [{action: deny, from: [spiffe://strait.local/ns/demo/sa/batch]}]
+",
+    );
+    let names = |c: &pb::SidecarConfig| -> Vec<String> {
+        c.inbound
+            .as_ref()
+            .unwrap()
+            .permissions
+            .iter()
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    f.sidecar = instance("echo", "e1", true);
+    assert_eq!(
+        names(&f.compile()),
+        [
+            "strait-system/mesh-deny",
+            "demo/ns-default",
+            "demo/echo-allow"
+        ]
+    );
+    f.sidecar.ports = vec![port(9090)];
+    assert_eq!(
+        names(&f.compile()),
+        [
+            "strait-system/mesh-deny",
+            "demo/ns-default",
+            "demo/echo-allow",
+            "demo/echo-9090-deny"
+        ]
+    );
+}
+
+#[test]
+fn remote_zones_carry_the_counts_of_the_subsets_routes_use() {
+    let mut f = Fixture::new().with_policies(
+        "apiVersion: strait.dev/v1alpha1
+kind: TrafficRoute
+metadata: {name: echo-v2, namespace: demo}
+spec:
+  targetRef: {service: echo}
+  rules: [{split: [{labels: {version: v2}, weight: 1}]}]
+",
+    );
+    let subset = |version: &str, healthy: u32, total: u32| pb::SubsetCount {
+        labels: [("version".to_owned(), version.to_owned())].into(),
+        healthy,
+        total,
+    };
+    // Zone c serves v2 (and reports a subset no route uses any more); d reports nothing.
+    for z in &mut f.view.snapshot.zones {
+        if z.name == "c" {
+            z.services[0].subsets = vec![subset("v2", 2, 3), subset("v7", 1, 1)];
+        }
+    }
+    let config = f.compile();
+    let echo = service(&config, "echo");
+    let reported: Vec<(&str, Vec<pb::SubsetCount>)> = echo
+        .localities
+        .iter()
+        .map(|g| (g.zone.as_str(), g.subsets.clone()))
+        .collect();
+    assert_eq!(
+        reported,
+        vec![
+            ("a", vec![]),
+            ("b", vec![]),
+            ("c", vec![subset("v2", 2, 3)]),
+            ("d", vec![]),
+        ]
+    );
+
+    // And this zone reports its own instances per subset.
+    let mut v2 = instance("echo", "e2", true);
+    v2.labels.insert("version".into(), "v2".into());
+    f.inventory = inventory(&[instance("echo", "e1", true), v2]);
+    let exported = f.inventory.exported_services(&f.view.policies());
+    assert_eq!(exported[0].subsets, vec![subset("v2", 1, 1)]);
 }

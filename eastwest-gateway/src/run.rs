@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use strait_observe::AdminState;
 use strait_proto as pb;
-use strait_sidecar::identity::{Identity, IdentityError};
+use strait_identity::{Identity, IdentityError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

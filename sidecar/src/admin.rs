@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
+use strait_identity::Identity;
 use strait_observe::{AdminState, Readiness};
 use strait_proto as pb;
 use tokio::net::TcpListener;
@@ -25,7 +26,6 @@ use tokio::sync::watch;
 
 use crate::config::SidecarSettings;
 use crate::discovery::{AppHealth, Control};
-use crate::identity::Identity;
 
 /// How often readiness is re-checked even without a config change (to notice an expired
 /// certificate).

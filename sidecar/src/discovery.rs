@@ -6,7 +6,7 @@
 //! # Flow
 //!
 //! ```text
-//! start_control ──▶ Identity::bootstrap ──▶ renewal task (identity.rs)
+//! start_control ──▶ Identity::bootstrap ──▶ renewal task (strait-identity)
 //!               ──▶ probe task: app TCP port every second ──▶ watch<AppHealth>
 //!               ──▶ discovery task: Register ─▶ zone
 //!                                   zone ─▶ SidecarConfig ─▶ validate ─▶ ACK + publish
@@ -38,6 +38,7 @@ use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use strait_proto as pb;
+use strait_identity::{Backoff, Identity, IdentityError};
 use strait_proto::sidecar_message::Msg;
 use strait_trust::tls::{CredentialStore, TrustStore};
 use tokio::sync::{mpsc, watch};
@@ -45,7 +46,6 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{OutboundMode, SettingsError, SidecarSettings, check_host_port};
-use crate::identity::{Backoff, Identity, IdentityError};
 
 /// How long connecting to the zone may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -86,7 +86,7 @@ impl Identity {
             match bootstrap_once(settings, &id, &zone_cp_id, &anchor).await {
                 Ok(pair) => break pair,
                 Err(err) if err.is_transient() && start.elapsed() < BOOTSTRAP_PATIENCE => {
-                    let pause = backoff.next();
+                    let pause = backoff.next_pause();
                     tracing::warn!(%err, retry_in = ?pause, "bootstrap failed; retrying");
                     tokio::time::sleep(pause).await;
                 }

@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use strait_proto as pb;
 use strait_trust::{KeyPair, TrustBundle};
 
-use crate::bootstrap::{CheckedReply, check_reply, no_client_auth_config, read_token, sign_certificate};
+use crate::bootstrap::{
+    CheckedReply, check_reply, no_client_auth_config, read_token, sign_certificate,
+};
 use crate::error::IdentityError;
 use crate::identity::Identity;
 use crate::store;
@@ -128,7 +130,7 @@ impl Identity {
                     retry_after = None;
                 }
                 Err(err) => {
-                    let pause = backoff.next();
+                    let pause = backoff.next_pause();
                     // Never sleep past the expiry: that moment changes what to try.
                     let until_expiry = info
                         .not_after
@@ -168,7 +170,7 @@ impl Backoff {
     }
 
     /// The next pause.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_pause(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
         let jitter = base.mul_f64(rand::random::<f64>() * 0.25);
@@ -190,11 +192,11 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let mut b = Backoff::new();
-        let first = b.next();
+        let first = b.next_pause();
         assert!(first >= BACKOFF_MIN && first <= BACKOFF_MIN.mul_f64(1.25));
         let mut last = first;
         for _ in 0..20 {
-            last = b.next();
+            last = b.next_pause();
         }
         assert!(last >= BACKOFF_MAX && last <= BACKOFF_MAX.mul_f64(1.25));
     }

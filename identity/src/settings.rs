@@ -189,10 +189,16 @@ mod tests {
         assert_eq!(field(&|s| s.zone = "-x".into()), "zone");
         assert_eq!(field(&|s| s.trust_domain = "Bad TD".into()), "trust_domain");
         // Another trust domain than the identity's.
-        assert_eq!(field(&|s| s.trust_domain = "other.td".into()), "trust_domain");
+        assert_eq!(
+            field(&|s| s.trust_domain = "other.td".into()),
+            "trust_domain"
+        );
         assert_eq!(field(&|s| s.token_file = PathBuf::new()), "token_file");
         assert_eq!(field(&|s| s.data_dir = Some(PathBuf::new())), "data_dir");
-        assert_eq!(field(&|s| s.bundle_file = Some(PathBuf::new())), "bundle_file");
+        assert_eq!(
+            field(&|s| s.bundle_file = Some(PathBuf::new())),
+            "bundle_file"
+        );
     }
 
     #[test]

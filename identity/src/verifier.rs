@@ -7,11 +7,11 @@ use std::sync::{Mutex, PoisonError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use std::sync::Arc;
 use strait_trust::tls::{
     AllowExactly, HandshakeSignatures, PeerRole, SpiffeServerVerifier, TrustStore, verify_peer,
 };
 use strait_trust::{SpiffeId, TrustBundle};
-use std::sync::Arc;
 
 /// Verifies the zone control plane on a bootstrap call, against a bundle or by trust on first
 /// use, and remembers why it refused (the handshake error tonic reports does not say) and

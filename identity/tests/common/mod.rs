@@ -136,9 +136,8 @@ impl Zone {
         )
         .unwrap();
         let incoming = strait_proto::transport::tls_incoming(listener, Arc::new(tls));
-        let router = tonic::transport::Server::builder().add_service(
-            pb::identity_server::IdentityServer::new(identity.clone()),
-        );
+        let router = tonic::transport::Server::builder()
+            .add_service(pb::identity_server::IdentityServer::new(identity.clone()));
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Args;
-use strait_identity::IdentityArgs;
 use strait_eastwest_gateway::GatewaySettings;
+use strait_identity::IdentityArgs;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -25,7 +25,7 @@ pub struct ConfigSource {
     /// The zone control plane's gRPC address.
     pub zone_cp: String,
     /// mTLS as this gateway, expecting `zone/ZONE/cp`, ALPN `h2` (see
-    /// `strait_sidecar::identity::Identity::zone_client_config`).
+    /// `strait_identity::Identity::zone_client_config`).
     pub tls: Arc<rustls::ClientConfig>,
     /// This gateway's registration.
     pub register: pb::GatewayRegister,

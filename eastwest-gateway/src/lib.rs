@@ -24,10 +24,8 @@
 //! The wire constants and the tunnel header framing are in `strait_proto::tunnel`, shared
 //! with the sidecar. See `docs/gateway.md` for the protocol, failure codes and security model.
 //!
-//! **Accepted debt:** this crate depends on `strait-sidecar` only for
-//! `strait_sidecar::identity` (certificate bootstrap and renewal from the zone), which
-//! gateways and sidecars share; that module would move to its own crate to drop the
-//! dependency.
+//! The gateway's certificate (bootstrap and renewal from the zone) is `strait_identity`'s,
+//! the same client sidecars use.
 
 pub mod config_client;
 pub mod gateway;

@@ -8,9 +8,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use strait_identity::{Identity, IdentityError};
 use strait_observe::AdminState;
 use strait_proto as pb;
-use strait_sidecar::identity::{Identity, IdentityError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use strait_sidecar::identity::IdentitySettings;
+use strait_identity::IdentitySettings;
 use strait_trust::SpiffeId;
 
 use crate::select::is_dns_label;

@@ -27,6 +27,7 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod json;
 pub mod transport;
 pub mod tunnel;
 pub mod vip;

@@ -14,6 +14,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+// The address and name rules the identity settings apply too.
+pub(crate) use strait_identity::settings::{check_dns_label, check_host_port};
+use strait_identity::{IdentitySettings, TokenKind};
 
 /// Everything `strait sidecar run` needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +36,7 @@ pub struct SidecarSettings {
     /// What `token_file` holds: `bootstrap` (default) or, on Kubernetes, `service_account`
     /// (the pod's projected token, checked by the zone with a TokenReview).
     #[serde(default)]
-    pub token_kind: crate::identity::TokenKind,
+    pub token_kind: TokenKind,
     /// The service this sidecar serves; also its service account
     /// (`spiffe://TD/ns/NAMESPACE/sa/SERVICE`).
     pub service: String,
@@ -62,7 +65,7 @@ pub struct SidecarSettings {
     pub data_dir: Option<PathBuf>,
     /// The federation's trust bundle (PEM). When given, the zone control plane must chain to
     /// it on the first contact; without it the first contact is trust on first use (see
-    /// [`crate::identity`]).
+    /// [`strait_identity`]).
     #[serde(default)]
     pub bundle_file: Option<PathBuf>,
 }
@@ -142,7 +145,7 @@ impl SidecarSettings {
             zone: zone.into(),
             trust_domain: default_trust_domain(),
             token_file,
-            token_kind: crate::identity::TokenKind::default(),
+            token_kind: TokenKind::default(),
             service: service.into(),
             namespace: namespace.into(),
             instance: None,
@@ -256,11 +259,11 @@ impl SidecarSettings {
             .map_err(|e| invalid("zone", e.to_string()))
     }
 
-    /// What [`Identity::bootstrap`](crate::identity::Identity::bootstrap) needs for this
+    /// What [`Identity::bootstrap`](strait_identity::Identity::bootstrap) needs for this
     /// sidecar: its workload identity, metrics prefixed `strait_sidecar`. Validates first.
-    pub fn identity_settings(&self) -> Result<crate::identity::IdentitySettings, SettingsError> {
+    pub fn identity_settings(&self) -> Result<IdentitySettings, SettingsError> {
         self.validate()?;
-        Ok(crate::identity::IdentitySettings {
+        Ok(IdentitySettings {
             zone_cp: self.zone_cp.clone(),
             zone: self.zone.clone(),
             trust_domain: self.trust_domain.clone(),
@@ -271,29 +274,6 @@ impl SidecarSettings {
             id: self.spiffe_id()?,
             metrics_prefix: "strait_sidecar",
         })
-    }
-}
-
-/// A DNS label: lowercase letters, digits and `-`, starting with a letter, not ending with `-`,
-/// at most 63 characters (what the zone accepts for zones, namespaces and services).
-pub(crate) fn check_dns_label(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if value.len() > 63 {
-        return Err(format!("{value:?} is longer than 63 characters"));
-    }
-    let ok = value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{value:?} must be lowercase letters, digits and '-', start with a letter and not end with '-'"
-        ))
     }
 }
 
@@ -309,22 +289,6 @@ fn check_instance(value: &str) -> Result<(), String> {
         Err(format!(
             "{value:?} must be 1-{MAX_INSTANCE_NAME} of letters, digits, '-', '_', '.'"
         ))
-    }
-}
-
-/// `host:port` with a non-zero port (a DNS name follows its target at every connect).
-pub(crate) fn check_host_port(value: &str) -> Result<(), String> {
-    let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && !host
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            && port.parse::<u16>().is_ok_and(|p| p != 0)
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{value:?} is not a host:port address"))
     }
 }
 

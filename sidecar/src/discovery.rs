@@ -6,7 +6,7 @@
 //! # Flow
 //!
 //! ```text
-//! start_control ──▶ Identity::bootstrap ──▶ renewal task (identity.rs)
+//! start_control ──▶ Identity::bootstrap ──▶ renewal task (strait-identity)
 //!               ──▶ probe task: app TCP port every second ──▶ watch<AppHealth>
 //!               ──▶ discovery task: Register ─▶ zone
 //!                                   zone ─▶ SidecarConfig ─▶ validate ─▶ ACK + publish
@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use strait_identity::{Backoff, Identity, IdentityError};
 use strait_proto as pb;
 use strait_proto::sidecar_message::Msg;
 use strait_trust::tls::{CredentialStore, TrustStore};
@@ -45,7 +46,6 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{OutboundMode, SettingsError, SidecarSettings, check_host_port};
-use crate::identity::{Backoff, Identity, IdentityError};
 
 /// How long connecting to the zone may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +61,7 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 pub type Validator = Arc<dyn Fn(&pb::SidecarConfig) -> Result<(), String> + Send + Sync>;
 
 /// The app's health as the sidecar sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AppHealth {
     pub healthy: bool,
     /// Why it is unhealthy; empty when healthy.
@@ -418,11 +418,11 @@ impl DiscoveryClient {
             let pause = match outcome {
                 Ok(Ended::GotConfigs) => {
                     backoff = Backoff::new();
-                    backoff.next()
+                    backoff.next_pause()
                 }
-                Ok(Ended::Quiet) => backoff.next(),
+                Ok(Ended::Quiet) => backoff.next_pause(),
                 Err(status) => {
-                    let pause = backoff.next();
+                    let pause = backoff.next_pause();
                     tracing::warn!(zone_cp = %self.zone_cp, code = ?status.code(), message = status.message(), retry_in = ?pause, "discovery stream failed");
                     pause
                 }

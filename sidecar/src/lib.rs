@@ -9,8 +9,8 @@
 //! - [`limits`]: `CircuitBreaker` connection and request counters, idle timeouts.
 //!
 //! IO around it:
-//! - [`config`]: the sidecar's own settings; [`identity`]: bootstrap and renewal of its
-//!   certificate; [`discovery`]: the config stream from the zone;
+//! - [`config`]: the sidecar's own settings (its certificate is `strait_identity`'s);
+//!   [`discovery`]: the config stream from the zone;
 //! - [`inbound`]: mTLS termination, authorization and forwarding to the app ([`app_pool`]: its
 //!   connections to the app);
 //! - [`outbound`]: listeners on service VIPs, routing, balancing and retries to other sidecars;
@@ -30,7 +30,6 @@ pub mod fault;
 mod h2body;
 mod h2client;
 mod headers;
-pub mod identity;
 pub mod inbound;
 pub mod lb;
 pub mod limits;

@@ -172,12 +172,20 @@ async fn registers_runs_its_config_and_shows_it_at_the_admin_endpoint() {
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(json["version"].as_u64().unwrap() >= 1);
     assert_eq!(json["zone"], "a");
-    assert_eq!(json["inbound"]["tls_mode"], "STRICT");
+    assert_eq!(json["inbound"]["tls_mode"], "MESH_TLS_MODE_STRICT");
     assert_eq!(
         json["sidecar"]["identity"]["spiffe_id"],
         "spiffe://strait.local/ns/demo/sa/echo"
     );
     assert_eq!(json["sidecar"]["settings"]["instance"], "echo-1");
+    let identity = &json["sidecar"]["identity"];
+    assert!(
+        identity["not_after_unix"].as_u64().unwrap()
+            > identity["not_before_unix"].as_u64().unwrap(),
+        "{identity}"
+    );
+    assert_eq!(identity["trust_roots"][0], pki.root.pin());
+    assert_eq!(json["sidecar"]["app_health"]["healthy"], true, "{json}");
     let (status, metrics) = admin_get(admin_addr, "/metrics").await;
     assert_eq!(status, 200);
     for name in [

@@ -1,23 +1,18 @@
 //! `strait gateway run`: the east-west gateway of one zone.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use strait_eastwest_gateway::GatewaySettings;
+use strait_identity::IdentityArgs;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The zone control plane's gRPC address.
-    #[arg(long)]
-    zone_cp: String,
-    /// The zone this gateway serves.
-    #[arg(long)]
-    zone: String,
-    /// Bootstrap token (`strait token workload --zone Z --service gateway`).
-    #[arg(long)]
-    token_file: PathBuf,
+    // --zone-cp, --zone, --token-file (`strait token workload --zone Z --service gateway`),
+    // --trust-domain, --bundle-file, --data-dir.
+    #[command(flatten)]
+    identity: IdentityArgs,
     /// UDP address of the QUIC listener for other zones' gateways.
     #[arg(long)]
     quic: SocketAddr,
@@ -33,33 +28,31 @@ pub struct RunArgs {
     /// Replica name (default gateway-ZONE-<random>).
     #[arg(long)]
     instance: Option<String>,
-    /// Where to keep the certificate across restarts.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Trust bundle to verify the zone with (recommended; otherwise trust on first use).
-    #[arg(long)]
-    bundle_file: Option<PathBuf>,
-    #[arg(long)]
-    trust_domain: Option<String>,
 }
 
 impl RunArgs {
     fn settings(self) -> anyhow::Result<GatewaySettings> {
+        let IdentityArgs {
+            zone_cp,
+            zone,
+            token_file,
+            trust_domain,
+            bundle_file,
+            data_dir,
+        } = self.identity;
         let mut s = GatewaySettings::new(
-            self.zone_cp,
-            self.zone,
-            self.token_file,
+            zone_cp,
+            zone,
+            token_file,
             self.quic,
             self.local,
             self.public_address,
             self.admin,
         );
         s.instance = self.instance;
-        s.data_dir = self.data_dir;
-        s.bundle_file = self.bundle_file;
-        if let Some(td) = self.trust_domain {
-            s.trust_domain = td;
-        }
+        s.trust_domain = trust_domain;
+        s.data_dir = data_dir;
+        s.bundle_file = bundle_file;
         Ok(s.resolve()?)
     }
 }

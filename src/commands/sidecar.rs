@@ -2,25 +2,20 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use strait_identity::IdentityArgs;
 use strait_sidecar::config::{OutboundMode, SidecarSettings};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The zone control plane's gRPC address.
-    #[arg(long)]
-    zone_cp: String,
-    /// The zone this sidecar runs in.
-    #[arg(long)]
-    zone: String,
-    /// Bootstrap token (`strait token workload`), or with `--token-kind service-account` the
-    /// pod's projected service-account token (audience `strait`).
-    #[arg(long)]
-    token_file: PathBuf,
-    /// `bootstrap` or `service-account` (Kubernetes: checked by the zone with a TokenReview).
+    // --zone-cp, --zone, --token-file, --trust-domain, --bundle-file, --data-dir.
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// What `--token-file` holds: `bootstrap`, or `service-account` for the pod's projected
+    /// service-account token (audience `strait`; Kubernetes: checked by the zone with a
+    /// TokenReview).
     #[arg(long, default_value = "bootstrap")]
     token_kind: String,
     #[arg(long)]
@@ -46,22 +41,22 @@ pub struct RunArgs {
     /// the app's VIP connections redirected by `strait sidecar init` on 127.0.0.1:PORT.
     #[arg(long, default_value = "vips")]
     outbound: String,
-    #[arg(long)]
-    trust_domain: Option<String>,
-    /// Trust bundle to verify the zone with (recommended; otherwise trust on first use).
-    #[arg(long)]
-    bundle_file: Option<PathBuf>,
-    /// Where to keep the certificate across restarts.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
     fn settings(self) -> anyhow::Result<SidecarSettings> {
+        let IdentityArgs {
+            zone_cp,
+            zone,
+            token_file,
+            trust_domain,
+            bundle_file,
+            data_dir,
+        } = self.identity;
         let mut s = SidecarSettings::new(
-            self.zone_cp,
-            self.zone,
-            self.token_file,
+            zone_cp,
+            zone,
+            token_file,
             self.namespace,
             self.service,
             self.inbound,
@@ -87,11 +82,9 @@ impl RunArgs {
             .outbound
             .parse::<OutboundMode>()
             .map_err(|e| anyhow::anyhow!("--outbound: {e}"))?;
-        if let Some(td) = self.trust_domain {
-            s.trust_domain = td;
-        }
-        s.bundle_file = self.bundle_file;
-        s.data_dir = self.data_dir;
+        s.trust_domain = trust_domain;
+        s.bundle_file = bundle_file;
+        s.data_dir = data_dir;
         Ok(s.resolve()?)
     }
 }

@@ -33,7 +33,9 @@ use rustls_pki_types::CertificateDer;
 
 pub use authorize::{AllowAny, AllowExactly, Authorize, AuthorizeFn, PeerIdentity, authorize_fn};
 pub use stores::{CredentialStore, TrustStore};
-pub use verify::{PeerRole, SpiffeClientVerifier, SpiffeServerVerifier, verify_peer};
+pub use verify::{
+    HandshakeSignatures, PeerRole, SpiffeClientVerifier, SpiffeServerVerifier, verify_peer,
+};
 
 use crate::bundle::parse_pin;
 use crate::cert_info::leaf_spiffe_id;

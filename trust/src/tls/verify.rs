@@ -215,6 +215,71 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
     ce.into()
 }
 
+// === impl HandshakeSignatures ===
+
+/// The handshake-signature half of a rustls certificate verifier, the same in every Strait
+/// verifier (these, and the identity client's verifier of its zone): the signature schemes and
+/// algorithms of the ring provider. A verifier keeps one and forwards
+/// `verify_tls12_signature`, `verify_tls13_signature` and `supported_verify_schemes` to it.
+#[derive(Debug, Clone)]
+pub struct HandshakeSignatures {
+    provider: Arc<CryptoProvider>,
+}
+
+impl HandshakeSignatures {
+    /// With [`super::crypto_provider`].
+    pub fn new() -> Self {
+        Self {
+            provider: super::crypto_provider(),
+        }
+    }
+
+    /// The provider whose algorithms verify signatures, for [`verify_peer`] too.
+    pub fn provider(&self) -> &CryptoProvider {
+        &self.provider
+    }
+
+    pub fn verify_tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    pub fn verify_tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    pub fn supported_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl Default for HandshakeSignatures {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 // === impl SpiffeClientVerifier ===
 
 /// Verifies TLS *clients* (used by servers): requires a client certificate, verifies it
@@ -223,7 +288,7 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
 pub struct SpiffeClientVerifier {
     trust: TrustStore,
     authorizer: Arc<dyn Authorize>,
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
     mandatory: bool,
 }
 
@@ -233,7 +298,7 @@ impl SpiffeClientVerifier {
         SpiffeClientVerifier {
             trust,
             authorizer,
-            provider: super::crypto_provider(),
+            signatures: HandshakeSignatures::new(),
             mandatory: true,
         }
     }
@@ -277,7 +342,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             now,
             PeerRole::Client,
             self.authorizer.as_ref(),
-            &self.provider,
+            self.signatures.provider(),
         )?;
         Ok(ClientCertVerified::assertion())
     }
@@ -288,12 +353,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -302,18 +362,11 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_schemes()
     }
 }
 
@@ -336,7 +389,7 @@ enum ServerTrust {
 pub struct SpiffeServerVerifier {
     trust: ServerTrust,
     authorizer: Arc<dyn Authorize>,
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl SpiffeServerVerifier {
@@ -344,7 +397,7 @@ impl SpiffeServerVerifier {
         SpiffeServerVerifier {
             trust: ServerTrust::Store(trust),
             authorizer,
-            provider: super::crypto_provider(),
+            signatures: HandshakeSignatures::new(),
         }
     }
 
@@ -358,7 +411,7 @@ impl SpiffeServerVerifier {
         SpiffeServerVerifier {
             trust: ServerTrust::Pinned { trust_domain, pin },
             authorizer,
-            provider: super::crypto_provider(),
+            signatures: HandshakeSignatures::new(),
         }
     }
 }
@@ -382,7 +435,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                     now,
                     PeerRole::Server,
                     self.authorizer.as_ref(),
-                    &self.provider,
+                    self.signatures.provider(),
                 )?;
             }
             ServerTrust::Pinned {
@@ -406,7 +459,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                     now,
                     PeerRole::Server,
                     self.authorizer.as_ref(),
-                    &self.provider,
+                    self.signatures.provider(),
                 )?;
             }
         }
@@ -419,12 +472,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -433,17 +481,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_schemes()
     }
 }

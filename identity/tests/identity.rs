@@ -1,4 +1,4 @@
-//! The sidecar's certificate against the zone crate's real workload CA, in-process over
+//! The identity client (as a sidecar uses it) against the zone crate's real workload CA, in-process over
 //! Strait's mutual TLS: bootstrap by trust on first use or with a bundle file, refusals with
 //! their reasons, restarts from the data directory, and renewal in place.
 
@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Files, PATIENCE, Pki, TD, ZONE, Zone, metric, settings};
-use strait_sidecar::identity::{Identity, IdentityError};
+use strait_identity::{Identity, IdentityError, IdentitySettings};
 use strait_trust::ca::DEFAULT_LEAF_VALIDITY;
 use strait_trust::{CredentialStore, KeyPair, SpiffeId};
 
@@ -18,13 +18,11 @@ async fn bootstrap_trusts_the_zone_on_first_use_and_restarts_from_disk() {
     let pki = Pki::new();
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
-    let (mut s, _inbound) = settings(&zone, &pki, &files, "echo").await;
+    let mut s = settings(&zone, &pki, &files, "echo");
     s.data_dir = Some(files.path("data"));
 
     let registry = prometheus::Registry::new();
-    let identity = Identity::bootstrap(&s.identity_settings().unwrap(), &registry)
-        .await
-        .unwrap();
+    let identity = Identity::bootstrap(&s, &registry).await.unwrap();
     assert_eq!(
         identity.creds().identity().to_string(),
         "spiffe://strait.local/ns/demo/sa/echo"
@@ -56,12 +54,9 @@ async fn bootstrap_trusts_the_zone_on_first_use_and_restarts_from_disk() {
 
     // A restart finds the certificate: no token needed, nothing asked of the zone.
     std::fs::remove_file(&s.token_file).unwrap();
-    let again = Identity::bootstrap(
-        &s.identity_settings().unwrap(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let again = Identity::bootstrap(&s, &prometheus::Registry::new())
+        .await
+        .unwrap();
     assert_eq!(zone.issued("bootstrap"), 1);
     assert_eq!(
         again.creds().certified_key().cert[0],
@@ -74,17 +69,14 @@ async fn a_bundle_file_is_required_to_match() {
     let pki = Pki::new();
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
-    let (mut s, _inbound) = settings(&zone, &pki, &files, "echo").await;
+    let mut s = settings(&zone, &pki, &files, "echo");
 
     // Another federation's bundle: the zone is refused, nothing is sent to it.
     let other = Pki::new();
     s.bundle_file = Some(files.write("other.pem", &other.bundle_pem()));
-    let err = Identity::bootstrap(
-        &s.identity_settings().unwrap(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap_err();
+    let err = Identity::bootstrap(&s, &prometheus::Registry::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, IdentityError::UntrustedZone { .. }), "{err}");
     let text = err.to_string();
     assert!(
@@ -95,22 +87,16 @@ async fn a_bundle_file_is_required_to_match() {
 
     // The right bundle.
     s.bundle_file = Some(files.write("bundle.pem", &pki.bundle_pem()));
-    let identity = Identity::bootstrap(
-        &s.identity_settings().unwrap(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let identity = Identity::bootstrap(&s, &prometheus::Registry::new())
+        .await
+        .unwrap();
     assert_eq!(identity.trust().current().pins(), vec![pki.root.pin()]);
 
     // A file that is not a bundle is a clear error.
     s.bundle_file = Some(files.write("garbage.pem", "hello"));
-    let err = Identity::bootstrap(
-        &s.identity_settings().unwrap(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap_err();
+    let err = Identity::bootstrap(&s, &prometheus::Registry::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, IdentityError::BundleFile { .. }), "{err}");
     assert!(err.to_string().contains("garbage.pem"), "{err}");
 }
@@ -129,13 +115,10 @@ async fn first_use_refuses_a_zone_that_is_not_the_expected_one() {
         .unwrap();
     let no_root = CredentialStore::new(issued.chain[..2].to_vec(), key.private_key_der()).unwrap();
     let zone = Zone::start_with(&pki, DEFAULT_LEAF_VALIDITY, no_root).await;
-    let (s, _inbound) = settings(&zone, &pki, &files, "echo").await;
-    let err = Identity::bootstrap(
-        &s.identity_settings().unwrap(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap_err();
+    let s = settings(&zone, &pki, &files, "echo");
+    let err = Identity::bootstrap(&s, &prometheus::Registry::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, IdentityError::UntrustedZone { .. }), "{err}");
     assert!(err.to_string().contains("self-signed"), "{err}");
     drop(zone);
@@ -143,13 +126,10 @@ async fn first_use_refuses_a_zone_that_is_not_the_expected_one() {
     // A server that is not zone a's control plane (here: a workload's certificate).
     let impostor = pki.workload("demo", "echo");
     let zone = Zone::start_with(&pki, DEFAULT_LEAF_VALIDITY, impostor).await;
-    let (s, _inbound) = settings(&zone, &pki, &files, "echo").await;
-    let err = Identity::bootstrap(
-        &s.identity_settings().unwrap(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap_err();
+    let s = settings(&zone, &pki, &files, "echo");
+    let err = Identity::bootstrap(&s, &prometheus::Registry::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, IdentityError::UntrustedZone { .. }), "{err}");
     assert!(
         err.to_string()
@@ -164,14 +144,11 @@ async fn bad_tokens_are_clear_errors() {
     let pki = Pki::new();
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
-    let (mut s, _inbound) = settings(&zone, &pki, &files, "echo").await;
-    let bootstrap = |s: strait_sidecar::config::SidecarSettings| async move {
-        Identity::bootstrap(
-            &s.identity_settings().unwrap(),
-            &prometheus::Registry::new(),
-        )
-        .await
-        .unwrap_err()
+    let mut s = settings(&zone, &pki, &files, "echo");
+    let bootstrap = |s: IdentitySettings| async move {
+        Identity::bootstrap(&s, &prometheus::Registry::new())
+            .await
+            .unwrap_err()
     };
 
     std::fs::write(&s.token_file, "stw1.garbage.garbage\n").unwrap();
@@ -234,12 +211,10 @@ async fn renewal_swaps_the_certificate_in_place() {
     let pki = Pki::new();
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
-    let (mut s, _inbound) = settings(&zone, &pki, &files, "echo").await;
+    let mut s = settings(&zone, &pki, &files, "echo");
     s.data_dir = Some(files.path("data"));
     let registry = prometheus::Registry::new();
-    let identity = Identity::bootstrap(&s.identity_settings().unwrap(), &registry)
-        .await
-        .unwrap();
+    let identity = Identity::bootstrap(&s, &registry).await.unwrap();
     // A handle taken before the renewal: the same store, so it sees the new certificate.
     let handle = identity.creds().clone();
     let before = handle.certified_key().cert[0].clone();
@@ -260,12 +235,9 @@ async fn renewal_swaps_the_certificate_in_place() {
         1.0
     );
     // What a restart loads is the renewed certificate.
-    let restarted = Identity::bootstrap(
-        &s.identity_settings().unwrap(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let restarted = Identity::bootstrap(&s, &prometheus::Registry::new())
+        .await
+        .unwrap();
     assert_eq!(restarted.creds().certified_key().cert[0], after);
 
     // A zone that is gone: the failure is counted and reported, nothing is swapped.
@@ -289,13 +261,10 @@ async fn the_renewal_task_renews_short_certificates_before_they_expire() {
     // The zone's shortest lifetime.
     let zone = Zone::start(&pki, Duration::from_secs(12)).await;
     let files = Files::new();
-    let (s, _inbound) = settings(&zone, &pki, &files, "echo").await;
-    let identity = Identity::bootstrap(
-        &s.identity_settings().unwrap(),
-        &prometheus::Registry::new(),
-    )
-    .await
-    .unwrap();
+    let s = settings(&zone, &pki, &files, "echo");
+    let identity = Identity::bootstrap(&s, &prometheus::Registry::new())
+        .await
+        .unwrap();
     let first = identity.creds().cert_info();
     let task = tokio::spawn(identity.clone().run_renewal(std::future::pending::<()>()));
 

@@ -52,6 +52,7 @@ mod tests {
                 traceparent: "00-abc-def-01".into(),
                 tracestate: String::new(),
             }),
+            ..Default::default()
         };
         let bytes = header.encode_to_vec();
         let decoded = TunnelHeader::decode(bytes.as_slice()).map_err(|e| e.to_string());

@@ -233,6 +233,7 @@ mod tests {
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
                 tracestate: String::new(),
             }),
+            ..Default::default()
         }
     }
 

@@ -211,6 +211,7 @@ mod tests {
                     }],
                     ..Default::default()
                 }),
+                port_policies: Default::default(),
             }],
             inbound: Some(pb::InboundPolicy {
                 tls_mode: pb::MeshTlsMode::Strict as i32,

@@ -41,10 +41,14 @@ pub fn is_stream(status: StatusCode, headers: &HeaderMap) -> bool {
 pub struct DeadlineExceeded(std::time::Duration);
 
 /// `inner`, failing at `deadline`.
+///
+/// The timer is made only when the body first has to wait: most responses are already whole
+/// when they are first polled, and then cost no timer at all.
 #[derive(Debug)]
 pub struct DeadlineBody {
     inner: BoxedBody,
-    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
     limit: std::time::Duration,
     expired: bool,
 }
@@ -54,7 +58,8 @@ impl DeadlineBody {
     pub fn new(inner: BoxedBody, deadline: Instant, limit: std::time::Duration) -> Self {
         Self {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            sleep: None,
             limit,
             expired: false,
         }
@@ -76,7 +81,11 @@ impl Body for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
             self.expired = true;
             return Poll::Ready(Some(Err(Box::new(DeadlineExceeded(self.limit)))));
         }

@@ -764,6 +764,7 @@ mod tests {
             local_gateways: vec![],
             identities: vec![],
             drained: false,
+            ..Default::default()
         }
     }
 
@@ -778,6 +779,7 @@ mod tests {
             weight,
             total,
             drained: false,
+            ..Default::default()
         }
     }
 

@@ -1905,6 +1905,7 @@ mod tests {
                     connect_ms: 250,
                     request_ms: 0,
                     idle_ms: 0,
+                    ..Default::default()
                 }),
                 circuit_breaker: Some(pb::CircuitBreakerPolicy {
                     max_requests: 7,

@@ -112,9 +112,8 @@ impl LocalInventory {
             .iter()
             .filter(|(_, instances)| !instances.is_empty())
             .map(|(key, instances)| {
-                let subsets = crate::discovery::compile::route_subsets(
-                    &policies.for_service(&key.namespace, &key.name),
-                )
+                let subsets =
+                    crate::discovery::compile::route_subsets(policies, &key.namespace, &key.name)
                 .into_iter()
                 .map(|labels| {
                     let matching = instances

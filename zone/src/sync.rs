@@ -889,6 +889,7 @@ mod tests {
                 total,
             }],
             identities: vec![],
+            ..Default::default()
         }
     }
 

@@ -261,7 +261,7 @@ fn outbound_service(
         })
         .collect();
     let failover = policies.locality_failover.as_ref().map(|a| a.spec);
-    let subsets = route_subsets(&policies);
+    let subsets = route_subsets(ctx.policies, &key.namespace, &key.name);
     pb::OutboundService {
         service: Some(pb::ServiceRef {
             namespace: key.namespace.clone(),
@@ -387,13 +387,17 @@ fn locality_groups(
     groups
 }
 
-/// The label subsets the service's routes send to (each once, sorted): what zones report
-/// counts for, so that a subset's traffic only goes to zones that serve it.
-pub fn route_subsets(policies: &ServicePolicies<'_>) -> Vec<BTreeMap<String, String>> {
+/// The label subsets that the routes of `namespace/name` send to, at any port (each once,
+/// sorted): what zones report counts for, so that a subset's traffic only goes to zones that
+/// serve it.
+pub fn route_subsets(policies: &PolicySet, namespace: &str, name: &str) -> Vec<BTreeMap<String, String>> {
     let mut subsets: Vec<BTreeMap<String, String>> = policies
-        .traffic_route
-        .iter()
-        .flat_map(|r| &r.spec.rules)
+        .of_kind(policy::Kind::TrafficRoute, namespace)
+        .filter_map(|r| match &r.spec {
+            policy::Spec::TrafficRoute(route) if route.target_ref.service == name => Some(route),
+            _ => None,
+        })
+        .flat_map(|route| &route.rules)
         .flat_map(|rule| &rule.split)
         .filter(|s| !s.labels.is_empty())
         .map(|s| s.labels.clone().into_iter().collect())

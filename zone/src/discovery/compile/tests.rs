@@ -619,7 +619,8 @@ spec:
         Some(pb::TimeoutPolicy {
             connect_ms: 0,
             request_ms: 2_000,
-            idle_ms: 300_000
+            idle_ms: 300_000,
+            ..Default::default()
         })
     );
     assert_eq!(p.retry, None, "absent kinds stay absent");

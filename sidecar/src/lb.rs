@@ -1054,10 +1054,32 @@ mod tests {
         let v2 = Subset::new([("version".to_owned(), "v2".to_owned())].into());
         let counts = histogram(&b, now, Some(&v2), &[]);
         assert_eq!(share(&counts, "a2"), 100.0);
-        // No local v3: the subset's traffic goes to the remote zone (unfiltered).
+        // No local v3, and zone b does not report serving it: nobody takes the request (503),
+        // never an endpoint of another subset.
         let v3 = Subset::new([("version".to_owned(), "v3".to_owned())].into());
+        let mut rng = StdRng::seed_from_u64(3);
+        assert_eq!(b.pick(now, &mut rng, Some(&v3), &[]), None);
+        // Once zone b reports v3 instances, the subset's traffic goes there, and the pick
+        // carries the subset so that zone b serves it from v3.
+        let mut groups = two_local_and_zone_b();
+        groups[1].subsets = vec![pb::SubsetCount {
+            labels: [("version".to_owned(), "v3".to_owned())].into(),
+            healthy: 1,
+            total: 1,
+        }];
+        let b = Balancer::new(&groups, BalancerConfig::default());
         let counts = histogram(&b, now, Some(&v3), &[]);
         assert_eq!(share(&counts, "zone-b"), 100.0);
+        match b.pick(now, &mut rng, Some(&v3), &[]) {
+            Some(Target::Remote { subset, .. }) => {
+                assert_eq!(subset.as_deref(), Some("version=v3"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A reported subset with no healthy instance is not served either.
+        groups[1].subsets[0].healthy = 0;
+        let b = Balancer::new(&groups, BalancerConfig::default());
+        assert_eq!(b.pick(now, &mut rng, Some(&v3), &[]), None);
     }
 
     #[test]

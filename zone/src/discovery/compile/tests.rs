@@ -842,11 +842,15 @@ spec:
   request: 9s
 ",
     );
-    let timeout = policy(&f.compile(), "echo").timeout.unwrap();
+    let config = f.compile();
+    let echo = service(&config, "echo");
+    // All of a single-port service's traffic is on its port, whose own policy wins.
     assert_eq!(
-        timeout.request_ms, 3_000,
+        echo.port_policies[&8080].timeout.as_ref().unwrap().request_ms,
+        3_000,
         "the port-scoped resource is more specific"
     );
+    assert_eq!(policy(&config, "echo").timeout.unwrap().request_ms, 9_000);
 }
 
 #[test]

@@ -455,7 +455,7 @@ async fn start_gateways(
             args.extend(flag("--trust-domain", TRUST_DOMAIN));
             start_on_ports(plan, 2, records, |ports| {
                 let [local, admin] = take(ports)?;
-                let [quic] = take(&ports::free_loopback_udp_ports(1)?)?;
+                let [quic] = take(&crate::ports::free_loopback_udp_ports(1)?)?;
                 let mut args = args.clone();
                 args.extend(flag("--quic", quic));
                 args.extend(flag("--public-address", quic));
@@ -656,12 +656,8 @@ h.HTTPServer(('127.0.0.1', int(sys.argv[1])), R).serve_forever()";
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if tries.is_empty() {
-                let held = std::net::TcpListener::bind(port).map_err(|source| {
-                    UpError::CreateDir {
-                        dir: PathBuf::from("held port"),
-                        source,
-                    }
-                })?;
+                let held = std::net::TcpListener::bind(port)
+                    .map_err(|e| UpError::Ports(PortsError::Bind(e)))?;
                 taken
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)

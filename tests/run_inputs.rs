@@ -246,11 +246,7 @@ fn sidecar_run_reports_a_garbage_token_or_bundle_at_once() {
         args
     };
     let run_args = |args: Vec<String>| run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_refused(
-        run_args(args(&token, None)),
-        "workload token file",
-        &token,
-    );
+    assert_refused(run_args(args(&token, None)), "workload token file", &token);
 
     // A well-formed token, but a bundle that is not PEM.
     let root = strait_trust::RootCa::generate("strait.local", Duration::from_secs(3600)).unwrap();

@@ -305,9 +305,24 @@ mod tests {
     #[test]
     fn partition_drops_the_zone_gateways_quic_ports() {
         let records = [
-            record("gateway-a-1", ProcessKind::Gateway, "a", Some("127.0.0.1:4001")),
-            record("gateway-a-2", ProcessKind::Gateway, "a", Some("127.0.0.1:4002")),
-            record("gateway-b-1", ProcessKind::Gateway, "b", Some("127.0.0.1:4003")),
+            record(
+                "gateway-a-1",
+                ProcessKind::Gateway,
+                "a",
+                Some("127.0.0.1:4001"),
+            ),
+            record(
+                "gateway-a-2",
+                ProcessKind::Gateway,
+                "a",
+                Some("127.0.0.1:4002"),
+            ),
+            record(
+                "gateway-b-1",
+                ProcessKind::Gateway,
+                "b",
+                Some("127.0.0.1:4003"),
+            ),
             record("zone-a", ProcessKind::Zone, "a", Some("127.0.0.1:4004")),
         ];
         assert_eq!(gateway_ports(&records, "a"), ["4001", "4002"]);

@@ -375,7 +375,9 @@ mod check_inputs_tests {
         let mut joining = config(&data);
         joining.join = vec!["127.0.0.1:7400".to_owned()];
         joining.token_file = Some(garbage.clone());
-        let err = check_inputs(&joining).err().ok_or("a garbage token passed")?;
+        let err = check_inputs(&joining)
+            .err()
+            .ok_or("a garbage token passed")?;
         assert!(matches!(err, CredentialsError::Token { .. }), "{err}");
         assert!(err.to_string().contains("garbage"), "{err}");
         joining.token_file = Some(dir.path().join("missing"));
@@ -389,7 +391,9 @@ mod check_inputs_tests {
         let mut founding = config(&data);
         founding.root_cert = Some(garbage.clone());
         founding.root_key = Some(garbage.clone());
-        let err = check_inputs(&founding).err().ok_or("a garbage root passed")?;
+        let err = check_inputs(&founding)
+            .err()
+            .ok_or("a garbage root passed")?;
         assert!(matches!(err, CredentialsError::Input(_)), "{err}");
         assert!(!data.exists(), "the check wrote the data directory");
 

@@ -77,7 +77,10 @@ mod tests {
         processes::write(dir.path(), std::slice::from_ref(&sleeper))?;
         let started = Instant::now();
         let down = down(dir.path(), Duration::from_secs(10), &|_| {})?;
-        assert!(matches!(down, Down::Stopped(ref r) if r.all_stopped()), "{down:?}");
+        assert!(
+            matches!(down, Down::Stopped(ref r) if r.all_stopped()),
+            "{down:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(!supervisor::is_running(&sleeper));
         assert!(processes::read(dir.path())?.is_empty());

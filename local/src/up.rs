@@ -755,7 +755,10 @@ h.HTTPServer(('127.0.0.1', int(sys.argv[1])), R).serve_forever()";
         let err = up(&options, &|_| {}).await.err().ok_or("started twice")?;
         assert!(matches!(err, UpError::AlreadyRunning { .. }), "{err}");
         assert!(!dir.path().join("logs").exists(), "wrote before refusing");
-        assert!(supervisor::is_running(&sleeper), "the running one was touched");
+        assert!(
+            supervisor::is_running(&sleeper),
+            "the running one was touched"
+        );
         let _ = supervisor::kill(&sleeper, supervisor::Signal::SIGKILL);
         Ok(())
     }

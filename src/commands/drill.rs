@@ -259,7 +259,11 @@ pub fn print(report: &Report, format: Format) -> anyhow::Result<()> {
     }
     crate::outln!(
         "  objectives   {}",
-        if report.objectives_met { "met" } else { "MISSED" }
+        if report.objectives_met {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     Ok(())
 }

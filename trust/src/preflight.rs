@@ -80,8 +80,8 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::workload_token::{Claims, WorkloadToken};
     use crate::SpiffeId;
+    use crate::workload_token::{Claims, WorkloadToken};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -133,10 +133,7 @@ mod tests {
             let err = workload_token_file(&path)
                 .err()
                 .ok_or_else(|| format!("{text:?} passed"))?;
-            assert!(
-                err.to_string().contains("workload token file"),
-                "{err}"
-            );
+            assert!(err.to_string().contains("workload token file"), "{err}");
         }
         opaque_token_file(&write(dir.path(), "sa", "eyJhbGciOi.x.y")?)?;
         assert!(opaque_token_file(&write(dir.path(), "blank", "  ")?).is_err());

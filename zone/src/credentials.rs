@@ -905,9 +905,15 @@ mod tests {
 
         // First start in universal mode: a token is needed.
         let none = check_join_token(&config(&data, None));
-        assert!(matches!(none, Err(CredentialsError::NoToken { .. })), "{none:?}");
+        assert!(
+            matches!(none, Err(CredentialsError::NoToken { .. })),
+            "{none:?}"
+        );
         let missing = check_join_token(&config(&data, Some(dir.path().join("nope"))));
-        assert!(matches!(missing, Err(CredentialsError::Token { .. })), "{missing:?}");
+        assert!(
+            matches!(missing, Err(CredentialsError::Token { .. })),
+            "{missing:?}"
+        );
 
         // A good token passes.
         let token = strait_trust::join_token::JoinToken::generate(

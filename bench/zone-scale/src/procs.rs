@@ -23,8 +23,7 @@ impl Cleanup {
 
     /// Stops the federation in `dir` now (and forgets it).
     pub fn stop(&mut self, dir: &Path) {
-        let (stopping, kept): (Vec<_>, Vec<_>) =
-            self.federations.drain(..).partition(|d| d == dir);
+        let (stopping, kept): (Vec<_>, Vec<_>) = self.federations.drain(..).partition(|d| d == dir);
         self.federations = kept;
         for dir in stopping {
             stop_federation(&dir);

@@ -228,14 +228,19 @@ async fn a_refused_drain_fails_the_drill_and_undoes_nothing() -> TestResult {
     let restore_failures = Mutex::new(0);
     let err = run_failover(&admin, spec(), fast(), &|event| {
         if let DrillEvent::RestoreFailed(_) = event {
-            *restore_failures.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+            *restore_failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) += 1;
         }
     })
     .await
     .err()
     .ok_or("a refused drain reported success")?;
     assert!(matches!(err, DrillError::TakeOut(_)), "{err:?}");
-    let chain = format!("{err}: {}", std::error::Error::source(&err).ok_or("no cause")?);
+    let chain = format!(
+        "{err}: {}",
+        std::error::Error::source(&err).ok_or("no cause")?
+    );
     assert_eq!(
         chain,
         "taking the service out failed (it was restored): permission denied"

@@ -130,7 +130,11 @@ pub fn kill(record: &ProcessRecord, signal: Signal) -> Result<(), SupervisorErro
     }
 }
 
-pub(super) fn signal_group(record: &ProcessRecord, pid: Pid, signal: Signal) -> Result<(), SupervisorError> {
+pub(super) fn signal_group(
+    record: &ProcessRecord,
+    pid: Pid,
+    signal: Signal,
+) -> Result<(), SupervisorError> {
     match nix::sys::signal::killpg(pid, signal) {
         // It exited between the check and the signal: what the caller wanted anyway.
         Ok(()) | Err(Errno::ESRCH) => Ok(()),

@@ -58,4 +58,3 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         Err(err) => format!("  (cannot read the log: {err})"),
     }
 }
-

@@ -44,11 +44,11 @@ mod liveness;
 mod log;
 mod stop;
 
-pub use liveness::{is_running, kill};
 use liveness::exit_status;
-use stop::stop_one;
+pub use liveness::{is_running, kill};
 pub use log::{LogTail, log_tail};
 pub use stop::stop_all;
+use stop::stop_one;
 
 /// How many lines of a process's log an error shows.
 pub const LOG_TAIL_LINES: usize = 20;

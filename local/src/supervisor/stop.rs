@@ -8,7 +8,6 @@ use super::liveness::{Probe, pid_of, probe, signal_group};
 use super::{KILL_WAIT, POLL_INTERVAL, Progress, Signal, StopOutcome, StopReport};
 use crate::processes::ProcessRecord;
 
-
 /// Stops every recorded process, last started first (sidecars before zones before the global
 /// nodes they talk to): SIGTERM, up to `grace` to exit, then SIGKILL. Processes already gone,
 /// or whose pid now runs something else, are fine and reported as such.
@@ -86,4 +85,3 @@ fn wait_gone(record: &ProcessRecord, pid: Pid, deadline: Instant) -> bool {
         std::thread::sleep(POLL_INTERVAL);
     }
 }
-

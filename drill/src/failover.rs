@@ -114,7 +114,7 @@ pub enum DrillError {
     #[error("kill mode needs a local federation: reading {}", dir.display())]
     KillNeedsFederation {
         dir: PathBuf,
-        source: ProcessesError,
+        source: Box<ProcessesError>,
     },
     #[error("no process of {service} in zone {zone} in {}", dir.display())]
     NoVictims {
@@ -129,7 +129,7 @@ pub enum DrillError {
     #[error("reading {}", path.display())]
     Processes {
         path: PathBuf,
-        source: ProcessesError,
+        source: Box<ProcessesError>,
     },
     #[error("zone {zone} has no gateway in {}", dir.display())]
     NoGateway { zone: String, dir: PathBuf },
@@ -142,18 +142,31 @@ pub enum DrillError {
     #[error("killing {name}")]
     Kill {
         name: String,
-        source: SupervisorError,
+        source: Box<SupervisorError>,
     },
     #[error("{name} has no recorded command")]
     NoCommand { name: String },
     #[error("restart task")]
     RestartTask(#[source] tokio::task::JoinError),
     #[error(transparent)]
-    Restart(#[from] SupervisorError),
+    Restart(Box<SupervisorError>),
     #[error(transparent)]
-    ProcessList(#[from] ProcessesError),
+    ProcessList(Box<ProcessesError>),
     #[error("taking the service out failed (it was restored)")]
     TakeOut(#[source] Box<DrillError>),
+}
+
+// Boxed: they are large, and a drill's errors travel through every `Result` of it.
+impl From<SupervisorError> for DrillError {
+    fn from(err: SupervisorError) -> Self {
+        DrillError::Restart(Box::new(err))
+    }
+}
+
+impl From<ProcessesError> for DrillError {
+    fn from(err: ProcessesError) -> Self {
+        DrillError::ProcessList(Box::new(err))
+    }
 }
 
 /// The drill's outcome.

@@ -73,7 +73,7 @@ impl Outage {
                 let records =
                     processes::read(dir).map_err(|source| DrillError::KillNeedsFederation {
                         dir: dir.to_owned(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 let victims = victims(&records, &spec.service, &spec.zone);
                 if victims.is_empty() {
@@ -101,7 +101,7 @@ impl Outage {
                 let dir = federation_dir(spec)?;
                 let records = processes::read(dir).map_err(|source| DrillError::Processes {
                     path: processes::path(dir),
-                    source,
+                    source: Box::new(source),
                 })?;
                 let ports = gateway_ports(&records, &spec.zone);
                 if ports.is_empty() {
@@ -145,7 +145,7 @@ impl Outage {
                         Err(source) => {
                             return Err(DrillError::Kill {
                                 name: victim.name.clone(),
-                                source,
+                                source: Box::new(source),
                             });
                         }
                     }

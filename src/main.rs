@@ -7,7 +7,6 @@ mod cli;
 #[macro_use]
 mod output;
 mod commands;
-mod local;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

@@ -159,16 +159,12 @@ async fn an_app_calling_a_vip_is_answered_through_the_capture_sidecar_without_lo
         .arg(fed_dir.path())
         .args(["--zones", "a"]));
     let config = fed_dir.path().join("config.yaml");
-    let processes: serde_json::Value =
-        serde_json::from_str(&common::read(&fed_dir.path().join("processes.json"))).unwrap();
-    let zone_api = processes
-        .as_array()
+    let zone_api = strait_local::processes::read(fed_dir.path())
         .unwrap()
-        .iter()
-        .find(|p| p["name"] == "zone-a")
-        .and_then(|p| p["addresses"]["api"].as_str())
-        .expect("zone-a api address")
-        .to_owned();
+        .into_iter()
+        .find(|p| p.name == "zone-a")
+        .and_then(|p| p.address("api").map(str::to_owned))
+        .expect("zone-a api address");
     let bundle = work.path().join("bundle.pem");
     std::fs::copy(fed_dir.path().join("admin/bundle.pem"), &bundle).unwrap();
     std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();

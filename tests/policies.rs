@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::demo::{apply, get, json, mtls_get, vip};
 use common::{Federation, eventually, free_port};
+use strait_local::processes::{ProcessKind, ProcessRecord};
 
 const CLIENT: &str = "spiffe://strait.local/ns/demo/sa/client";
 
@@ -168,6 +169,8 @@ async fn a_port_scoped_deny_is_enforced_inbound_on_a_multi_port_service() {
     let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     fed.start_extra(
         "echo-9090",
+        ProcessKind::App,
+        "a",
         &own(&[
             "demo-app",
             "--listen",
@@ -186,6 +189,8 @@ async fn a_port_scoped_deny_is_enforced_inbound_on_a_multi_port_service() {
     let admin = free_port();
     fed.start_extra(
         "echo-9090-sidecar",
+        ProcessKind::Sidecar,
+        "a",
         &own(&[
             "sidecar",
             "run",
@@ -358,18 +363,13 @@ fn pinned_vip(fed: &Federation, service: &str, zone: &str, caller: &str) -> Stri
 }
 
 /// The value after `flag` in a process's recorded command line.
-fn flag_value(process: &serde_json::Value, flag: &str) -> String {
-    let argv: Vec<&str> = process["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+fn flag_value(process: &ProcessRecord, flag: &str) -> String {
+    let argv = &process.command;
     let i = argv
         .iter()
-        .position(|a| *a == flag)
+        .position(|a| a == flag)
         .unwrap_or_else(|| panic!("no {flag}"));
-    argv[i + 1].to_owned()
+    argv[i + 1].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

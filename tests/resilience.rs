@@ -235,8 +235,8 @@ async fn a_drained_zone_and_a_lost_zone_leave_traffic_on_the_third() {
     let zone_b: Vec<String> = fed
         .processes()
         .iter()
-        .filter(|p| p["zone"] == "b")
-        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .filter(|p| p.zone.as_deref() == Some("b"))
+        .map(|p| p.name.clone())
         .collect();
     let killed_at = traffic.elapsed();
     for name in &zone_b {

@@ -1,11 +1,18 @@
-//! Failover drills: the parts of `strait drill failover` that are not about the federation.
+//! Failover drills: `strait drill failover` and the parts it is made of.
 //!
 //! - [`load`]: fixed-rate HTTP load that records which zone answered each request;
 //! - [`timeline`]: pure analysis of those samples — detection time, RTO, failback, the share
-//!   of each zone over time.
+//!   of each zone over time;
+//! - [`outage`]: taking a service out of a zone (drain through the control plane, kill its
+//!   processes in a local federation, partition its gateways) and restoring it;
+//! - [`failover`]: the drill itself — preflight, load, take out, guardrail, restore, report;
+//! - [`admin`]: what a drill needs from the control plane, as a trait (the real
+//!   `AdminClient`, or a fake in tests).
 //!
-//! The command itself (taking a service out of a zone through the control plane, or killing its
-//! processes, and restoring it) lives in the `strait` binary (`src/commands/drill.rs`).
+//! The `strait` binary only parses the flags and prints the report (`src/commands/drill.rs`).
 
+pub mod admin;
+pub mod failover;
 pub mod load;
+pub mod outage;
 pub mod timeline;

@@ -58,6 +58,9 @@ pub enum CredentialsError {
     },
     #[error("reading the join token from {path}: {reason}")]
     Token { path: PathBuf, reason: String },
+    /// A file the node was given cannot be used (found before anything was started).
+    #[error(transparent)]
+    Input(#[from] strait_trust::preflight::PreflightError),
     #[error("joining the federation failed: {0}")]
     Join(String),
 }
@@ -101,6 +104,42 @@ fn paths(data_dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 /// Creates `dir` (and parents) with mode 0700: it holds keys and the replicated root key.
 pub fn create_private_dir(dir: &Path) -> Result<(), CredentialsError> {
     strait_trust::store::create_private_dir(dir).map_err(io_err(dir))
+}
+
+fn read_join_token(path: &Path) -> Result<JoinToken, CredentialsError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| CredentialsError::Token {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?
+        .parse()
+        .map_err(
+            |e: strait_trust::join_token::JoinTokenError| CredentialsError::Token {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            },
+        )
+}
+
+/// Checks the files a node was given before it binds a port or writes its data directory
+/// (reads only), so a bad one is reported at once: a join token in `token_file` must parse
+/// (and must be there when a first start joins), and a first node's own root CA
+/// (`root_cert`, `root_key`) must load. A node that started before uses neither file.
+pub fn check_inputs(config: &GlobalConfig) -> Result<(), CredentialsError> {
+    let started_before = paths(&config.data_dir).0.exists();
+    let joins = !started_before && !config.join.is_empty();
+    if let Some(path) = &config.token_file
+        && (joins || path.exists())
+    {
+        read_join_token(path)?;
+    }
+    if !started_before
+        && config.join.is_empty()
+        && let (Some(cert), Some(key)) = (&config.root_cert, &config.root_key)
+    {
+        strait_trust::preflight::root_ca_files(cert, key, &config.trust_domain)?;
+    }
+    Ok(())
 }
 
 impl NodeCredentials {
@@ -203,19 +242,7 @@ impl NodeCredentials {
 
     /// First start of a further node: joins through any of `config.join` with the token.
     pub async fn join(config: &GlobalConfig) -> Result<Self, CredentialsError> {
-        let token_path = config.token_file.clone().unwrap_or_default();
-        let token: JoinToken = std::fs::read_to_string(&token_path)
-            .map_err(|e| CredentialsError::Token {
-                path: token_path.clone(),
-                reason: e.to_string(),
-            })?
-            .parse()
-            .map_err(
-                |e: strait_trust::join_token::JoinTokenError| CredentialsError::Token {
-                    path: token_path.clone(),
-                    reason: e.to_string(),
-                },
-            )?;
+        let token = read_join_token(&config.token_file.clone().unwrap_or_default())?;
         let key = KeyPair::generate()?;
         let id = SpiffeId::global_node(&config.trust_domain, &config.node_id.to_string())?;
         let request = strait_proto::NodeJoinRequest {
@@ -319,4 +346,65 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CredentialsError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod check_inputs_tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn config(data_dir: &Path) -> GlobalConfig {
+        GlobalConfig::new(
+            2,
+            data_dir.to_owned(),
+            SocketAddr::from(([127, 0, 0, 1], 7400)),
+            SocketAddr::from(([127, 0, 0, 1], 7401)),
+        )
+    }
+
+    #[test]
+    fn tokens_and_roots_are_checked_before_anything_else() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("global-2");
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, "garbage\n")?;
+
+        let mut joining = config(&data);
+        joining.join = vec!["127.0.0.1:7400".to_owned()];
+        joining.token_file = Some(garbage.clone());
+        let err = check_inputs(&joining)
+            .err()
+            .ok_or("a garbage token passed")?;
+        assert!(matches!(err, CredentialsError::Token { .. }), "{err}");
+        assert!(err.to_string().contains("garbage"), "{err}");
+        joining.token_file = Some(dir.path().join("missing"));
+        assert!(check_inputs(&joining).is_err(), "a missing token passed");
+        let root = RootCa::generate("strait.local", Duration::from_secs(3600))?;
+        let good = dir.path().join("good");
+        std::fs::write(&good, JoinToken::generate(&root.pin())?.to_string())?;
+        joining.token_file = Some(good);
+        check_inputs(&joining)?;
+
+        let mut founding = config(&data);
+        founding.root_cert = Some(garbage.clone());
+        founding.root_key = Some(garbage.clone());
+        let err = check_inputs(&founding)
+            .err()
+            .ok_or("a garbage root passed")?;
+        assert!(matches!(err, CredentialsError::Input(_)), "{err}");
+        assert!(!data.exists(), "the check wrote the data directory");
+
+        // A node that started before uses neither file; a garbage token is still refused.
+        std::fs::create_dir_all(&data)?;
+        std::fs::write(data.join("node.json"), "{}")?;
+        check_inputs(&founding)?;
+        joining.token_file = Some(dir.path().join("missing"));
+        check_inputs(&joining)?;
+        joining.token_file = Some(garbage);
+        assert!(check_inputs(&joining).is_err());
+        Ok(())
+    }
 }

@@ -19,8 +19,8 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use strait_proto as pb;
 
 use crate::cli::{ClientArgs, Format};
-use crate::commands::drill::{self, FailoverArgs, Mode};
-use crate::local::processes;
+use crate::commands::drill::{self, FailoverArgs, ModeArg};
+use strait_local::processes;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -232,7 +232,7 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
         namespace: "demo".into(),
         zone: "a".into(),
         from: Some("a".into()),
-        mode: Mode::Drain,
+        mode: ModeArg::Drain,
         rate: 50,
         duration: Duration::from_secs(3),
         max_errors: 50,
@@ -241,8 +241,8 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
         dir: Some(dir.to_path_buf()),
         format: Format::Table,
     };
-    let report = drill::run_failover(drill_args.clone()).await?;
-    report.print(Format::Table)?;
+    let report = drill::run_failover(&drill_args).await?;
+    drill::print(&report, Format::Table)?;
     ok &= report.objectives_met;
     let moved_to_b = report
         .analysis
@@ -256,13 +256,13 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
     }
 
     heading("Failover drill: echo's processes in zone a SIGKILLed, then restarted");
-    let report = drill::run_failover(FailoverArgs {
-        mode: Mode::Kill,
+    let report = drill::run_failover(&FailoverArgs {
+        mode: ModeArg::Kill,
         duration: Duration::from_secs(2),
         ..drill_args
     })
     .await?;
-    report.print(Format::Table)?;
+    drill::print(&report, Format::Table)?;
     ok &= report.objectives_met;
     Ok(ok)
 }

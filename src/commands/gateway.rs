@@ -60,6 +60,11 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     strait_observe::init_tracing("gateway");
     let settings = args.settings()?;
+    // Every input is checked before a port is bound or the data directory written.
+    strait_trust::preflight::workload_token_file(&settings.token_file)?;
+    if let Some(bundle) = &settings.bundle_file {
+        strait_trust::preflight::bundle_file(bundle, &settings.trust_domain)?;
+    }
     let quic = std::net::UdpSocket::bind(settings.quic)
         .with_context(|| format!("binding {} (UDP)", settings.quic))?;
     let local = tokio::net::TcpListener::bind(settings.local)

@@ -171,6 +171,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(node_id = config.node_id, join = ?config.join, "StatefulSet pod");
         wait_for_join_token(&config).await;
     }
+    // Every input is checked before a port is bound or the data directory written.
+    strait_global::credentials::check_inputs(&config)?;
     let api = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

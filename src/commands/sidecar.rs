@@ -92,6 +92,18 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     strait_observe::init_tracing("sidecar");
     let settings = args.settings()?;
+    // Every input is checked before a port is bound or the data directory written.
+    match settings.token_kind {
+        strait_identity::TokenKind::Bootstrap => {
+            strait_trust::preflight::workload_token_file(&settings.token_file)?
+        }
+        strait_identity::TokenKind::ServiceAccount => {
+            strait_trust::preflight::opaque_token_file(&settings.token_file)?
+        }
+    }
+    if let Some(bundle) = &settings.bundle_file {
+        strait_trust::preflight::bundle_file(bundle, &settings.trust_domain)?;
+    }
     let inbound = tokio::net::TcpListener::bind(settings.inbound)
         .await
         .with_context(|| format!("binding {}", settings.inbound))?;

@@ -197,6 +197,8 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     strait_observe::init_tracing("zone");
     let config = args.config()?;
+    // Every input is checked before a port is bound or the data directory written.
+    strait_zone::credentials::check_join_token(&config)?;
     let grpc = bind_when_free(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -9,16 +9,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub mod demo;
 pub mod sidecar;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use serde_json::Value;
 use strait_global::admin_client::{AdminClient, ClientConfig};
+use strait_local::processes::{self, ProcessKind, ProcessRecord};
+use strait_local::supervisor::{self, ProcessSpec};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_strait");
 
@@ -49,8 +48,8 @@ pub async fn eventually<T>(
 /// A federation started by `strait up`.
 pub struct Federation {
     pub dir: tempfile::TempDir,
-    /// Processes (re)started by the test itself, killed on drop.
-    restarted: Vec<u32>,
+    /// Processes (re)started by the test itself, killed on drop (also when `down` failed).
+    restarted: Vec<ProcessRecord>,
 }
 
 impl Federation {
@@ -106,104 +105,77 @@ impl Federation {
             .expect("run strait")
     }
 
-    pub fn processes(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join("processes.json"))
-            .expect("processes.json");
-        serde_json::from_str(&text).expect("processes.json is JSON")
+    /// The federation's processes, from `processes.json` (as `strait_local` reads it).
+    pub fn processes(&self) -> Vec<ProcessRecord> {
+        processes::read(self.dir.path()).expect("processes.json")
     }
 
-    pub fn process(&self, name: &str) -> Value {
+    pub fn process(&self, name: &str) -> ProcessRecord {
         self.processes()
             .into_iter()
-            .find(|p| p["name"] == name)
+            .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no process {name}"))
     }
 
     pub fn address(&self, name: &str, which: &str) -> String {
-        self.process(name)["addresses"][which]
-            .as_str()
+        self.process(name)
+            .address(which)
             .unwrap_or_else(|| panic!("{name} has no {which}"))
             .to_owned()
     }
 
-    fn pid_of(&self, name: &str) -> u32 {
-        let recorded = self.process(name)["pid"].as_u64().expect("pid") as u32;
-        // A restarted process has a new pid; the harness keeps it in a side file.
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.pid")))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(recorded)
-    }
-
     /// SIGKILL, the way a machine dies: no shutdown path runs.
     pub fn kill(&self, name: &str) {
-        let pid = self.pid_of(name);
-        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let process = self.process(name);
+        let _ = supervisor::kill(&process, supervisor::Signal::SIGKILL);
         // SIGKILL is asynchronous: wait until the process has exited (gone, or a zombie whose
         // sockets are already closed), so a restart can bind the same addresses.
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                Err(_) => return,
-                Ok(stat)
-                    if stat
-                        .rsplit_once(") ")
-                        .is_some_and(|(_, rest)| rest.starts_with('Z')) =>
-                {
-                    return;
-                }
-                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            if !supervisor::is_running(&process) {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("{name} (pid {pid}) still running 10 s after SIGKILL");
+        panic!(
+            "{name} (pid {}) still running 10 s after SIGKILL",
+            process.pid
+        );
     }
 
     /// Starts `name` again with the command line `strait up` used (its data dir makes it the
-    /// same node).
+    /// same node), and records its new pid in `processes.json`, so `strait down` stops it.
     pub fn restart(&mut self, name: &str) {
         let process = self.process(name);
-        let argv: Vec<String> = process["command"]
-            .as_array()
-            .expect("command")
-            .iter()
-            .map(|a| a.as_str().unwrap_or_default().to_owned())
-            .collect();
-        let pid = self.spawn(&argv, Path::new(process["log"].as_str().expect("log path")));
-        std::fs::write(self.dir.path().join(format!("{name}.pid")), pid.to_string())
-            .expect("pid file");
+        let spec = ProcessSpec::again(&process).expect("a recorded command");
+        let record = supervisor::spawn(&spec).expect("restart process");
+        self.restarted.push(record.clone());
+        let mut records = self.processes();
+        if let Some(slot) = records.iter_mut().find(|r| r.name == name) {
+            *slot = record;
+        }
+        processes::write(self.dir.path(), &records).expect("processes.json");
     }
 
-    /// Starts `strait ARGS` as one more process of the federation (killed on drop), logging to
-    /// `DIR/NAME.log`.
-    pub fn start_extra(&mut self, name: &str, args: &[String]) -> u32 {
-        let mut argv = vec![BIN.to_owned()];
-        argv.extend(args.iter().cloned());
-        let log = self.dir.path().join(format!("{name}.log"));
-        self.spawn(&argv, &log)
-    }
-
-    fn spawn(&mut self, argv: &[String], log: &Path) -> u32 {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open log");
-        let child = {
-            use std::os::unix::process::CommandExt;
-            Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .expect("start process")
+    /// Starts `strait ARGS` as one more process of the federation, named `name` (its log in
+    /// `DIR/logs`), recorded in `processes.json` so that `strait down` stops it.
+    pub fn start_extra(&mut self, name: &str, kind: ProcessKind, zone: &str, args: &[String]) {
+        let spec = ProcessSpec {
+            name: name.to_owned(),
+            kind,
+            zone: Some(zone.to_owned()),
+            node_id: None,
+            program: PathBuf::from(BIN),
+            args: args.to_vec(),
+            env: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            log_dir: self.dir.path().join("logs"),
         };
-        let pid = child.id();
-        self.restarted.push(pid);
-        // The child is reaped by nobody in particular; the federation owns it now.
-        std::mem::forget(child);
-        pid
+        let record = supervisor::spawn(&spec).expect("start process");
+        self.restarted.push(record.clone());
+        let mut records = self.processes();
+        records.push(record);
+        processes::write(self.dir.path(), &records).expect("processes.json");
     }
 
     /// Waits for `GET /ready` on `name`'s admin address to answer 200.
@@ -212,10 +184,7 @@ impl Federation {
         let deadline = Instant::now() + timeout;
         while http_get(&admin, "/ready").await.0 != 200 {
             if Instant::now() >= deadline {
-                let log = self.process(name)["log"]
-                    .as_str()
-                    .map(std::path::PathBuf::from)
-                    .unwrap_or_default();
+                let log = self.process(name).log;
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(30).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -233,13 +202,8 @@ impl Federation {
     pub fn global_nodes(&self) -> BTreeMap<u64, String> {
         self.processes()
             .into_iter()
-            .filter(|p| p["kind"] == "global")
-            .map(|p| {
-                (
-                    p["node_id"].as_u64().expect("node_id"),
-                    p["name"].as_str().expect("name").to_owned(),
-                )
-            })
+            .filter(|p| p.kind == ProcessKind::Global)
+            .map(|p| (p.node_id.expect("node_id"), p.name))
             .collect()
     }
 }
@@ -251,8 +215,8 @@ impl Drop for Federation {
             .arg("--dir")
             .arg(self.dir.path())
             .output();
-        for pid in &self.restarted {
-            let _ = killpg(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        for process in &self.restarted {
+            let _ = supervisor::kill(process, supervisor::Signal::SIGKILL);
         }
     }
 }

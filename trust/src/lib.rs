@@ -100,6 +100,7 @@ pub mod error;
 pub mod join_token;
 pub mod keys;
 pub mod pem;
+pub mod preflight;
 pub mod rotation;
 pub mod spiffe;
 pub mod store;

@@ -208,37 +208,12 @@ impl WorkloadToken {
         zone: &str,
         now: SystemTime,
     ) -> Result<Claims, WorkloadTokenError> {
-        let malformed = |reason| WorkloadTokenError::Malformed { reason };
         let token = token.trim();
-        if token.is_empty() {
-            return Err(malformed("it is empty"));
-        }
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(malformed("it is too long"));
-        }
-        let mut parts = token.split('.');
-        let (Some(version), Some(claims_b64), Some(sig_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed("it does not have 3 dot-separated parts"));
-        };
-        if version != PREFIX {
-            return Err(WorkloadTokenError::Version(
-                version.chars().take(8).collect(),
-            ));
-        }
-        let claims_json = URL_SAFE_NO_PAD
-            .decode(claims_b64)
-            .map_err(|_| malformed("the claims are not unpadded base64url"))?;
-        let signature = URL_SAFE_NO_PAD
-            .decode(sig_b64)
-            .map_err(|_| malformed("the signature is not unpadded base64url"))?;
-        if signature.len() != SIGNATURE_LEN {
-            return Err(malformed(
-                "the signature is not a 64-byte ECDSA P-256 signature",
-            ));
-        }
-        let signed = &token[..version.len() + 1 + claims_b64.len()];
+        let Parts {
+            signed,
+            claims_json,
+            signature,
+        } = split(token)?;
         let verified = bundle.roots().iter().any(|root| {
             root_public_key(root).is_some_and(|key| {
                 UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key)
@@ -278,6 +253,65 @@ impl WorkloadToken {
         }
         Ok(claims)
     }
+}
+
+/// A token's pieces, before any of them is trusted.
+struct Parts<'a> {
+    /// `stw1.<claims>`: what the signature covers.
+    signed: &'a str,
+    claims_json: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// Shape and version: three parts, `stw1`, unpadded base64url, a 64-byte signature.
+fn split(token: &str) -> Result<Parts<'_>, WorkloadTokenError> {
+    let malformed = |reason| WorkloadTokenError::Malformed { reason };
+    if token.is_empty() {
+        return Err(malformed("it is empty"));
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(malformed("it is too long"));
+    }
+    let mut parts = token.split('.');
+    let (Some(version), Some(claims_b64), Some(sig_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed("it does not have 3 dot-separated parts"));
+    };
+    if version != PREFIX {
+        return Err(WorkloadTokenError::Version(
+            version.chars().take(8).collect(),
+        ));
+    }
+    let claims_json = URL_SAFE_NO_PAD
+        .decode(claims_b64)
+        .map_err(|_| malformed("the claims are not unpadded base64url"))?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(sig_b64)
+        .map_err(|_| malformed("the signature is not unpadded base64url"))?;
+    if signature.len() != SIGNATURE_LEN {
+        return Err(malformed(
+            "the signature is not a 64-byte ECDSA P-256 signature",
+        ));
+    }
+    Ok(Parts {
+        signed: &token[..version.len() + 1 + claims_b64.len()],
+        claims_json,
+        signature,
+    })
+}
+
+/// Checks that `token` has the shape of a workload token and readable claims, without
+/// verifying it (no trust bundle needed): what a sidecar or gateway checks of its token file
+/// before it binds a port. The zone still verifies everything when the token is used.
+pub fn check_format(token: &str) -> Result<(), WorkloadTokenError> {
+    let parts = split(token.trim())?;
+    serde_json::from_slice::<Claims>(&parts.claims_json).map_err(|e| {
+        WorkloadTokenError::BadClaims {
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(())
 }
 
 /// [`WorkloadToken::verify`].

@@ -705,6 +705,27 @@ impl Authorize for GlobalNodeAuthorizer {
     }
 }
 
+/// Checks the join token before the zone binds a port or writes its data directory, so a bad
+/// token is reported at once, not after the ports (reads only).
+///
+/// A token that is in `config.token_file` must parse, whether or not it is still needed: a
+/// file of garbage is a mistake either way. A missing file is an error only where a join is
+/// certain: universal mode, and no credentials in the data directory yet (a Kubernetes
+/// replica may get the credentials from another replica through the Secret instead).
+pub fn check_join_token(config: &ZoneConfig) -> Result<(), CredentialsError> {
+    let joined = paths(&config.data_dir).record.exists();
+    let must_join = !joined && config.mode == crate::config::Mode::Universal;
+    match &config.token_file {
+        Some(path) if must_join || path.exists() => read_token(path).map(|_| ()),
+        Some(_) => Ok(()),
+        None if must_join => Err(CredentialsError::NoToken {
+            zone: config.name.clone(),
+            dir: config.data_dir.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn read_token(path: &Path) -> Result<JoinToken, CredentialsError> {
     let text = std::fs::read_to_string(path).map_err(|e| CredentialsError::Token {
         path: path.to_owned(),
@@ -848,4 +869,71 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CredentialsError> {
     file.write_all(bytes).map_err(io_err(&tmp))?;
     file.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mode;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn config(data_dir: &Path, token_file: Option<PathBuf>) -> ZoneConfig {
+        let mut config = ZoneConfig::new(
+            "a".to_owned(),
+            vec!["127.0.0.1:7400".to_owned()],
+            data_dir.to_owned(),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 7500)),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 7501)),
+        );
+        config.token_file = token_file;
+        config
+    }
+
+    #[test]
+    fn the_join_token_is_checked_before_anything_else() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("zone-a");
+        let garbage = dir.path().join("garbage.token");
+        std::fs::write(&garbage, "this is not a token\n")?;
+        let err = check_join_token(&config(&data, Some(garbage.clone())))
+            .err()
+            .ok_or("a garbage token passed")?;
+        assert!(matches!(err, CredentialsError::Token { .. }), "{err}");
+        assert!(err.to_string().contains("garbage.token"), "{err}");
+        assert!(!data.exists(), "the check wrote the data directory");
+
+        // First start in universal mode: a token is needed.
+        let none = check_join_token(&config(&data, None));
+        assert!(
+            matches!(none, Err(CredentialsError::NoToken { .. })),
+            "{none:?}"
+        );
+        let missing = check_join_token(&config(&data, Some(dir.path().join("nope"))));
+        assert!(
+            matches!(missing, Err(CredentialsError::Token { .. })),
+            "{missing:?}"
+        );
+
+        // A good token passes.
+        let token = strait_trust::join_token::JoinToken::generate(
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        )?;
+        let good = dir.path().join("good.token");
+        std::fs::write(&good, token.to_string())?;
+        check_join_token(&config(&data, Some(good)))?;
+
+        // Kubernetes mode: the credentials may come from another replica's Secret.
+        let mut kube = config(&data, Some(dir.path().join("nope")));
+        kube.mode = Mode::Kubernetes;
+        check_join_token(&kube)?;
+
+        // A zone that joined before needs no token, but a garbage one is still refused.
+        std::fs::create_dir_all(&data)?;
+        std::fs::write(data.join("zone.json"), "{}")?;
+        check_join_token(&config(&data, None))?;
+        check_join_token(&config(&data, Some(dir.path().join("nope"))))?;
+        assert!(check_join_token(&config(&data, Some(garbage))).is_err());
+        Ok(())
+    }
 }

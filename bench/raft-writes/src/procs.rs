@@ -1,14 +1,18 @@
 //! Every process this run starts is registered here, and [`Cleanup::stop_all`] (also run on
 //! drop: error, panic, Ctrl-C) stops them. Each runs as the leader of its own process group, so
-//! the whole group is signalled.
+//! the whole group is signalled; `strait up` federations are stopped from their
+//! `processes.json` as `strait down` does (through the same library, `strait_local`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use strait_local::down::{DownError, down};
+use strait_local::processes::ProcessesError;
+use strait_local::up::STOP_GRACE;
 
 /// How long a process may take to exit after SIGTERM before it gets SIGKILL.
 const GRACE: Duration = Duration::from_secs(10);
@@ -17,8 +21,8 @@ const POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Default)]
 pub struct Cleanup {
     children: Vec<(String, Child)>,
-    /// `strait up` federations: (strait binary, directory).
-    federations: Vec<(PathBuf, PathBuf)>,
+    /// `strait up` federations: their directories.
+    federations: Vec<PathBuf>,
 }
 
 impl Cleanup {
@@ -37,15 +41,14 @@ impl Cleanup {
 
     /// Registers a `strait up --dir DIR` federation, before starting it, so that a start that
     /// fails half-way is stopped too.
-    pub fn track_federation(&mut self, strait_bin: &Path, dir: &Path) {
-        self.federations
-            .push((strait_bin.to_owned(), dir.to_owned()));
+    pub fn track_federation(&mut self, dir: &Path) {
+        self.federations.push(dir.to_owned());
     }
 
     /// Stops everything registered; safe to call more than once.
     pub fn stop_all(&mut self) {
-        for (bin, dir) in self.federations.drain(..) {
-            stop_federation(&bin, &dir);
+        for dir in self.federations.drain(..) {
+            stop_federation(&dir);
         }
         for (_, child) in &self.children {
             signal_group(child.id(), Signal::SIGTERM);
@@ -81,47 +84,18 @@ fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
-/// `strait down --dir DIR`, then SIGKILL to the group of any recorded process still alive
-/// (down failed, or `strait up` was interrupted before it could stop what it had started).
-fn stop_federation(bin: &Path, dir: &Path) {
-    let pids = recorded_pids(dir);
-    if pids.is_empty() {
-        return;
-    }
-    match Command::new(bin)
-        .args(["down", "--dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "strait down --dir {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(err) => eprintln!("running strait down: {err}"),
-    }
-    for pid in pids {
-        if let Ok(raw) = i32::try_from(pid)
-            && kill(Pid::from_raw(raw), None).is_ok()
-        {
-            signal_group(pid, Signal::SIGKILL);
-        }
+/// Stops every process recorded in `DIR/processes.json`, as `strait down` does (through the
+/// same library, `strait_local`); a directory where nothing was recorded is fine.
+fn stop_federation(dir: &Path) {
+    match down(dir, STOP_GRACE, &|_| {}) {
+        Ok(_) | Err(DownError::Processes(ProcessesError::Missing { .. })) => {}
+        Err(err) => eprintln!("stopping the federation in {}: {err}", dir.display()),
     }
 }
 
 /// Pids in `DIR/processes.json` (each the leader of its group); none if there is no file.
 pub fn recorded_pids(dir: &Path) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(dir.join("processes.json")) else {
-        return Vec::new();
-    };
-    let Ok(serde_json::Value::Array(records)) = serde_json::from_str(&text) else {
-        return Vec::new();
-    };
-    records
-        .iter()
-        .filter_map(|r| r.get("pid")?.as_u64())
-        .filter_map(|pid| u32::try_from(pid).ok())
-        .collect()
+    strait_local::processes::read(dir)
+        .map(|records| records.iter().map(|r| r.pid).collect())
+        .unwrap_or_default()
 }

@@ -44,7 +44,7 @@ impl StraitCluster {
         cleanup: &mut Cleanup,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        cleanup.track_federation(strait_bin, dir);
+        cleanup.track_federation(dir);
         let log = dir.join("up.log");
         let out = tokio::process::Command::new(strait_bin)
             .args(["up", "--global-nodes", "3", "--zones", "none", "--dir"])

@@ -2,31 +2,23 @@
 //! from it: process addresses and pids from `DIR/processes.json`, the CLI with `DIR/config.yaml`,
 //! an Admin client and the trust bundle.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::Context;
 use strait_global::admin_client::{AdminClient, ClientConfig};
+use strait_local::processes::ProcessRecord;
 use strait_trust::TrustBundle;
 
 use crate::procs::Cleanup;
 
 pub const TRUST_DOMAIN: &str = "strait.local";
 
-/// One process of the federation, from `processes.json`.
-#[derive(Debug, Clone)]
-pub struct Process {
-    pub name: String,
-    pub pid: u32,
-    pub addresses: BTreeMap<String, String>,
-}
-
 #[derive(Debug)]
 pub struct Federation {
     bin: PathBuf,
     dir: PathBuf,
-    processes: Vec<Process>,
+    processes: Vec<ProcessRecord>,
 }
 
 impl Federation {
@@ -38,7 +30,7 @@ impl Federation {
         cleanup: &mut Cleanup,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        cleanup.track_federation(bin, dir);
+        cleanup.track_federation(dir);
         let status = tokio::process::Command::new(bin)
             .arg("up")
             .arg("--dir")
@@ -55,35 +47,7 @@ impl Federation {
             let err = std::fs::read_to_string(dir.join("up.err")).unwrap_or_default();
             anyhow::bail!("strait up failed ({status}):\n{err}");
         }
-        let text = std::fs::read_to_string(dir.join("processes.json"))
-            .context("reading processes.json")?;
-        let records: serde_json::Value =
-            serde_json::from_str(&text).context("processes.json is not JSON")?;
-        let processes = records
-            .as_array()
-            .context("processes.json is not an array")?
-            .iter()
-            .map(|r| {
-                let name = r["name"].as_str().context("a process without a name")?;
-                let pid = r["pid"]
-                    .as_u64()
-                    .and_then(|p| u32::try_from(p).ok())
-                    .context("a process without a pid")?;
-                let addresses = r["addresses"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Ok(Process {
-                    name: name.to_owned(),
-                    pid,
-                    addresses,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let processes = strait_local::processes::read(dir)?;
         Ok(Federation {
             bin: bin.to_owned(),
             dir: dir.to_owned(),
@@ -95,23 +59,22 @@ impl Federation {
         &self.dir
     }
 
-    pub fn process(&self, name: &str) -> anyhow::Result<&Process> {
+    pub fn process(&self, name: &str) -> anyhow::Result<&ProcessRecord> {
         self.processes
             .iter()
             .find(|p| p.name == name)
             .with_context(|| format!("no process {name} in processes.json"))
     }
 
-    pub fn processes(&self) -> &[Process] {
+    pub fn processes(&self) -> &[ProcessRecord] {
         &self.processes
     }
 
     /// `name`'s address `which` (`api`, `admin`).
     pub fn address(&self, name: &str, which: &str) -> anyhow::Result<String> {
         self.process(name)?
-            .addresses
-            .get(which)
-            .cloned()
+            .address(which)
+            .map(str::to_owned)
             .with_context(|| format!("{name} has no {which} address"))
     }
 

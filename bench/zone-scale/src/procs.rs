@@ -1,41 +1,39 @@
 //! Every federation this run starts is registered here, and [`Cleanup::stop_all`] (also run on
-//! drop: error, panic, Ctrl-C) stops it: `strait down`, then SIGKILL to the process group of
-//! any recorded process still alive. (Adapted from `bench/raft-writes/src/procs.rs`.)
+//! drop: error, panic, Ctrl-C) stops it, as `strait down` does (through the same library,
+//! `strait_local`), from its `processes.json`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use nix::sys::signal::{Signal, kill, killpg};
-use nix::unistd::Pid;
+use strait_local::down::{DownError, down};
+use strait_local::processes::ProcessesError;
+use strait_local::up::STOP_GRACE;
 
 #[derive(Debug, Default)]
 pub struct Cleanup {
-    /// `strait up` federations: (strait binary, directory).
-    federations: Vec<(PathBuf, PathBuf)>,
+    /// `strait up` federations: their directories.
+    federations: Vec<PathBuf>,
 }
 
 impl Cleanup {
     /// Registers a `strait up --dir DIR` federation, before starting it, so that a start that
     /// fails half-way is stopped too.
-    pub fn track_federation(&mut self, strait_bin: &Path, dir: &Path) {
-        self.federations
-            .push((strait_bin.to_owned(), dir.to_owned()));
+    pub fn track_federation(&mut self, dir: &Path) {
+        self.federations.push(dir.to_owned());
     }
 
     /// Stops the federation in `dir` now (and forgets it).
     pub fn stop(&mut self, dir: &Path) {
-        let (stopping, kept): (Vec<_>, Vec<_>) =
-            self.federations.drain(..).partition(|(_, d)| d == dir);
+        let (stopping, kept): (Vec<_>, Vec<_>) = self.federations.drain(..).partition(|d| d == dir);
         self.federations = kept;
-        for (bin, dir) in stopping {
-            stop_federation(&bin, &dir);
+        for dir in stopping {
+            stop_federation(&dir);
         }
     }
 
     /// Stops everything registered; safe to call more than once.
     pub fn stop_all(&mut self) {
-        for (bin, dir) in self.federations.drain(..) {
-            stop_federation(&bin, &dir);
+        for dir in self.federations.drain(..) {
+            stop_federation(&dir);
         }
     }
 }
@@ -46,47 +44,11 @@ impl Drop for Cleanup {
     }
 }
 
-/// `strait down --dir DIR`, then SIGKILL to the group of any recorded process still alive.
-fn stop_federation(bin: &Path, dir: &Path) {
-    let pids = recorded_pids(dir);
-    if pids.is_empty() {
-        return;
+/// Stops every process recorded in `DIR/processes.json` (SIGTERM, then SIGKILL after the
+/// grace); a directory where nothing was recorded is fine.
+fn stop_federation(dir: &Path) {
+    match down(dir, STOP_GRACE, &|_| {}) {
+        Ok(_) | Err(DownError::Processes(ProcessesError::Missing { .. })) => {}
+        Err(err) => eprintln!("stopping the federation in {}: {err}", dir.display()),
     }
-    match Command::new(bin)
-        .args(["down", "--dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => eprintln!(
-            "strait down --dir {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(err) => eprintln!("running strait down: {err}"),
-    }
-    for pid in pids {
-        if let Ok(raw) = i32::try_from(pid)
-            && kill(Pid::from_raw(raw), None).is_ok()
-        {
-            // ESRCH (already gone) is the expected case after a clean stop.
-            let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
-        }
-    }
-}
-
-/// Pids in `DIR/processes.json` (each the leader of its group); none if there is no file.
-pub fn recorded_pids(dir: &Path) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(dir.join("processes.json")) else {
-        return Vec::new();
-    };
-    let Ok(serde_json::Value::Array(records)) = serde_json::from_str(&text) else {
-        return Vec::new();
-    };
-    records
-        .iter()
-        .filter_map(|r| r.get("pid")?.as_u64())
-        .filter_map(|pid| u32::try_from(pid).ok())
-        .collect()
 }

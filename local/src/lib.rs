@@ -4,14 +4,15 @@
 //! - [`ports`]: free loopback ports for listeners, and the loopback ranges for zone VIPs.
 //! - [`supervisor`]: start a process detached from the CLI, wait until its admin port says
 //!   ready, stop them all.
+//! - [`up`]: the launch plan of `strait up` (global nodes, zones, gateways, demo workloads).
+//! - [`down`]: `strait down`, stopping everything recorded.
 //!
-//! The commands themselves (flags, which processes in which order) live in the CLI; this
-//! module only knows how to run and stop processes, so it is tested without a federation.
+//! The `strait` binary parses the flags of `strait up`/`strait down` and prints progress;
+//! drills (`strait-drill`), the benchmarks in `bench/` and the end-to-end tests read and
+//! drive a federation through this crate too, so `processes.json` is parsed in one place.
 
-// The commands use parts of this at a time (`kill` for drills, `loopback_range` for zone
-// VIPs); what is not yet called is part of the same contract, not dead code.
-#![allow(dead_code)]
-
+pub mod down;
 pub mod ports;
 pub mod processes;
 pub mod supervisor;
+pub mod up;

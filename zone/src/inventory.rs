@@ -114,21 +114,21 @@ impl LocalInventory {
             .map(|(key, instances)| {
                 let subsets =
                     crate::discovery::compile::route_subsets(policies, &key.namespace, &key.name)
-                .into_iter()
-                .map(|labels| {
-                    let matching = instances
-                        .values()
-                        .filter(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)));
-                    let (healthy, total) = matching.fold((0_u32, 0_u32), |(h, t), i| {
-                        (h.saturating_add(u32::from(i.healthy)), t.saturating_add(1))
-                    });
-                    pb::SubsetCount {
-                        labels: labels.into_iter().collect(),
-                        healthy,
-                        total,
-                    }
-                })
-                .collect();
+                        .into_iter()
+                        .map(|labels| {
+                            let matching = instances
+                                .values()
+                                .filter(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)));
+                            let (healthy, total) = matching.fold((0_u32, 0_u32), |(h, t), i| {
+                                (h.saturating_add(u32::from(i.healthy)), t.saturating_add(1))
+                            });
+                            pb::SubsetCount {
+                                labels: labels.into_iter().collect(),
+                                healthy,
+                                total,
+                            }
+                        })
+                        .collect();
                 let mut localities: BTreeMap<(String, String, String), (u32, u32)> =
                     BTreeMap::new();
                 let mut ports: Vec<pb::Port> = Vec::new();

@@ -390,7 +390,11 @@ fn locality_groups(
 /// The label subsets that the routes of `namespace/name` send to, at any port (each once,
 /// sorted): what zones report counts for, so that a subset's traffic only goes to zones that
 /// serve it.
-pub fn route_subsets(policies: &PolicySet, namespace: &str, name: &str) -> Vec<BTreeMap<String, String>> {
+pub fn route_subsets(
+    policies: &PolicySet,
+    namespace: &str,
+    name: &str,
+) -> Vec<BTreeMap<String, String>> {
     let mut subsets: Vec<BTreeMap<String, String>> = policies
         .of_kind(policy::Kind::TrafficRoute, namespace)
         .filter_map(|r| match &r.spec {

@@ -846,7 +846,11 @@ spec:
     let echo = service(&config, "echo");
     // All of a single-port service's traffic is on its port, whose own policy wins.
     assert_eq!(
-        echo.port_policies[&8080].timeout.as_ref().unwrap().request_ms,
+        echo.port_policies[&8080]
+            .timeout
+            .as_ref()
+            .unwrap()
+            .request_ms,
         3_000,
         "the port-scoped resource is more specific"
     );

@@ -26,6 +26,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
+# Not a member of the root workspace, so `cargo fmt --all` in .ci/run does not see it.
+cargo fmt --manifest-path Cargo.toml -- --check
+
 # No sanitizer: the workspace forbids `unsafe`, so AddressSanitizer has little to find and
 # halves the speed; panics, overflows (debug assertions are on), timeouts and OOMs are still
 # crashes. 16 codegen units: a build of every target in a few minutes on 2 cores, not 15.

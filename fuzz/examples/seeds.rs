@@ -128,7 +128,11 @@ fn tunnel_frame() -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
 
 // === dns_request ===
 
-fn query(qname: &str, qtype: RecordType, edns: bool) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+fn query(
+    qname: &str,
+    qtype: RecordType,
+    edns: bool,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
     message.metadata.recursion_desired = true;
     message.add_query(Query::query(Name::from_ascii(qname)?, qtype));
@@ -253,7 +257,13 @@ fn policy_yaml() -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
     seeds.push(b"%YAML 1.2\n--- {apiVersion: strait.dev/v1alpha1, kind: MeshTLS, metadata: {name: m}, spec: {mode: STRICT}}\n".to_vec());
     seeds.push(format!("---\r\n{}", timeout.replace('\n', "\r\n")).into_bytes());
     seeds.push(doc("MeshTLS", "mode: strict").into_bytes());
-    seeds.push(doc("LocalityFailover", "targetRef: {service: echo}\norder: [{zone: a}]\noverprovisioningFactor: 50").into_bytes());
+    seeds.push(
+        doc(
+            "LocalityFailover",
+            "targetRef: {service: echo}\norder: [{zone: a}]\noverprovisioningFactor: 50",
+        )
+        .into_bytes(),
+    );
     seeds.push(format!("{timeout}---\n{timeout}").into_bytes());
     seeds.push(b"a: &a [x, x, x]\nb: [*a, *a, *a]\n".to_vec());
     Ok(seeds)
@@ -409,8 +419,16 @@ fn zone_inventory() -> Vec<Vec<u8>> {
         ]),
         inventory(vec![]),
         inventory(vec![exported("shop", "cart", 70_000, cart)]),
-        inventory(vec![exported("shop", "cart", 80, cart), exported("shop", "cart", 81, cart)]),
-        inventory(vec![exported("shop", "cart", 80, "spiffe://strait.local/zone/eu-1/gateway")]),
+        inventory(vec![
+            exported("shop", "cart", 80, cart),
+            exported("shop", "cart", 81, cart),
+        ]),
+        inventory(vec![exported(
+            "shop",
+            "cart",
+            80,
+            "spiffe://strait.local/zone/eu-1/gateway",
+        )]),
         inventory(vec![exported("shop", "cart", 80, "not an id")]),
         inventory(vec![exported("", "cart", 80, cart)]),
         pb::ZoneMessage {

@@ -19,13 +19,17 @@ fuzz_target!(|data: &[u8]| {
         match out.bytes {
             Some(reply) => {
                 assert!(query_header, "only queries are answered");
-                let parsed = Message::from_vec(&reply)
-                    .unwrap_or_else(|e| panic!("unparseable reply: {e}"));
+                let parsed =
+                    Message::from_vec(&reply).unwrap_or_else(|e| panic!("unparseable reply: {e}"));
                 assert_eq!(parsed.metadata.id, u16::from_be_bytes([data[0], data[1]]));
                 assert_eq!(parsed.metadata.message_type, MessageType::Response);
                 assert!(!parsed.metadata.recursion_available, "never RA");
                 if transport == Transport::Udp {
-                    assert!(reply.len() <= usize::from(MAX_UDP_PAYLOAD), "{}", reply.len());
+                    assert!(
+                        reply.len() <= usize::from(MAX_UDP_PAYLOAD),
+                        "{}",
+                        reply.len()
+                    );
                 }
                 assert!(out.rcode.is_some(), "a reply names its rcode");
             }

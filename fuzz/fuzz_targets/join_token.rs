@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
                 .parse::<JoinToken>()
                 .unwrap_or_else(|e| panic!("a printed token does not parse: {e}"));
             assert!(again == token, "round trip changed the token");
-            assert!(!format!("{token:?}").contains(token.secret()), "Debug shows the secret");
+            assert!(
+                !format!("{token:?}").contains(token.secret()),
+                "Debug shows the secret"
+            );
         }
         Err(err) => {
             // The third part is where a secret would be; hex and long enough to be one, it

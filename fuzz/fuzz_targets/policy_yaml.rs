@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
             .unwrap_or_else(|e| panic!("a parsed resource does not print: {e}"));
         let again = parse_documents(&yaml, "printed.yaml")
             .unwrap_or_else(|e| panic!("printed YAML does not parse: {e}\n{yaml}"));
-        assert!(again == resources, "YAML round trip changed the resources:\n{yaml}");
+        assert!(
+            again == resources,
+            "YAML round trip changed the resources:\n{yaml}"
+        );
     }
     if let Ok(resource) = Resource::from_json(text) {
         let json = resource
@@ -27,6 +30,9 @@ fuzz_target!(|data: &[u8]| {
             .unwrap_or_else(|e| panic!("a decoded resource does not encode: {e}"));
         let again = Resource::from_json(&json)
             .unwrap_or_else(|e| panic!("encoded JSON does not decode: {e}\n{json}"));
-        assert!(again == resource, "JSON round trip changed the resource:\n{json}");
+        assert!(
+            again == resource,
+            "JSON round trip changed the resource:\n{json}"
+        );
     }
 });

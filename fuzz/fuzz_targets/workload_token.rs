@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(claims) => {
             assert_eq!(claims.zone, strait_fuzz::ZONE);
             let now = strait_fuzz::token_now();
-            assert!(claims.issued_at() <= now + CLOCK_SKEW_ALLOWANCE, "not yet valid");
+            assert!(
+                claims.issued_at() <= now + CLOCK_SKEW_ALLOWANCE,
+                "not yet valid"
+            );
             assert!(now <= claims.expires_at() + CLOCK_SKEW_ALLOWANCE, "expired");
             assert_eq!(claims.spiffe_id.trust_domain(), strait_fuzz::TRUST_DOMAIN);
             match claims.spiffe_id.kind() {

@@ -24,14 +24,23 @@ fuzz_target!(|data: &[u8]| {
     let Ok(model) = inventory_model(&report) else {
         return;
     };
-    assert_eq!(model.len(), report.services.len(), "a service was lost or made up");
+    assert_eq!(
+        model.len(),
+        report.services.len(),
+        "a service was lost or made up"
+    );
     for (key, service) in &model {
         assert!(!key.namespace.is_empty() && !key.name.is_empty());
         for locality in &service.localities {
-            assert!(locality.healthy <= locality.total, "{key:?}: more healthy than total");
+            assert!(
+                locality.healthy <= locality.total,
+                "{key:?}: more healthy than total"
+            );
         }
         for id in &service.identities {
-            let id: SpiffeId = id.parse().unwrap_or_else(|e| panic!("{id:?} accepted: {e}"));
+            let id: SpiffeId = id
+                .parse()
+                .unwrap_or_else(|e| panic!("{id:?} accepted: {e}"));
             assert!(matches!(id.kind(), IdentityKind::Workload { .. }), "{id}");
         }
     }

@@ -21,10 +21,12 @@ fuzz_target!(|data: &[u8]| {
                 .parse::<JoinToken>()
                 .unwrap_or_else(|e| panic!("a printed token does not parse: {e}"));
             assert!(again == token, "round trip changed the token");
-            assert!(
-                !format!("{token:?}").contains(token.secret()),
-                "Debug shows the secret"
-            );
+            // The secret may also occur inside the id or the pin (hex is hex); what is left
+            // once those are taken out must not show it.
+            let shown = format!("{token:?}")
+                .replace(token.root_pin(), "")
+                .replace(token.id(), "");
+            assert!(!shown.contains(token.secret()), "Debug shows the secret");
         }
         Err(err) => {
             // The third part is where a secret would be; hex and long enough to be one, it

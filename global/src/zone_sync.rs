@@ -210,8 +210,9 @@ const MAX_SUBSETS: usize = 64;
 /// At most this many identities per exported service (a zone reports one per service account).
 const MAX_IDENTITIES: usize = 64;
 
-/// A zone's report as the state machine's model; refuses what cannot be a service.
-fn inventory_model(
+/// A zone's report as the state machine's model; refuses what cannot be a service. Public
+/// for the fuzz target (`fuzz/fuzz_targets/zone_inventory.rs`): it reads what a zone sends.
+pub fn inventory_model(
     report: &pb::InventoryReport,
 ) -> Result<BTreeMap<ServiceKey, ExportedService>, String> {
     let mut services = BTreeMap::new();

@@ -33,6 +33,11 @@ cargo fmt --manifest-path Cargo.toml -- --check
 # halves the speed; panics, overflows (debug assertions are on), timeouts and OOMs are still
 # crashes. 16 codegen units: a build of every target in a few minutes on 2 cores, not 15.
 build_flags=(--sanitizer none --debug-assertions --codegen-units 16)
+# The build lives outside the checkout (CI starts from a fresh clone): the same machine reuses
+# it, keyed by the toolchain, so only the project's own crates are rebuilt.
+target_dir=${STRAIT_FUZZ_TARGET:-$HOME/.cache/strait/fuzz-target/$(rustup run nightly rustc --version | tr -c 'a-zA-Z0-9.\n' '-')}
+build_flags+=(--target-dir "$target_dir")
+mkdir -p target
 start=$(date +%s)
 cargo +nightly fuzz build "${build_flags[@]}"
 echo "fuzz: built every target in $(($(date +%s) - start)) s"

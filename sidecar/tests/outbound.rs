@@ -966,3 +966,41 @@ async fn the_request_timeout_covers_the_whole_response_body() {
     assert_eq!(got.status, 200);
     assert_eq!(&got.body[..], b"first-half");
 }
+
+#[tokio::test]
+async fn a_port_with_its_own_policy_uses_it_and_the_others_the_services() {
+    let pki = Pki::new();
+    let up = Upstream::start(&pki, "echo-1", "v1").await;
+    let first = free_vip();
+    // A second port on the same VIP.
+    let second = loop {
+        let candidate = SocketAddr::new(first.ip(), rand::rng().random_range(20_000..60_000));
+        if candidate != first && std::net::TcpListener::bind(candidate).is_ok() {
+            break candidate;
+        }
+    };
+    let mut svc = service(first, pb::Protocol::Http, vec![up.endpoint()], None);
+    svc.ports.push(pb::Port {
+        name: "admin".into(),
+        port: u32::from(second.port()),
+        protocol: pb::Protocol::Http as i32,
+    });
+    svc.port_policies.insert(
+        u32::from(second.port()),
+        pb::RoutePolicy {
+            fault: Some(pb::FaultPolicy {
+                abort_percent: 100.0,
+                abort_status: 418,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let _client = Client::start(&pki, config(1, vec![svc])).await;
+    let mut http = plain(first).await;
+    assert_eq!(instance(&get(&mut http, "/", &[]).await), "echo-1");
+    let mut http = plain(second).await;
+    let got = get(&mut http, "/", &[]).await;
+    assert_eq!(got.status, 418, "{got:?}");
+    assert_eq!(got.headers["x-strait-error"], "fault-injected");
+}

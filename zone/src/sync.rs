@@ -889,6 +889,7 @@ mod tests {
                 total,
             }],
             identities: vec![],
+            subsets: vec![],
         }
     }
 

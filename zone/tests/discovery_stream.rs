@@ -209,6 +209,7 @@ fn view(services: &[&str]) -> FederationView {
                         total: 3,
                     }],
                     identities: vec![format!("spiffe://strait.local/ns/demo/sa/{s}")],
+                    subsets: vec![],
                 })
                 .collect(),
             ..Default::default()

@@ -50,6 +50,7 @@ fn exported_service(ns: &str, name: &str, ports: &[u32]) -> pb::ExportedService 
             total: 1,
         }],
         identities: vec![],
+        subsets: vec![],
     }
 }
 

@@ -619,7 +619,9 @@ spec:
         Some(pb::TimeoutPolicy {
             connect_ms: 0,
             request_ms: 2_000,
-            idle_ms: 300_000
+            idle_ms: 300_000,
+            response_headers_ms: 0,
+            stream_ms: 0,
         })
     );
     assert_eq!(p.retry, None, "absent kinds stay absent");

@@ -142,6 +142,7 @@ pub fn inventory(zone: &str, count: usize) -> pb::InventoryReport {
             identities: vec![format!(
                 "spiffe://strait.local/ns/{NAMESPACE}/sa/svc-{zone}-{i:05}"
             )],
+            subsets: vec![],
         })
         .collect();
     pb::InventoryReport {

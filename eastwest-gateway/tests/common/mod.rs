@@ -553,6 +553,7 @@ pub fn header(name: &str, port: u32, source_zone: &str, target_zone: &str) -> pb
         source_zone: source_zone.into(),
         target_zone: target_zone.into(),
         trace: None,
+        subset: Default::default(),
     }
 }
 

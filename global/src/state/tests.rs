@@ -116,6 +116,7 @@ fn exported(healthy: u32, total: u32) -> ExportedService {
             healthy,
             total,
         }],
+        subsets: Default::default(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Checks on what a sidecar or a gateway registers, so that a peer cannot make the zone store
 //! and forward malformed names or arbitrary amounts of data.
 
+use strait_proto::names::{self, MAX_HOST_PORT, MAX_INSTANCE_NAME};
 use tonic::Status;
 
 /// Bounds on what a sidecar may register, so that a peer cannot make the zone store and
@@ -8,18 +9,10 @@ use tonic::Status;
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_BYTES: usize = 317;
 pub(super) const MAX_PORTS: usize = 64;
-const MAX_INSTANCE_NAME: usize = 253;
 
 /// Namespaces and service names become DNS labels (`SVC.NS.svc.clusterset.local`).
 pub(super) fn check_dns_label(field: &str, value: &str) -> Result<(), Status> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
+    if names::is_dns_label(value) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
@@ -29,12 +22,7 @@ pub(super) fn check_dns_label(field: &str, value: &str) -> Result<(), Status> {
 }
 
 pub(super) fn check_instance_name(value: &str) -> Result<(), Status> {
-    let ok = !value.is_empty()
-        && value.len() <= MAX_INSTANCE_NAME
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if names::is_instance_name(value) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
@@ -45,15 +33,7 @@ pub(super) fn check_instance_name(value: &str) -> Result<(), Status> {
 
 /// `host:port`, where other sidecars and the local gateway reach the instance.
 pub(crate) fn check_address(value: &str) -> Result<(), Status> {
-    let valid = value.len() <= 261
-        && value.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty()
-                && !host
-                    .bytes()
-                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-                && port.parse::<u16>().is_ok_and(|p| p != 0)
-        });
-    if valid {
+    if value.len() <= MAX_HOST_PORT && names::is_host_port(value) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(

@@ -6,10 +6,10 @@
 //! - [`registry`]: the pure registry of this zone's instances, with the grace period that keeps
 //!   an endpoint through a sidecar reconnect or a control plane restart;
 //! - the gRPC server that ties them to streams, the clock and the store, in one file per
-//!   concern: [`server`] (the service, caller checks, shared state), [`stream`] (one sidecar's
-//!   stream), [`gateways`] (one gateway's stream), [`world`] (the compiled world and the group
-//!   configs assembled from it), [`tasks`] (background tasks: recompiles, grace expiry,
-//!   persistence), [`validate`] (bounds on what a peer registers), [`metrics`];
+//!   concern: `server` (the service, caller checks, shared state), `stream` (one sidecar's
+//!   stream), `gateways` (one gateway's stream), `world` (the compiled world and the group
+//!   configs assembled from it), `tasks` (background tasks: recompiles, grace expiry,
+//!   persistence), `validate` (bounds on what a peer registers), `metrics`;
 //! - this module: the public settings and status types.
 //!
 //! # Flow
@@ -30,7 +30,7 @@
 //! per group and 1,000 copies to send, not one compile per sidecar per event. The outbound
 //! services (tens of KB with hundreds of endpoints) are never compared per stream: the world
 //! task compares them once with the previous world's and numbers each distinct content
-//! ([`Shared::generation`]), so a stream tells "unchanged" from two numbers and its small
+//! (`world::Shared::generation`), so a stream tells "unchanged" from two numbers and its small
 //! per-sidecar part. A change that alters no config (a snapshot that only moved global's
 //! version) does not wake the streams at all.
 //!

@@ -24,8 +24,10 @@
 //!
 //! Pods already injected, opted out (label or annotation `strait.dev/inject` set to `false` or
 //! `disabled`) and requests other than `CREATE` pass unchanged. Which namespaces are injected
-//! is the `MutatingWebhookConfiguration`'s `namespaceSelector` (the Helm chart's).//!
-//! The HTTPS listener that serves [`mutate`] is [`server`] (re-exported here).
+//! is the `MutatingWebhookConfiguration`'s `namespaceSelector` (the Helm chart's).
+//!
+//! The HTTPS listener that serves [`mutate`] ([`serve`], [`tls_config`]) lives in
+//! `webhook/server.rs`.
 
 mod server;
 

@@ -1,7 +1,8 @@
 //! The injector's HTTPS listener: [`serve`] answers `AdmissionReview`s with [`super::mutate`],
 //! over TLS from a certificate that is re-read when its files change ([`tls_config`]).
 //!
-//! Apart from the pure mutation so that the golden-tested part reads without the IO around it.
+//! Kept apart from the pure mutation so that the golden-tested part reads without the IO
+//! around it.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

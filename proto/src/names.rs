@@ -63,6 +63,13 @@ pub fn is_host_port(value: &str) -> bool {
     })
 }
 
+/// A byte a SPIFFE trust domain may hold: lowercase letters, digits, `.`, `-` and `_`
+/// (`strait-trust` parses SPIFFE IDs with the same set; anything else would make IDs it
+/// refuses).
+pub fn is_trust_domain_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +124,15 @@ mod tests {
             "h:65536",
         ] {
             assert!(!is_host_port(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trust_domain_bytes() {
+        assert!("strait.local".bytes().all(is_trust_domain_byte));
+        assert!("a-b_c.0".bytes().all(is_trust_domain_byte));
+        for bad in ["Strait.local", "a b", "a:1", "a@b", "a/b"] {
+            assert!(!bad.bytes().all(is_trust_domain_byte), "{bad:?}");
         }
     }
 

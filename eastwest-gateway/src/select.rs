@@ -133,16 +133,9 @@ pub fn parse_authority(authority: &str) -> Result<Target, String> {
     })
 }
 
-/// Lowercase letters, digits and `-`, starting with a letter, not ending with `-`, at most 63.
-pub fn is_dns_label(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && !value.ends_with('-')
-}
+/// Lowercase letters, digits and `-`, starting with a letter, not ending with `-`, at most 63
+/// (the shared rule, [`strait_proto::names::is_rfc1035_label`]).
+pub use strait_proto::names::is_rfc1035_label as is_dns_label;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

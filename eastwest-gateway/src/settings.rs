@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use strait_identity::IdentitySettings;
+use strait_proto::names::is_host_port;
 use strait_trust::SpiffeId;
 
 use crate::select::is_dns_label;
@@ -186,16 +187,6 @@ impl GatewaySettings {
             metrics_prefix: "strait_gateway",
         })
     }
-}
-
-fn is_host_port(value: &str) -> bool {
-    value.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && !host
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            && port.parse::<u16>().is_ok_and(|p| p != 0)
-    })
 }
 
 #[cfg(test)]

@@ -414,15 +414,10 @@ pub fn statefulset_role(
 ) -> Result<StatefulSetRole, StatefulSetError> {
     let bad_pod = || StatefulSetError::PodName(pod_name.to_owned());
     let (set, ordinal) = pod_name.rsplit_once('-').ok_or_else(bad_pod)?;
-    let dns_label = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
-    if !dns_label(set) || ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+    if !strait_proto::names::is_dns_label(set)
+        || ordinal.is_empty()
+        || !ordinal.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(bad_pod());
     }
     let ordinal: u32 = ordinal
@@ -442,7 +437,7 @@ pub fn statefulset_role(
         None => (join_dns, default_port),
     };
     let domain = domain.trim_end_matches('.');
-    if domain.split('.').count() < 2 || !domain.split('.').all(dns_label) {
+    if domain.split('.').count() < 2 || !domain.split('.').all(strait_proto::names::is_dns_label) {
         return Err(bad_domain());
     }
     let address = |k: u32| format!("{set}-{k}.{domain}:{port}");

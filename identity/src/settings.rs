@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use strait_proto as pb;
+use strait_proto::names;
 use strait_trust::SpiffeId;
 
 /// What [`Identity::bootstrap`](crate::Identity::bootstrap) needs. Built from a component's own
@@ -116,19 +117,12 @@ impl IdentitySettings {
 /// A DNS label: lowercase letters, digits and `-`, starting with a letter, not ending with `-`,
 /// at most 63 characters (what the zone accepts for zones, namespaces and services).
 pub fn check_dns_label(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if value.len() > 63 {
-        return Err(format!("{value:?} is longer than 63 characters"));
-    }
-    let ok = value
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && !value.ends_with('-');
-    if ok {
+    if names::is_rfc1035_label(value) {
         Ok(())
+    } else if value.is_empty() {
+        Err("must not be empty".to_owned())
+    } else if value.len() > names::MAX_DNS_LABEL {
+        Err(format!("{value:?} is longer than 63 characters"))
     } else {
         Err(format!(
             "{value:?} must be lowercase letters, digits and '-', start with a letter and not end with '-'"
@@ -138,14 +132,7 @@ pub fn check_dns_label(value: &str) -> Result<(), String> {
 
 /// `host:port` with a non-zero port (a DNS name follows its target at every connect).
 pub fn check_host_port(value: &str) -> Result<(), String> {
-    let ok = value.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty()
-            && !host
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            && port.parse::<u16>().is_ok_and(|p| p != 0)
-    });
-    if ok {
+    if names::is_host_port(value) {
         Ok(())
     } else {
         Err(format!("{value:?} is not a host:port address"))

@@ -135,14 +135,7 @@ impl Checker {
 }
 
 pub(crate) fn dns_label(value: &str) -> Result<(), String> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
+    if strait_proto::names::is_dns_label(value) {
         Ok(())
     } else {
         Err(format!(

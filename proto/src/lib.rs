@@ -28,6 +28,7 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod json;
+pub mod names;
 pub mod transport;
 pub mod tunnel;
 pub mod vip;

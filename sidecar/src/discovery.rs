@@ -39,6 +39,7 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use strait_identity::{Backoff, Identity, IdentityError};
 use strait_proto as pb;
+use strait_proto::names;
 use strait_proto::sidecar_message::Msg;
 use strait_trust::tls::{CredentialStore, TrustStore};
 use tokio::sync::{mpsc, watch};
@@ -315,10 +316,10 @@ fn check_address(value: &str) -> Result<(), String> {
     }
     check_host_port(value)?;
     let (host, _) = value.rsplit_once(':').unwrap_or((value, ""));
-    let dns_ok = host.len() <= 253
+    let dns_ok = host.len() <= names::MAX_DNS_NAME
         && host.split('.').all(|label| {
             !label.is_empty()
-                && label.len() <= 63
+                && label.len() <= names::MAX_DNS_LABEL
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

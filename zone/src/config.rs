@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use strait_proto::names;
 use strait_proto::vip::VipCidr;
 
 /// Everything `strait zone run` needs. Read from flags or a YAML file.
@@ -380,14 +381,7 @@ impl KubernetesSettings {
 
 /// A Kubernetes namespace name (RFC 1123 label).
 fn validate_dns_label(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if names::is_dns_label(name) {
         Ok(())
     } else {
         Err(format!(
@@ -399,7 +393,7 @@ fn validate_dns_label(name: &str) -> Result<(), String> {
 /// An object name (RFC 1123 subdomain): DNS labels joined by dots, at most 253 characters.
 fn validate_dns_subdomain(name: &str) -> Result<(), String> {
     if name.is_empty()
-        || name.len() > 253
+        || name.len() > names::MAX_DNS_NAME
         || name.split('.').any(|l| validate_dns_label(l).is_err())
     {
         return Err(format!(
@@ -412,22 +406,17 @@ fn validate_dns_subdomain(name: &str) -> Result<(), String> {
 /// A zone name: what `spiffe://TD/zone/NAME/cp` and DNS labels (`SVC.NS.svc.NAME.mesh.local`)
 /// accept — lowercase letters, digits and `-`, starting with a letter, at most 63 characters.
 pub fn validate_zone_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    if name.len() > 63 {
-        return Err(format!("{name:?} is longer than 63 characters"));
-    }
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    let starts = name.starts_with(|c: char| c.is_ascii_lowercase());
-    if !ok_chars || !starts || name.ends_with('-') {
-        return Err(format!(
+    if names::is_rfc1035_label(name) {
+        Ok(())
+    } else if name.is_empty() {
+        Err("must not be empty".to_owned())
+    } else if name.len() > names::MAX_DNS_LABEL {
+        Err(format!("{name:?} is longer than 63 characters"))
+    } else {
+        Err(format!(
             "{name:?} must be lowercase letters, digits and '-', start with a letter and not end with '-'"
-        ));
+        ))
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -201,9 +201,10 @@ impl FederationState {
         }
         non_empty("trust domain", trust_domain)?;
         // SPIFFE trust domain charset; anything else would yield unparsable SPIFFE IDs.
-        if !trust_domain.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        }) {
+        if !trust_domain
+            .bytes()
+            .all(strait_proto::names::is_trust_domain_byte)
+        {
             return Err(invalid(
                 format!("trust domain {trust_domain:?}"),
                 "may only contain lowercase letters, digits, '.', '-' and '_'",

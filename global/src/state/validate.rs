@@ -7,19 +7,19 @@ use super::rejection::Rejection;
 /// path segment (`spiffe://TD/zone/ZONE/cp`), so it must be an RFC 1123 label: 1 to 63
 /// lowercase letters, digits and `-`, not starting or ending with `-`.
 pub fn validate_zone_name(name: &str) -> Result<(), Rejection> {
-    let reason = if name.is_empty() {
+    let reason = if strait_proto::names::is_dns_label(name) {
+        None
+    } else if name.is_empty() {
         Some("must not be empty")
-    } else if name.len() > 63 {
+    } else if name.len() > strait_proto::names::MAX_DNS_LABEL {
         Some("must be at most 63 characters")
     } else if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
         Some("may only contain lowercase letters, digits and '-'")
-    } else if name.starts_with('-') || name.ends_with('-') {
-        Some("must not start or end with '-'")
     } else {
-        None
+        Some("must not start or end with '-'")
     };
     match reason {
         Some(reason) => Err(invalid(format!("zone name {name:?}"), reason)),

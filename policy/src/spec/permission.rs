@@ -128,9 +128,9 @@ impl SpiffeIdPattern {
         };
         let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
         let domain_ok = !domain.is_empty()
-            && domain.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-            });
+            && domain
+                .bytes()
+                .all(strait_proto::names::is_trust_domain_byte);
         if !domain_ok {
             return Err(format!(
                 "{pattern:?}: the trust domain must be lower-case letters, digits, '.', '-' or '_'"

@@ -20,8 +20,11 @@ use strait_trust::{IdentityKind, SpiffeId};
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use super::compile;
 use super::registry::ConnId;
-use super::{Inner, World, check_address, check_instance_name, compile};
+use super::server::Inner;
+use super::validate::{check_address, check_instance_name};
+use super::world::World;
 use crate::federation::FederationView;
 use crate::inventory::{Instance, LocalInventory, ServiceKey, gateway_key};
 

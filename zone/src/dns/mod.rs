@@ -228,9 +228,11 @@ impl Table {
 
 /// A DNS label as services, namespaces, zones and port names use them: 1–63 of letters,
 /// digits and `-`, not starting or ending with `-`.
+/// Letters of either case, unlike [`strait_proto::names::is_dns_label`]: DNS names in queries
+/// are case-insensitive.
 fn is_label(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 63
+        && s.len() <= strait_proto::names::MAX_DNS_LABEL
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')

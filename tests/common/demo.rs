@@ -13,19 +13,41 @@ pub async fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Stri
     super::http_request(addr, path, headers, Duration::from_secs(10)).await
 }
 
-/// echo's VIP:port in `zone`, as `strait services` shows it.
-pub fn vip(fed: &Federation, service: &str, zone: &str) -> String {
+/// `service` as `strait services -o json` shows it.
+pub fn service_status(fed: &Federation, service: &str) -> serde_json::Value {
     let out = fed.strait(&["services", "-o", "json"]);
     let services: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = services
+    services
         .as_array()
         .unwrap()
         .iter()
         .find(|s| s["name"] == service)
-        .unwrap();
+        .unwrap()
+        .clone()
+}
+
+/// `service`'s VIP:port in `zone`, as `strait services` shows it.
+pub fn vip(fed: &Federation, service: &str, zone: &str) -> String {
+    let s = service_status(fed, service);
     format!(
         "{}:{}",
         s["vips"][zone].as_str().unwrap(),
+        s["ports"][0]["port"]
+    )
+}
+
+/// `service`'s VIP pinned to `zone`, in `caller`'s range, with its port.
+pub fn pinned_vip(fed: &Federation, service: &str, zone: &str, caller: &str) -> String {
+    let s = service_status(fed, service);
+    let entry = s["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["zone"] == zone)
+        .unwrap();
+    format!(
+        "{}:{}",
+        entry["pinned_vips"][caller].as_str().unwrap(),
         s["ports"][0]["port"]
     )
 }

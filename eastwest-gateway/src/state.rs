@@ -149,9 +149,9 @@ impl ConfigView {
         }
         // A route's subset: only endpoints carrying every label may serve, never another
         // subset. Checked by the header's own rules (the map came off the wire).
-        let subset = strait_proto::tunnel::encode_subset(&header.subset);
-        strait_proto::tunnel::parse_subset(&subset)
+        strait_proto::tunnel::check_subset(&header.subset)
             .map_err(|e| Refusal::new(TunnelStatus::BadHeader, e))?;
+        let subset = strait_proto::tunnel::encode_subset(&header.subset);
         let endpoints: Vec<pb::Endpoint> = view
             .endpoints
             .iter()

@@ -281,10 +281,9 @@ pub fn inventory_model(
             .iter()
             .map(|s| {
                 // The header's rules: a subset another zone's gateway will be asked for.
-                let labels = strait_proto::tunnel::parse_subset(
-                    &strait_proto::tunnel::encode_subset(&s.labels),
-                )
-                .map_err(|e| format!("{}/{}: {e}", service.namespace, service.name))?;
+                strait_proto::tunnel::check_subset(&s.labels)
+                    .map_err(|e| format!("{}/{}: {e}", service.namespace, service.name))?;
+                let labels = s.labels.clone().into_iter().collect();
                 Ok(SubsetCount {
                     labels,
                     healthy: s.healthy.min(s.total),

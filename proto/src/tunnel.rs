@@ -381,9 +381,7 @@ pub fn encode_subset<'a>(labels: impl IntoIterator<Item = (&'a String, &'a Strin
         .join(",")
 }
 
-/// The inverse of [`encode_subset`], for input from a peer: at most [`MAX_SUBSET_LABELS`]
-/// labels, keys of letters, digits, `.`, `_`, `-` and `/`, values of letters, digits, `.`,
-/// `_` and `-` (empty allowed), each at most [`MAX_SUBSET_LABEL_LEN`] bytes, no key twice.
+/// The inverse of [`encode_subset`], for input from a peer; the labels pass [`check_subset`].
 pub fn parse_subset(value: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
     let mut labels = std::collections::BTreeMap::new();
     if value.is_empty() {
@@ -393,6 +391,25 @@ pub fn parse_subset(value: &str) -> Result<std::collections::BTreeMap<String, St
         let (key, val) = pair
             .split_once('=')
             .ok_or_else(|| format!("subset entry {pair:?} is not key=value"))?;
+        if labels.insert(key.to_owned(), val.to_owned()).is_some() {
+            return Err(format!("subset label {key:?} appears twice"));
+        }
+    }
+    check_subset(&labels)?;
+    Ok(labels)
+}
+
+/// Whether labels can be a subset on the wire: at most [`MAX_SUBSET_LABELS`], keys of
+/// letters, digits, `.`, `_`, `-` and `/`, values of letters, digits, `.`, `_` and `-` (empty
+/// allowed), each at most [`MAX_SUBSET_LABEL_LEN`] bytes. For subsets that arrive already as a
+/// map (a tunnel header, a zone's report).
+pub fn check_subset<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), String> {
+    for (count, (key, val)) in labels.into_iter().enumerate() {
+        if count == MAX_SUBSET_LABELS {
+            return Err(format!("a subset names at most {MAX_SUBSET_LABELS} labels"));
+        }
         let key_ok = !key.is_empty()
             && key.len() <= MAX_SUBSET_LABEL_LEN
             && key
@@ -408,14 +425,8 @@ pub fn parse_subset(value: &str) -> Result<std::collections::BTreeMap<String, St
         if !value_ok {
             return Err(format!("subset label value {val:?} is invalid"));
         }
-        if labels.insert(key.to_owned(), val.to_owned()).is_some() {
-            return Err(format!("subset label {key:?} appears twice"));
-        }
-        if labels.len() > MAX_SUBSET_LABELS {
-            return Err(format!("a subset names at most {MAX_SUBSET_LABELS} labels"));
-        }
     }
-    Ok(labels)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ Prints one line of JSON and exits 0, or 1 with "error" saying what went wrong.
 
 --host-header NAME sends `Host: NAME` while connecting to the URL's address, for a URL whose
 host is an IP (a service VIP) when the route is chosen by name. --expect-server checks the
-X-Server-Name the server's handshake answer carried.
+X-Server-Name the server's handshake answer carried, --expect-host the Host header the server
+saw (X-Request-Host).
 """
 
 import argparse
@@ -62,6 +63,11 @@ async def run(args, result):
                 result["server"] == args.expect_server,
                 f"answered by {result['server']!r}, expected {args.expect_server!r}",
             )
+        if args.expect_host is not None:
+            check(
+                result["host_seen_by_server"] == args.expect_host,
+                f"server saw Host {result['host_seen_by_server']!r}, expected {args.expect_host!r}",
+            )
 
         async def roundtrip(message, what):
             await ws.send(message)
@@ -97,6 +103,7 @@ def main():
     parser.add_argument("--idle", type=float, default=3.0, help="seconds idle before the last")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per step")
     parser.add_argument("--expect-server", help="fail unless X-Server-Name is this")
+    parser.add_argument("--expect-host", help="fail unless the server saw this Host header")
     args = parser.parse_args()
 
     result = {"url": args.url, "ok": False}

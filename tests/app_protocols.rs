@@ -73,7 +73,13 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
         .start(
             &mut fed,
             &python,
-            &own(&[&script("grpc_server.py"), "--port", port_of(&app), "--name", zone]),
+            &own(&[
+                &script("grpc_server.py"),
+                "--port",
+                port_of(&app),
+                "--name",
+                zone,
+            ]),
         );
     }
     // A WebSocket echo in zone b, on a port declared plain HTTP: the upgrade is detected.
@@ -88,7 +94,13 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
     .start(
         &mut fed,
         &python,
-        &own(&[&script("ws_echo_server.py"), "--port", port_of(&ws_app), "--name", "b"]),
+        &own(&[
+            &script("ws_echo_server.py"),
+            "--port",
+            port_of(&ws_app),
+            "--name",
+            "b",
+        ]),
     );
     wait_served(&fed, "interop", &["b"]).await;
     wait_served(&fed, "pygrpc", &["a", "b"]).await;

@@ -147,9 +147,8 @@ pub async fn wait_served(fed: &Federation, service: &str, zones: &[&str]) {
                 .clone();
             let zones_ok = zones.iter().all(|zone| {
                 entry["zones"].as_array().is_some_and(|all| {
-                    all.iter().any(|z| {
-                        z["zone"] == *zone && z["healthy"].as_u64().is_some_and(|n| n > 0)
-                    })
+                    all.iter()
+                        .any(|z| z["zone"] == *zone && z["healthy"].as_u64().is_some_and(|n| n > 0))
                 })
             });
             zones_ok.then_some(())

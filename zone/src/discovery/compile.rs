@@ -672,6 +672,11 @@ fn retry_on(r: RetryOn) -> &'static str {
         RetryOn::GatewayError => "gateway-error",
         RetryOn::Reset => "reset",
         RetryOn::RetriableStatusCodes => "retriable-status-codes",
+        RetryOn::GrpcUnavailable => "unavailable",
+        RetryOn::GrpcCancelled => "cancelled",
+        RetryOn::GrpcDeadlineExceeded => "deadline-exceeded",
+        RetryOn::GrpcResourceExhausted => "resource-exhausted",
+        RetryOn::GrpcInternal => "internal",
     }
 }
 

@@ -23,6 +23,10 @@ const PROTOS: &[&str] = &[
     "proto/strait/v1/raft.proto",
 ];
 
+/// The demo workload's API (package `strait.demo.v1`): compiled on its own, without the serde
+/// attributes of Strait's wire APIs (nothing shows it as JSON).
+const DEMO_PROTOS: &[&str] = &["proto/strait/demo/v1/greeter.proto"];
+
 /// The one package, and the Rust module it is generated into (`src/lib.rs`).
 const PACKAGE: &str = ".strait.v1";
 const MODULE: &str = "crate::v1";
@@ -53,6 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config = config.field_attribute(path.trim_start_matches('.'), attribute);
     }
     config.compile_fds(descriptors)?;
+
+    for proto in DEMO_PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure().compile_fds(protox::compile(DEMO_PROTOS, ["proto"])?)?;
     Ok(())
 }
 

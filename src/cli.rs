@@ -48,7 +48,8 @@ enum Command {
     /// Run the sidecar proxy of one workload instance.
     #[command(subcommand)]
     Sidecar(SidecarCommand),
-    /// A demo workload answering `GET /` with who it is and who called it.
+    /// A demo workload saying who it is and who called it: JSON over HTTP, a gRPC `Greeter`
+    /// (`--protocol grpc`) or a WebSocket echo (`--protocol websocket`).
     DemoApp(commands::sidecar::DemoAppArgs),
     /// Run the east-west gateway of a zone.
     #[command(subcommand)]

@@ -14,7 +14,7 @@ use strait_local::processes::ProcessesError;
 use strait_local::supervisor::SupervisorError;
 
 use crate::admin::{Admin, AdminError};
-use crate::load::{Load, LoadConfig, request_once};
+use crate::load::{Load, LoadConfig, Protocol, request_once_with};
 use crate::outage::{Mode, Outage};
 use crate::timeline::{self, Analysis, Phases, SampleResult};
 
@@ -29,6 +29,8 @@ pub struct DrillSpec {
     /// The zone whose client sends the load (`None`: `zone`).
     pub from: Option<String>,
     pub mode: Mode,
+    /// What the load speaks (gRPC: `Greeter/Hello` of the demo's `greeter`).
+    pub protocol: Protocol,
     /// Requests per second.
     pub rate: u32,
     /// How long the service stays out.
@@ -195,11 +197,13 @@ impl Report {
             "zone": s.zone,
             "from": self.from,
             "mode": s.mode.as_str(),
+            "protocol": s.protocol.as_str(),
             "rate": s.rate,
             "duration_ms": s.duration.as_millis() as u64,
             "requests": a.requests,
             "errors": a.errors,
             "error_reasons": a.error_reasons,
+            "errors_by_status": a.errors_by_status,
             "detection_ms": a.detection_ms,
             "rto_ms": a.rto_ms,
             "failback_ms": a.failback_ms,
@@ -235,9 +239,13 @@ pub async fn run_failover(
     let from = spec.from.clone().unwrap_or_else(|| spec.zone.clone());
     let target = service_address(admin, &spec.namespace, &spec.service, &from).await?;
     let mut outage = Outage::prepare(&spec)?;
-    preflight(target, timings).await?;
+    let config = LoadConfig {
+        protocol: spec.protocol,
+        ..LoadConfig::new(target, spec.rate)
+    };
+    preflight(&config, timings).await?;
 
-    let load = Load::start(LoadConfig::new(target, spec.rate));
+    let load = Load::start(config);
     let running = &load;
     let keep_going = move |phase: &'static str, time: Duration, max_errors: u64| {
         watch(running, events, phase, time, max_errors, timings.poll)
@@ -370,13 +378,20 @@ async fn service_address(
 
 /// Waits until the service answers through `target`: a drill of a path that does not work
 /// would measure nothing.
-async fn preflight(target: SocketAddr, timings: Timings) -> Result<(), DrillError> {
+async fn preflight(config: &LoadConfig, timings: Timings) -> Result<(), DrillError> {
     let deadline = Instant::now() + timings.preflight;
+    let probe = LoadConfig {
+        timeout: Duration::from_secs(2),
+        ..config.clone()
+    };
     loop {
-        match request_once(target, Duration::from_secs(2)).await {
+        match request_once_with(&probe).await {
             SampleResult::Answered { .. } => return Ok(()),
             SampleResult::Failed { reason } if Instant::now() > deadline => {
-                return Err(DrillError::NotAnswering { target, reason });
+                return Err(DrillError::NotAnswering {
+                    target: config.target,
+                    reason,
+                });
             }
             SampleResult::Failed { .. } => tokio::time::sleep(Duration::from_millis(200)).await,
         }

@@ -1,6 +1,7 @@
 //! Failover drills: `strait drill failover` and the parts it is made of.
 //!
-//! - [`load`]: fixed-rate HTTP load that records which zone answered each request;
+//! - [`load`]: fixed-rate HTTP or gRPC load that records which zone answered each request;
+//! - [`grpc`]: the gRPC calls of that load, and failures by status (pure);
 //! - [`timeline`]: pure analysis of those samples — detection time, RTO, failback, the share
 //!   of each zone over time;
 //! - [`outage`]: taking a service out of a zone (drain through the control plane, kill its
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod failover;
+pub mod grpc;
 pub mod load;
 pub mod outage;
 pub mod timeline;

@@ -1,9 +1,11 @@
-//! Fixed-rate HTTP load (an open model: requests go out on schedule whether or not earlier ones
-//! answered, as real clients do), each a `GET` on a fresh connection, recording which zone
-//! answered.
+//! Fixed-rate load (an open model: requests go out on schedule whether or not earlier ones
+//! answered, as real clients do), recording which zone answered.
 //!
-//! The answering zone is read from the response body's JSON field `zone` (what `strait
-//! demo-app` answers); a 2xx answer without one counts as zone `unknown`.
+//! - [`Protocol::Http`]: each request a `GET` on a fresh connection; the answering zone is read
+//!   from the response body's JSON field `zone` (what `strait demo-app` answers); a 2xx answer
+//!   without one counts as zone `unknown`.
+//! - [`Protocol::Grpc`]: each request a `strait.demo.v1.Greeter/Hello` call on one long-lived
+//!   HTTP/2 channel (what `strait demo-app --protocol grpc` serves), see [`crate::grpc`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,14 +17,37 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use strait_proto::demo::v1::greeter_client::GreeterClient;
+use tonic::transport::Channel;
+
 use crate::timeline::{Sample, SampleResult};
 
 /// The largest answer read; the demo app's is about 150 bytes.
 const MAX_RESPONSE: usize = 64 * 1024;
 
+/// What the load speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// `GET path` over HTTP/1.1, a fresh connection per request.
+    #[default]
+    Http,
+    /// `Greeter/Hello` over gRPC, one channel for the whole load.
+    Grpc,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     pub target: SocketAddr,
+    pub protocol: Protocol,
     pub path: String,
     /// Requests per second.
     pub rate: u32,
@@ -37,6 +62,7 @@ impl LoadConfig {
     pub fn new(target: SocketAddr, rate: u32) -> Self {
         Self {
             target,
+            protocol: Protocol::Http,
             path: "/".to_owned(),
             rate: rate.max(1),
             timeout: Duration::from_secs(5),
@@ -76,6 +102,7 @@ impl Load {
         let (stop, mut stopped) = watch::channel(false);
         let in_flight = Arc::new(AtomicUsize::new(0));
         let shared = samples.clone();
+        let caller = Arc::new(Caller::new(&config));
         let config = Arc::new(config);
         let scheduler = tokio::spawn(async move {
             let period = Duration::from_secs_f64(1.0 / f64::from(config.rate));
@@ -100,18 +127,16 @@ impl Load {
                     continue;
                 }
                 in_flight.fetch_add(1, Ordering::Relaxed);
-                let (config, shared, in_flight) =
-                    (config.clone(), shared.clone(), in_flight.clone());
+                let (config, shared, in_flight, caller) = (
+                    config.clone(),
+                    shared.clone(),
+                    in_flight.clone(),
+                    caller.clone(),
+                );
                 tasks.retain(|t| !t.is_finished());
                 tasks.push(tokio::spawn(async move {
                     let begin = Instant::now();
-                    let result = match tokio::time::timeout(config.timeout, request(&config)).await
-                    {
-                        Ok(result) => result,
-                        Err(_) => SampleResult::Failed {
-                            reason: format!("timed out after {:?}", config.timeout),
-                        },
-                    };
+                    let result = caller.call(&config).await;
                     lock(&shared).push(Sample {
                         sent,
                         latency: begin.elapsed(),
@@ -174,6 +199,49 @@ impl Load {
     }
 }
 
+/// How the load sends one request.
+enum Caller {
+    Http,
+    /// A clone per call shares the channel.
+    Grpc(GreeterClient<Channel>),
+}
+
+impl Caller {
+    /// Must be called inside a tokio runtime (a gRPC channel starts its worker).
+    fn new(config: &LoadConfig) -> Self {
+        match config.protocol {
+            Protocol::Http => Caller::Http,
+            Protocol::Grpc => Caller::Grpc(crate::grpc::client(config.target)),
+        }
+    }
+
+    /// One request, bounded by `config.timeout`.
+    async fn call(&self, config: &LoadConfig) -> SampleResult {
+        let sent = async {
+            match self {
+                Caller::Http => request(config).await,
+                Caller::Grpc(client) => crate::grpc::hello(client, config.timeout).await,
+            }
+        };
+        // The gRPC deadline ends a call at `timeout` already; this bounds the rest (and HTTP).
+        match tokio::time::timeout(config.timeout + GRACE, sent).await {
+            Ok(result) => result,
+            Err(_) => SampleResult::Failed {
+                reason: format!("timed out after {:?}", config.timeout),
+            },
+        }
+    }
+}
+
+/// Past a request's own timeout, how long the load waits before it gives up on it.
+const GRACE: Duration = Duration::from_millis(100);
+
+/// One request as `config` describes it (outside a load: a check that the target answers at
+/// all).
+pub async fn request_once_with(config: &LoadConfig) -> SampleResult {
+    Caller::new(config).call(config).await
+}
+
 /// One `GET` to `target` on a fresh connection, bounded by `timeout` (outside a load: a check
 /// that a path answers at all).
 pub async fn request_once(target: SocketAddr, timeout: Duration) -> SampleResult {
@@ -181,12 +249,7 @@ pub async fn request_once(target: SocketAddr, timeout: Duration) -> SampleResult
         timeout,
         ..LoadConfig::new(target, 1)
     };
-    match tokio::time::timeout(timeout, request(&config)).await {
-        Ok(result) => result,
-        Err(_) => SampleResult::Failed {
-            reason: format!("timed out after {timeout:?}"),
-        },
-    }
+    request_once_with(&config).await
 }
 
 /// One `GET` on a fresh connection.
@@ -331,5 +394,100 @@ mod tests {
                 .iter()
                 .all(|s| matches!(s.result, SampleResult::Failed { .. }))
         );
+    }
+
+    /// A stand-in `Greeter`: answers from zone `a`, or fails every call with `UNAVAILABLE`.
+    struct FakeGreeter {
+        fail: bool,
+    }
+
+    #[tonic::async_trait]
+    impl strait_proto::demo::v1::greeter_server::Greeter for FakeGreeter {
+        async fn hello(
+            &self,
+            _: tonic::Request<strait_proto::demo::v1::HelloRequest>,
+        ) -> Result<tonic::Response<strait_proto::demo::v1::HelloReply>, tonic::Status> {
+            if self.fail {
+                return Err(tonic::Status::unavailable("no-healthy-upstream"));
+            }
+            Ok(tonic::Response::new(strait_proto::demo::v1::HelloReply {
+                zone: "a".into(),
+                ..Default::default()
+            }))
+        }
+
+        type CountStream =
+            tokio_stream::Empty<Result<strait_proto::demo::v1::CountReply, tonic::Status>>;
+
+        async fn count(
+            &self,
+            _: tonic::Request<strait_proto::demo::v1::CountRequest>,
+        ) -> Result<tonic::Response<Self::CountStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+    }
+
+    async fn greeter(fail: bool) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(strait_proto::demo::v1::greeter_server::GreeterServer::new(
+                    FakeGreeter { fail },
+                ))
+                .serve_with_incoming(incoming),
+        );
+        addr
+    }
+
+    fn grpc(target: SocketAddr, rate: u32) -> LoadConfig {
+        LoadConfig {
+            protocol: Protocol::Grpc,
+            ..LoadConfig::new(target, rate)
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_load_holds_the_rate_and_counts_failures_by_status() {
+        let ok = greeter(false).await;
+        let load = Load::start(grpc(ok, 200));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let samples = load.stop().await;
+        assert!((80..=125).contains(&samples.len()), "{}", samples.len());
+        assert!(
+            samples
+                .iter()
+                .all(|s| s.result == SampleResult::Answered { zone: "a".into() }),
+            "{samples:?}"
+        );
+
+        let failing = greeter(true).await;
+        let load = Load::start(grpc(failing, 100));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let samples = load.stop().await;
+        assert!(!samples.is_empty());
+        for s in &samples {
+            let SampleResult::Failed { reason } = &s.result else {
+                panic!("answered: {s:?}");
+            };
+            assert_eq!(reason, "grpc UNAVAILABLE: no-healthy-upstream");
+            assert_eq!(crate::grpc::status_of(reason), "UNAVAILABLE");
+        }
+
+        // Nobody listening: every call fails (UNAVAILABLE from the channel), none is lost.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let result = request_once_with(&LoadConfig {
+            timeout: Duration::from_secs(2),
+            ..grpc(closed, 1)
+        })
+        .await;
+        let SampleResult::Failed { reason } = result else {
+            panic!("a closed port answered");
+        };
+        assert_eq!(crate::grpc::status_of(&reason), "UNAVAILABLE", "{reason}");
     }
 }

@@ -65,6 +65,9 @@ pub struct Analysis {
     pub p99_ms: f64,
     /// The first few distinct failure reasons, with counts.
     pub error_reasons: BTreeMap<String, u64>,
+    /// Every failure counted by its status: the gRPC code (`UNAVAILABLE`), the HTTP status
+    /// (`503`), or `transport` (refused, reset, timed out), see [`crate::grpc::status_of`].
+    pub errors_by_status: BTreeMap<String, u64>,
     pub timeline: Vec<Bucket>,
 }
 
@@ -112,6 +115,7 @@ pub fn analyze(samples: &[Sample], zone: &str, phases: Phases, bucket: Duration)
 
     let mut answers_by_zone: BTreeMap<String, u64> = BTreeMap::new();
     let mut error_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors_by_status: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors = 0_u64;
     let mut timeline: BTreeMap<u64, Bucket> = BTreeMap::new();
     let slice = ms(bucket).max(1);
@@ -129,6 +133,9 @@ pub fn analyze(samples: &[Sample], zone: &str, phases: Phases, bucket: Duration)
             SampleResult::Failed { reason } => {
                 errors += 1;
                 b.errors += 1;
+                *errors_by_status
+                    .entry(crate::grpc::status_of(reason).to_owned())
+                    .or_default() += 1;
                 if error_reasons.len() < 8 || error_reasons.contains_key(reason) {
                     *error_reasons.entry(reason.clone()).or_default() += 1;
                 }
@@ -155,6 +162,7 @@ pub fn analyze(samples: &[Sample], zone: &str, phases: Phases, bucket: Duration)
         p50_ms: quantile(0.50),
         p99_ms: quantile(0.99),
         error_reasons,
+        errors_by_status,
         timeline: timeline.into_values().collect(),
     }
 }

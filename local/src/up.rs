@@ -492,7 +492,8 @@ fn zone_api(records: &[ProcessRecord], zone: &str) -> Result<String, UpError> {
         })
 }
 
-/// The demo workloads: in every zone `echo` v1 and v2 (app + sidecar each) and a `client`
+/// The demo workloads: in every zone `echo` v1 and v2 (HTTP), `greeter` (gRPC, its sidecar
+/// told `--app-protocol grpc`) and `wsecho` (WebSocket), app + sidecar each, and a `client`
 /// sidecar on the zone's VIPs (no app: `curl VIP:8080` from this machine is a call from that
 /// zone's client); `ledger` only in the last zone. Apps listen on 127.1.Z.N:8080, one loopback
 /// address each, so every instance can use the service's port.
@@ -507,13 +508,18 @@ async fn start_demo(
     let bundle = dir.join("admin/bundle.pem");
     for (z, zone) in zones.iter().enumerate() {
         let zone_api = zone_api(records, zone)?;
-        let mut workloads: Vec<(&str, Option<&str>)> =
-            vec![("echo", Some("v1")), ("echo", Some("v2"))];
+        let mut workloads: Vec<(&str, Option<&str>, DemoKind)> = vec![
+            ("echo", Some("v1"), DemoKind::Http),
+            ("echo", Some("v2"), DemoKind::Http),
+        ];
         if z + 1 == zones.len() {
-            workloads.push(("ledger", Some("v1")));
+            workloads.push(("ledger", Some("v1"), DemoKind::Http));
         }
-        workloads.push(("client", None));
-        for (n, (service, version)) in workloads.iter().enumerate() {
+        workloads.push(("client", None, DemoKind::Http));
+        // After the client, so the addresses of the workloads above stay what they were.
+        workloads.push(("greeter", Some("v1"), DemoKind::Grpc));
+        workloads.push(("wsecho", Some("v1"), DemoKind::WebSocket));
+        for (n, (service, version, kind)) in workloads.iter().enumerate() {
             let host = format!("127.1.{z}.{}", n + 1);
             let token = workload_token(&client, zone, "demo", service).await?;
             let token_file = dir.join("tokens").join(format!("{service}-{zone}.token"));
@@ -544,6 +550,8 @@ async fn start_demo(
                     zone,
                     "--instance",
                     &name,
+                    "--protocol",
+                    kind.demo_app_protocol(),
                 ];
                 let app_addresses = [("http", app.clone()), ("admin", app.clone())];
                 let app_spec = spec(
@@ -557,6 +565,7 @@ async fn start_demo(
                 start(plan, &app_spec, records)?;
                 args.extend(flag("--app", &app));
                 args.extend(flag("--labels", format!("version={version}")));
+                args.extend(flag("--app-protocol", kind.sidecar_app_protocol()));
                 args.extend(flag("--outbound", "none"));
             } else {
                 args.extend(flag("--outbound", "vips"));
@@ -579,6 +588,34 @@ async fn start_demo(
         }
     }
     Ok(())
+}
+
+/// What a demo workload's app speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DemoKind {
+    Http,
+    Grpc,
+    WebSocket,
+}
+
+impl DemoKind {
+    /// `strait demo-app --protocol`.
+    fn demo_app_protocol(self) -> &'static str {
+        match self {
+            DemoKind::Http => "http",
+            DemoKind::Grpc => "grpc",
+            DemoKind::WebSocket => "websocket",
+        }
+    }
+
+    /// `strait sidecar run --app-protocol`: a WebSocket app is HTTP/1.1 (the upgrade is
+    /// HTTP/1.1's).
+    fn sidecar_app_protocol(self) -> &'static str {
+        match self {
+            DemoKind::Http | DemoKind::WebSocket => "http",
+            DemoKind::Grpc => "grpc",
+        }
+    }
 }
 
 /// A bootstrap token for `service` in `namespace` (a gateway: service `gateway`, no namespace).

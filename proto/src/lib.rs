@@ -10,6 +10,7 @@
 //! - `TunnelHeader`/`TunnelResponse` — the east-west tunnel preamble.
 //!
 //! The `.proto` sources live in `proto/strait/v1/`; `build.rs` compiles them with protox.
+//! The demo workload's `strait.demo.v1.Greeter` (not a Strait API) is in [`demo`].
 
 /// Generated code for package `strait.v1`.
 #[allow(
@@ -26,6 +27,20 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// Generated code for package `strait.demo.v1`: the demo workload's `Greeter` (`strait
+/// demo-app --protocol grpc`, the gRPC load of `strait drill failover --protocol grpc`).
+pub mod demo {
+    #[allow(
+        clippy::all,
+        clippy::pedantic,
+        missing_debug_implementations,
+        missing_docs
+    )]
+    pub mod v1 {
+        tonic::include_proto!("strait.demo.v1");
+    }
+}
 
 pub mod json;
 pub mod names;

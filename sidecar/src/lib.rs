@@ -16,7 +16,8 @@
 //!   protocol; [`app_pool`], [`app_h2`]: its HTTP/1.1 and HTTP/2 connections to the app);
 //! - [`outbound`]: listeners on service VIPs, routing, balancing and retries to other sidecars;
 //! - [`capture`]: the iptables rules of `strait sidecar init` (traffic capture in a pod);
-//! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`]: the demo workload;
+//! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`], [`demo_grpc`], [`demo_ws`]: the
+//!   demo workloads (HTTP, gRPC `Greeter`, WebSocket echo);
 //! - [`run`]: the whole sidecar on listeners passed in, until shutdown.
 
 pub mod admin;
@@ -27,6 +28,8 @@ pub mod capture;
 pub mod config;
 mod deadline;
 pub mod demo_app;
+pub mod demo_grpc;
+pub mod demo_ws;
 pub mod discovery;
 pub mod fault;
 pub mod grpc;

@@ -1,6 +1,6 @@
 //! `strait demo`: the whole tour in one command — a local federation (3 global nodes, zones a,
-//! b and c), calls from zone a answered in every zone, DNS answers, a failover drill with its
-//! report — then everything torn down, also on Ctrl-C or a failure. Exits non-zero when a step
+//! b and c), HTTP, gRPC and WebSocket calls from zone a answered in every zone, DNS answers,
+//! failover drills under HTTP and gRPC load with their reports — then everything torn down, also on Ctrl-C or a failure. Exits non-zero when a step
 //! or an objective failed.
 //!
 //! It drives the same binary as a user would (`strait up`, `strait down` as subprocesses), so
@@ -19,7 +19,7 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use strait_proto as pb;
 
 use crate::cli::{ClientArgs, Format};
-use crate::commands::drill::{self, FailoverArgs, ModeArg};
+use crate::commands::drill::{self, FailoverArgs, ModeArg, ProtocolArg};
 use strait_local::processes;
 
 #[derive(Debug, Args)]
@@ -111,16 +111,34 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
         config: Some(config.clone()),
     };
     let admin = crate::commands::admin::client(&client_args)?;
-    let services = admin
-        .call(|mut c| async move { c.list_services(pb::ListServicesRequest {}).await })
-        .await?
-        .services;
+    // The workloads started last may not be exported yet: wait (a while) until every demo
+    // service has a VIP in zone a.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let services = loop {
+        let services = admin
+            .call(|mut c| async move { c.list_services(pb::ListServicesRequest {}).await })
+            .await?
+            .services;
+        let all_there = ["echo", "ledger", "greeter", "wsecho"].iter().all(|name| {
+            services.iter().any(|s| {
+                s.service.as_ref().is_some_and(|r| r.name == *name) && s.vips.contains_key("a")
+            })
+        });
+        if all_there || Instant::now() > deadline {
+            break services;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let vip = |name: &str, zone: &str| -> Option<String> {
         services
             .iter()
             .find(|s| s.service.as_ref().is_some_and(|r| r.name == name))
             .and_then(|s| s.vips.get(zone).cloned())
     };
+    heading("A Retry for greeter (a gRPC call is a POST: only named failures are retried)");
+    apply_greeter_retry(&admin)
+        .await
+        .context("applying greeter's Retry")?;
     let records = processes::read(dir)?;
     let address = |name: &str, which: &str| -> Option<String> {
         records
@@ -143,7 +161,8 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
             "c".into(),
         ));
     }
-    let pinned = pinned_vips(address("client-a-sidecar", "admin").as_deref()).await;
+    let client_admin = address("client-a-sidecar", "admin");
+    let pinned = pinned_vips(client_admin.as_deref(), "echo").await;
     for zone in ["b", "c"] {
         if let Some(v) = pinned.get(zone) {
             calls.push((
@@ -173,6 +192,67 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
                 ok = false;
             }
         }
+    }
+
+    heading(
+        "gRPC from zone a's client: strait.demo.v1.Greeter (HTTP/2 end to end, sidecar to sidecar)",
+    );
+    let greeter_pinned = pinned_vips(client_admin.as_deref(), "greeter").await;
+    let mut grpc_targets: Vec<(String, Option<String>, &str)> =
+        vec![("greeter".into(), vip("greeter", "a"), "a")];
+    for zone in ["b", "c"] {
+        grpc_targets.push((
+            format!("greeter pinned to zone {zone}"),
+            greeter_pinned.get(zone).cloned(),
+            zone,
+        ));
+    }
+    for (what, v, expected) in &grpc_targets {
+        let Some(target) = v.as_deref().and_then(|v| format!("{v}:8080").parse().ok()) else {
+            eprintln!("  {what}: FAILED: no VIP in zone a's client");
+            ok = false;
+            continue;
+        };
+        ok &= grpc_check(what, target, expected).await;
+    }
+    if let Some(target) = greeter_pinned
+        .get("b")
+        .and_then(|v| format!("{v}:8080").parse().ok())
+    {
+        match strait_drill::grpc::count_once(target, 5, Duration::from_secs(5)).await {
+            Ok((numbers, zone)) if numbers == [1, 2, 3, 4, 5] && zone == "b" => eprintln!(
+                "  grpc {target} Greeter/Count(5)   greeter pinned to zone b: a stream of {numbers:?} from zone {zone}"
+            ),
+            Ok((numbers, zone)) => {
+                eprintln!(
+                    "  grpc {target} Greeter/Count(5)   FAILED: got {numbers:?} from zone {zone:?}"
+                );
+                ok = false;
+            }
+            Err(status) => {
+                eprintln!("  grpc {target} Greeter/Count(5)   FAILED: {status}");
+                ok = false;
+            }
+        }
+    }
+
+    heading("WebSocket from zone a's client: wsecho (an HTTP/1.1 Upgrade through both sidecars)");
+    let wsecho_pinned = pinned_vips(client_admin.as_deref(), "wsecho").await;
+    let ws_targets = [
+        ("wsecho".to_owned(), vip("wsecho", "a"), "a"),
+        (
+            "wsecho pinned to zone b".to_owned(),
+            wsecho_pinned.get("b").cloned(),
+            "b",
+        ),
+    ];
+    for (what, v, expected) in &ws_targets {
+        let Some(target) = v.as_deref().and_then(|v| format!("{v}:8080").parse().ok()) else {
+            eprintln!("  {what}: FAILED: no VIP in zone a's client");
+            ok = false;
+            continue;
+        };
+        ok &= websocket_check(what, target, expected).await;
     }
 
     heading("DNS (zone a's server: the names sidecars and apps resolve)");
@@ -233,6 +313,7 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
         zone: "a".into(),
         from: Some("a".into()),
         mode: ModeArg::Drain,
+        protocol: ProtocolArg::Http,
         rate: 50,
         duration: Duration::from_secs(3),
         max_errors: 50,
@@ -259,12 +340,150 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
     let report = drill::run_failover(&FailoverArgs {
         mode: ModeArg::Kill,
         duration: Duration::from_secs(2),
+        ..drill_args.clone()
+    })
+    .await?;
+    drill::print(&report, Format::Table)?;
+    ok &= report.objectives_met;
+
+    heading(&format!(
+        "Failover drill under gRPC load: greeter drained in zone a (Retry: {GREETER_RETRY_ON})"
+    ));
+    let grpc_drill = FailoverArgs {
+        service: "greeter".into(),
+        protocol: ProtocolArg::Grpc,
+        mode: ModeArg::Drain,
+        duration: Duration::from_secs(3),
         ..drill_args
+    };
+    let report = drill::run_failover(&grpc_drill).await?;
+    drill::print(&report, Format::Table)?;
+    ok &= report.objectives_met;
+
+    heading(
+        "Failover drill under gRPC load: greeter's processes in zone a SIGKILLed, then restarted",
+    );
+    let report = drill::run_failover(&FailoverArgs {
+        mode: ModeArg::Kill,
+        duration: Duration::from_secs(2),
+        ..grpc_drill
     })
     .await?;
     drill::print(&report, Format::Table)?;
     ok &= report.objectives_met;
     Ok(ok)
+}
+
+/// What the demo's `Retry` for `greeter` retries.
+const GREETER_RETRY_ON: &str = "connect-failure, unavailable";
+
+/// The demo's `Retry` for `greeter`: a gRPC call is a `POST`, which the mesh retries only on a
+/// connect failure unless `retryOn` names gRPC statuses; `unavailable` also retries a call
+/// answered trailers-only `UNAVAILABLE` (nothing reached the caller yet).
+fn greeter_retry() -> String {
+    format!(
+        "apiVersion: strait.dev/v1alpha1
+kind: Retry
+metadata:
+  name: greeter-retries
+  namespace: demo
+spec:
+  targetRef: {{service: greeter}}
+  attempts: 2
+  retryOn: [{GREETER_RETRY_ON}]
+  backoff: {{base: 25ms, max: 250ms}}
+"
+    )
+}
+
+/// Applies [`greeter_retry`] (printed, as `strait apply -f` would take it).
+async fn apply_greeter_retry(
+    admin: &strait_global::admin_client::AdminClient,
+) -> anyhow::Result<()> {
+    let yaml = greeter_retry();
+    eprintln!("  strait apply -f - <<EOF\n{}  EOF", indent(&yaml));
+    let request = pb::ApplyPoliciesRequest {
+        yaml,
+        source: "strait demo".into(),
+        dry_run: false,
+    };
+    admin
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.apply_policies(r).await }
+        })
+        .await?;
+    Ok(())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// A `Greeter/Hello` through `target`, retried for a while (right after `strait up` the zones
+/// are still learning about each other); prints it and says whether zone `expected` answered.
+async fn grpc_check(what: &str, target: SocketAddr, expected: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        match strait_drill::grpc::hello_once(target, Duration::from_secs(5)).await {
+            Ok(reply) => break Ok(reply),
+            Err(status) if Instant::now() > deadline => break Err(status),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    match reply {
+        Ok(reply) => {
+            eprintln!(
+                "  grpc {target} Greeter/Hello   {what}: {:?} from {} in zone {}, caller {}",
+                reply.message, reply.instance, reply.zone, reply.peer_identity
+            );
+            if reply.zone != expected {
+                eprintln!("    expected zone {expected}");
+                return false;
+            }
+            true
+        }
+        Err(status) => {
+            eprintln!("  grpc {target} Greeter/Hello   {what}: FAILED: {status}");
+            false
+        }
+    }
+}
+
+/// A WebSocket round trip through `target` (retried for a few seconds while the VIP is not
+/// listening yet); prints it and says whether zone `expected` answered and echoed. A refused
+/// upgrade is a failure, reported as such.
+async fn websocket_check(what: &str, target: SocketAddr, expected: &str) -> bool {
+    use strait_sidecar::demo_ws::{RoundTripError, round_trip};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let result = loop {
+        match round_trip(target, "hello over the mesh", Duration::from_secs(5)).await {
+            Err(RoundTripError::Connect { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other,
+        }
+    };
+    match result {
+        Ok(trip) => {
+            let zone = trip.hello["zone"].as_str().unwrap_or("?");
+            eprintln!(
+                "  websocket ws://{target}/   {what}: echoed {:?}, answered by {} in zone {zone}, caller {}",
+                trip.echoed,
+                trip.hello["instance"].as_str().unwrap_or("?"),
+                trip.hello["peer_identity"].as_str().unwrap_or("?"),
+            );
+            if zone != expected || trip.zone.as_deref() != Some(expected) {
+                eprintln!("    expected zone {expected}");
+                return false;
+            }
+            true
+        }
+        Err(err) => {
+            eprintln!("  websocket ws://{target}/   {what}: FAILED: {err}");
+            false
+        }
+    }
 }
 
 /// One call through a VIP, retried for a while (right after `strait up` the zones are still
@@ -301,8 +520,20 @@ async fn fetch_json(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(body.trim())?)
 }
 
-/// Zone-pinned VIPs of echo, from the client sidecar's running config.
-async fn pinned_vips(admin: Option<&str>) -> BTreeMap<String, String> {
+/// Zone-pinned VIPs of `service`, from the client sidecar's running config (waiting up to
+/// 15 s for the service to show up there).
+async fn pinned_vips(admin: Option<&str>, service: &str) -> BTreeMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = pinned_vips_now(admin, service).await;
+        if !found.is_empty() || Instant::now() > deadline {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn pinned_vips_now(admin: Option<&str>, service: &str) -> BTreeMap<String, String> {
     let Some(admin) = admin.and_then(|a| a.parse::<SocketAddr>().ok()) else {
         return BTreeMap::new();
     };
@@ -326,7 +557,7 @@ async fn pinned_vips(admin: Option<&str>) -> BTreeMap<String, String> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|s| s["service"]["name"] == "echo")
+        .find(|s| s["service"]["name"] == service)
         .and_then(|s| s["zone_vips"].as_object())
         .map(|m| {
             m.iter()

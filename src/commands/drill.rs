@@ -9,6 +9,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use strait_drill::admin::Admin;
 use strait_drill::failover::{self, DrillEvent, DrillSpec, Report, Timings};
+use strait_drill::load::Protocol;
 use strait_drill::outage::Mode;
 
 use crate::cli::{ClientArgs, Format};
@@ -31,6 +32,21 @@ impl From<ModeArg> for Mode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Http,
+    Grpc,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(protocol: ProtocolArg) -> Self {
+        match protocol {
+            ProtocolArg::Http => Protocol::Http,
+            ProtocolArg::Grpc => Protocol::Grpc,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct FailoverArgs {
     #[command(flatten)]
@@ -48,6 +64,11 @@ pub struct FailoverArgs {
     pub from: Option<String>,
     #[arg(long, value_enum, default_value_t = ModeArg::Drain)]
     pub mode: ModeArg,
+    /// What the load speaks: `http` (`GET /`, a connection each) or `grpc`
+    /// (`strait.demo.v1.Greeter/Hello` on one HTTP/2 channel: the service must serve it, as
+    /// the demo's `greeter` does); failures are counted by their status.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Http)]
+    pub protocol: ProtocolArg,
     /// Requests per second.
     #[arg(long, default_value_t = 100)]
     pub rate: u32,
@@ -85,6 +106,7 @@ impl FailoverArgs {
             zone: self.zone.clone(),
             from: self.from.clone(),
             mode: self.mode.into(),
+            protocol: self.protocol.into(),
             rate: self.rate,
             duration: self.duration,
             max_errors: self.max_errors,
@@ -197,11 +219,12 @@ pub fn print(report: &Report, format: Format) -> anyhow::Result<()> {
     let s = &report.spec;
     let ms = |v: Option<u64>| v.map_or_else(|| "never".to_owned(), |v| format!("{v} ms"));
     crate::outln!(
-        "Failover drill: {}/{} out of zone {} ({} mode), load from zone {}'s client at {}/s",
+        "Failover drill: {}/{} out of zone {} ({} mode), {} load from zone {}'s client at {}/s",
         s.namespace,
         s.service,
         s.zone,
         s.mode.as_str(),
+        s.protocol.as_str(),
         report.from,
         s.rate
     );
@@ -215,6 +238,14 @@ pub fn print(report: &Report, format: Format) -> anyhow::Result<()> {
             format!("  {:?}", a.error_reasons)
         }
     );
+    if !a.errors_by_status.is_empty() {
+        let by_status: Vec<String> = a
+            .errors_by_status
+            .iter()
+            .map(|(status, n)| format!("{status}: {n}"))
+            .collect();
+        crate::outln!("  by status    {}", by_status.join("  "));
+    }
     crate::outln!("  detection    {}", ms(a.detection_ms));
     crate::outln!(
         "  RTO          {}  (objective ≤ {} ms: {})",

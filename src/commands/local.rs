@@ -48,8 +48,8 @@ pub struct UpArgs {
     /// East-west gateway replicas per zone.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=8))]
     gateways: u16,
-    /// Also start the demo workloads in namespace `demo`: `echo` (v1 and v2) and a client in
-    /// every zone, `ledger` in the last zone.
+    /// Also start the demo workloads in namespace `demo`: `echo` (HTTP, v1 and v2), `greeter`
+    /// (gRPC), `wsecho` (WebSocket) and a client in every zone, `ledger` in the last zone.
     #[arg(long)]
     demo: bool,
 }

@@ -211,6 +211,18 @@ pub struct DemoAppArgs {
     /// Instance name shown in answers (default SERVICE-ZONE).
     #[arg(long)]
     instance: Option<String>,
+    /// `http`: JSON over HTTP/1.1 and HTTP/2; `grpc`: `strait.demo.v1.Greeter` and
+    /// `grpc.health.v1.Health`; `websocket`: a WebSocket echo on `GET /`.
+    #[arg(long, value_enum, default_value_t = DemoProtocol::Http)]
+    protocol: DemoProtocol,
+}
+
+/// What `strait demo-app` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoProtocol {
+    Http,
+    Grpc,
+    Websocket,
 }
 
 pub async fn demo_app(args: DemoAppArgs) -> anyhow::Result<()> {
@@ -221,13 +233,31 @@ pub async fn demo_app(args: DemoAppArgs) -> anyhow::Result<()> {
     let instance = args
         .instance
         .unwrap_or_else(|| format!("{}-{}", args.service, args.zone));
-    strait_sidecar::demo_app::run_demo_app(
-        listener,
-        args.service,
-        args.zone,
-        instance,
-        super::global::shutdown_signal(),
-    )
-    .await;
+    let shutdown = super::global::shutdown_signal();
+    match args.protocol {
+        DemoProtocol::Http => {
+            strait_sidecar::demo_app::run_demo_app(
+                listener,
+                args.service,
+                args.zone,
+                instance,
+                shutdown,
+            )
+            .await
+        }
+        DemoProtocol::Grpc => {
+            strait_sidecar::demo_grpc::run_demo_grpc(listener, args.zone, instance, shutdown).await
+        }
+        DemoProtocol::Websocket => {
+            strait_sidecar::demo_ws::run_demo_ws(
+                listener,
+                args.service,
+                args.zone,
+                instance,
+                shutdown,
+            )
+            .await
+        }
+    }
     Ok(())
 }

@@ -134,6 +134,7 @@ fn spec() -> DrillSpec {
         zone: "a".to_owned(),
         from: None,
         mode: Mode::Drain,
+        protocol: Protocol::Http,
         rate: 100,
         duration: Duration::from_millis(600),
         max_errors: 100,

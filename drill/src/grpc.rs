@@ -19,7 +19,7 @@ use crate::timeline::SampleResult;
 const PREFIX: &str = "grpc ";
 /// The longest status message kept in a reason (the rest of a long message adds nothing to
 /// the count by reason and makes it unbounded).
-const MAX_MESSAGE: usize = 120;
+const MAX_MESSAGE: usize = 200;
 
 /// A `Greeter` client on a channel to `target` that connects on first use (and reconnects by
 /// itself after the connection breaks). Must be called inside a tokio runtime.

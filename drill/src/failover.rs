@@ -306,6 +306,16 @@ pub async fn run_failover(
             spec.zone, spec.zone
         ));
     }
+    if spec.mode == Mode::Kill {
+        let reset = in_flight_at_kill(&samples, phases.out_at);
+        if reset > 0 {
+            notes.push(format!(
+                "{reset} request(s) sent before the kill failed: in flight on a SIGKILLed \
+                 instance, they were reset mid-call, and the mesh retries no request that may \
+                 have reached the app (a POST, any gRPC call)"
+            ));
+        }
+    }
     let mut report = Report {
         spec,
         from,
@@ -321,6 +331,19 @@ pub async fn run_failover(
         && report.rto_met()
         && report.analysis.failback_ms.is_some();
     Ok(report)
+}
+
+/// Failed requests that were sent before `out_at` and still unanswered then (their answer
+/// would have come after it): the calls in flight when the processes were killed.
+pub fn in_flight_at_kill(samples: &[crate::timeline::Sample], out_at: Duration) -> usize {
+    samples
+        .iter()
+        .filter(|s| {
+            s.sent < out_at
+                && s.sent + s.latency >= out_at
+                && matches!(s.result, SampleResult::Failed { .. })
+        })
+        .count()
 }
 
 /// Keeps the load going for `time`, showing progress; `false` when the guardrail tripped.

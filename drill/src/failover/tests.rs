@@ -312,3 +312,28 @@ async fn unknown_services_and_zones_are_refused_before_any_load() -> TestResult 
     assert!(admin.calls().is_empty(), "{:?}", admin.calls());
     Ok(())
 }
+
+#[test]
+fn only_failures_in_flight_at_the_kill_count_as_reset_by_it() {
+    use crate::timeline::Sample;
+    let ms = Duration::from_millis;
+    let sample = |sent: u64, latency: u64, failed: bool| Sample {
+        sent: ms(sent),
+        latency: ms(latency),
+        result: if failed {
+            SampleResult::Failed {
+                reason: "grpc INTERNAL: x".into(),
+            }
+        } else {
+            SampleResult::Answered { zone: "a".into() }
+        },
+    };
+    let samples = [
+        sample(900, 50, true),  // failed, but over before the kill at 1000
+        sample(980, 30, true),  // in flight at the kill: reset
+        sample(990, 15, false), // in flight, answered (elsewhere or before the kill landed)
+        sample(1_010, 5, true), // sent after the kill
+    ];
+    assert_eq!(in_flight_at_kill(&samples, ms(1_000)), 1);
+    assert_eq!(in_flight_at_kill(&[], ms(1_000)), 0);
+}

@@ -310,9 +310,9 @@ pub async fn run_failover(
         let reset = in_flight_at_kill(&samples, phases.out_at);
         if reset > 0 {
             notes.push(format!(
-                "{reset} request(s) sent before the kill failed: in flight on a SIGKILLed \
-                 instance, they were reset mid-call, and the mesh retries no request that may \
-                 have reached the app (a POST, any gRPC call)"
+                "{reset} request(s) in flight at the kill failed: on a SIGKILLed instance \
+                 they were reset mid-call, and the mesh retries no request that may have \
+                 reached the app (a POST, any gRPC call)"
             ));
         }
     }
@@ -333,13 +333,17 @@ pub async fn run_failover(
     Ok(report)
 }
 
-/// Failed requests that were sent before `out_at` and still unanswered then (their answer
-/// would have come after it): the calls in flight when the processes were killed.
+/// How long after `out_at` the kill may land (finding and signalling the processes): a
+/// request sent in that window can still be in flight on a killed instance.
+const KILL_LANDS_WITHIN: Duration = Duration::from_millis(100);
+
+/// Failed requests still unanswered at `out_at` and sent before the kill landed (within
+/// [`KILL_LANDS_WITHIN`] of it): the calls in flight when the processes were killed.
 pub fn in_flight_at_kill(samples: &[crate::timeline::Sample], out_at: Duration) -> usize {
     samples
         .iter()
         .filter(|s| {
-            s.sent < out_at
+            s.sent < out_at + KILL_LANDS_WITHIN
                 && s.sent + s.latency >= out_at
                 && matches!(s.result, SampleResult::Failed { .. })
         })

@@ -332,8 +332,9 @@ fn only_failures_in_flight_at_the_kill_count_as_reset_by_it() {
         sample(900, 50, true),  // failed, but over before the kill at 1000
         sample(980, 30, true),  // in flight at the kill: reset
         sample(990, 15, false), // in flight, answered (elsewhere or before the kill landed)
-        sample(1_010, 5, true), // sent after the kill
+        sample(1_010, 5, true), // sent before the kill landed: reset too
+        sample(1_300, 5, true), // sent well after the kill: not in flight at it
     ];
-    assert_eq!(in_flight_at_kill(&samples, ms(1_000)), 1);
+    assert_eq!(in_flight_at_kill(&samples, ms(1_000)), 2);
     assert_eq!(in_flight_at_kill(&[], ms(1_000)), 0);
 }

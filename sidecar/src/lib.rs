@@ -40,3 +40,5 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod run;
+pub mod sniff;
+mod status_class;

@@ -193,7 +193,6 @@ async fn route_request(
     let headers_timeout = policy
         .headers_timeout
         .map_or(policy.request_timeout, |h| h.min(policy.request_timeout));
-    let deadline = Instant::now() + headers_timeout;
     match tokio::time::timeout(
         headers_timeout,
         send(
@@ -205,7 +204,7 @@ async fn route_request(
                 pinned: destination.zone.as_deref(),
             },
             port,
-            deadline,
+            headers_timeout,
             parts,
             body,
         ),
@@ -377,8 +376,9 @@ struct Scope<'a> {
     pinned: Option<&'a str>,
 }
 
-/// The tries of one request, as the [`Attempt`] machine decides them; `deadline` is when the
-/// request times out (the caller also holds it to that).
+/// The tries of one request, as the [`Attempt`] machine decides them. The request times out
+/// `timeout` from now: the machine answers `request-timeout` rather than back off past it, and
+/// the caller holds the whole of it to the same limit.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     shared: &Shared,
@@ -386,17 +386,18 @@ async fn send(
     policy: &ServicePolicy,
     scope: Scope<'_>,
     port: u16,
-    deadline: Instant,
+    timeout: Duration,
     parts: http::request::Parts,
     mut body: RequestBody,
 ) -> (Response<Body>, ZoneLabel) {
     let metrics = &shared.ctx.metrics;
+    let now = Instant::now();
     let mut attempt = Attempt::new(
         parts.method.clone(),
         &policy.retry,
         &service.budget,
-        Instant::now(),
-        Some(deadline),
+        now,
+        Some(now + timeout),
     );
     let mut action = Action::Pick;
     loop {

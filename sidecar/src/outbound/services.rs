@@ -478,4 +478,131 @@ mod tests {
         assert_eq!(p.max_requests, None);
         assert_eq!((p.max_connections, p.max_pending), (Some(3), Some(2)));
     }
+
+    fn echo(max_requests: u32) -> pb::OutboundService {
+        let port = |port: u32, protocol: pb::Protocol| pb::Port {
+            name: String::new(),
+            port,
+            protocol: protocol as i32,
+        };
+        pb::OutboundService {
+            service: Some(pb::ServiceRef {
+                namespace: "demo".into(),
+                name: "echo".into(),
+            }),
+            ports: vec![
+                port(8080, pb::Protocol::Http),
+                port(9000, pb::Protocol::Tcp),
+            ],
+            vip: "10.96.0.5".into(),
+            zone_vips: [("zone-b".to_owned(), "10.97.0.5".to_owned())].into(),
+            localities: vec![
+                pb::LocalityGroup {
+                    zone: "zone-a".into(),
+                    endpoints: vec![pb::Endpoint {
+                        address: "10.0.1.1:15006".into(),
+                        healthy: true,
+                        ..Default::default()
+                    }],
+                    weight: 1,
+                    total: 1,
+                    ..Default::default()
+                },
+                pb::LocalityGroup {
+                    zone: "zone-b".into(),
+                    priority: 1,
+                    local_gateways: vec!["10.0.9.9:15008".into()],
+                    weight: 1,
+                    total: 1,
+                    ..Default::default()
+                },
+            ],
+            policy: Some(pb::RoutePolicy {
+                circuit_breaker: Some(pb::CircuitBreakerPolicy {
+                    max_requests,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn config(services: Vec<pb::OutboundService>) -> pb::SidecarConfig {
+        pb::SidecarConfig {
+            zone: "zone-a".into(),
+            trust_domain: "strait.local".into(),
+            services,
+            ..Default::default()
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_config_is_a_table_of_services_and_their_vips() {
+        let table = Table::default();
+        let upstreams = table.apply(&config(vec![echo(7)]), Instant::now());
+        assert_eq!(
+            upstreams.addresses,
+            HashSet::from(["10.0.1.1:15006".to_owned(), "10.0.9.9:15008".to_owned()])
+        );
+        assert_eq!(
+            upstreams.zones,
+            HashSet::from(["zone-a".to_owned(), "zone-b".to_owned()])
+        );
+        assert_eq!(table.zone_header().unwrap(), "zone-a");
+        assert_eq!(
+            table.gateway_id(),
+            "spiffe://strait.local/zone/zone-a/gateway"
+        );
+        // Every port on the locality-aware VIP and on the zone-pinned one.
+        assert_eq!(table.addresses().len(), 4);
+        let destination = |a: &str| table.destination(&addr(a)).unwrap();
+        assert_eq!(
+            *destination("10.96.0.5:8080"),
+            Destination {
+                service: "demo/echo".into(),
+                port: 8080,
+                tcp_only: false,
+                zone: None,
+            }
+        );
+        assert!(destination("10.96.0.5:9000").tcp_only);
+        assert_eq!(
+            destination("10.97.0.5:8080").zone.as_deref(),
+            Some("zone-b")
+        );
+        assert!(!table.is_bound(&addr("10.96.0.5:8081")));
+        let service = table.service("demo/echo").unwrap();
+        assert_eq!(service.policy_for(8080).max_requests, Some(7));
+        assert_eq!(service.probe_port(), 8080);
+    }
+
+    #[test]
+    fn a_new_config_updates_services_in_place_and_drops_removed_ones() {
+        let table = Table::default();
+        let now = Instant::now();
+        table.apply(&config(vec![echo(7)]), now);
+        let before = table.service("demo/echo").unwrap();
+        // Balancer, budget and counters live on across versions; the policy is replaced.
+        table.apply(&config(vec![echo(3)]), now);
+        let after = table.service("demo/echo").unwrap();
+        assert!(Arc::ptr_eq(&before, &after));
+        assert_eq!(after.policy_for(8080).max_requests, Some(3));
+        // A policy that does not compile keeps the one that runs.
+        let mut broken = echo(5);
+        broken
+            .port_policies
+            .insert(70_000, pb::RoutePolicy::default());
+        table.apply(&config(vec![broken]), now);
+        assert_eq!(after.policy_for(8080).max_requests, Some(3));
+        // Gone from the config: gone from the table, its VIPs with it.
+        let upstreams = table.apply(&config(vec![]), now);
+        assert!(table.service("demo/echo").is_none());
+        assert!(table.addresses().is_empty());
+        assert_eq!(upstreams, Upstreams::default());
+    }
 }

@@ -14,6 +14,7 @@
 //! - [`inbound`]: mTLS termination, authorization and forwarding to the app ([`app_pool`]: its
 //!   connections to the app);
 //! - [`outbound`]: listeners on service VIPs, routing, balancing and retries to other sidecars;
+//! - [`sniff`]: HTTP or TCP by a connection's first bytes, for both sides;
 //! - [`capture`]: the iptables rules of `strait sidecar init` (traffic capture in a pod);
 //! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`]: the demo workload;
 //! - [`run`]: the whole sidecar on listeners passed in, until shutdown.

@@ -1,18 +1,18 @@
 //! The outbound side: listeners on service VIPs, where the local app's calls enter the mesh.
 //!
 //! The pure modules decide ([`crate::route`], [`crate::fault`], [`crate::lb`],
-//! [`crate::retry`], [`crate::outlier`], and here [`attempt`], the tries of a request); the
+//! [`crate::retry`], [`crate::outlier`], and here `attempt`, the tries of a request); the
 //! rest moves bytes. By concern:
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`listeners`] | the serve loop, VIP listeners (reconciled) or the capture listener, accept, sniff, dispatch |
-//! | [`services`] | the per-service table: compiled policies, balancers, budgets, limits; config updates |
-//! | [`http`] | HTTP connections and requests: route, fault, admit, prepare, the tries' IO |
-//! | [`attempt`] | the sans-IO attempt machine: picks, overflows, outcomes and `now` in; try, back off or respond out |
-//! | [`tcp`] | TCP connections: connect (with retries) and copy bytes |
-//! | [`probe`] | the prober of ejected targets |
-//! | [`metrics`] | the outbound metrics and per-service request series |
+//! | `listeners` | the serve loop, VIP listeners (reconciled) or the capture listener, accept, sniff, dispatch |
+//! | `services` | the per-service table: compiled policies, balancers, budgets, limits; config updates |
+//! | `http` | HTTP connections and requests: route, fault, admit, prepare, the tries' IO |
+//! | `attempt` | the sans-IO attempt machine: picks, overflows, outcomes and `now` in; try, back off or respond out |
+//! | `tcp` | TCP connections: connect (with retries) and copy bytes |
+//! | `probe` | the prober of ejected targets |
+//! | `metrics` | the outbound metrics and per-service request series |
 //!
 //! - **Listeners**: one per `VIP:port` of every service in the running config that has a
 //!   VIP, kept in a manager keyed by that address. A config change binds new addresses and

@@ -190,9 +190,10 @@ impl<'a, R> Attempt<'a, R> {
             Some(response) => Answer::Response(response, zone),
             None => Answer::Failed(outcome, zone),
         };
+        let target = self.current.as_ref();
         match decision {
             RetryDecision::RetryAfter(backoff) => {
-                tracing::debug!(target = ?self.current.as_ref(), ?outcome, ?backoff, "retrying");
+                tracing::debug!(?target, ?outcome, ?backoff, "retrying");
                 self.last_failure = Some(failure);
                 let until = now + backoff;
                 Action::BackOff {
@@ -200,7 +201,7 @@ impl<'a, R> Attempt<'a, R> {
                 }
             }
             RetryDecision::Stop(reason) => {
-                tracing::debug!(target = ?self.current.as_ref(), ?outcome, ?reason, "not retried");
+                tracing::debug!(?target, ?outcome, ?reason, "not retried");
                 Action::Respond(failure)
             }
         }

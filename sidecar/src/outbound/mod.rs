@@ -107,6 +107,8 @@ use crate::pool::Pool;
 pub use self::listeners::original_destination;
 pub use self::metrics::OutboundMetrics;
 pub use crate::headers::ZONE_HEADER;
+// The sniffer lives in `crate::sniff`; these paths stay for its users outside this crate
+// (fuzz/, docs/fuzzing.md) and for the two places in inbound.rs that still name it here.
 pub(crate) use crate::sniff::sniff_stream;
 pub use crate::sniff::{SNIFF_TIMEOUT, Sniff, sniff};
 

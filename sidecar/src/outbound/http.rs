@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,6 +32,7 @@ use crate::limits::idle;
 use crate::outlier::Outcome;
 use crate::pool::{Body, ConnPermit, ConnectError, Lookup};
 use crate::route::{RequestView, Subset};
+use crate::{grpc, to_app};
 
 /// Serves the HTTP requests of one connection from the app until it closes, goes idle for
 /// `idle_timeout`, or the outbound side stops.
@@ -55,7 +56,8 @@ pub(super) async fn serve_connection(
     builder.http2().timer(TokioTimer::new());
     let activity = idle::Activity::new();
     let io = idle::Tracked::new(tcp, activity.clone());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades: an HTTP/1.1 `Upgrade` (WebSocket) becomes a byte pipe (`super::upgrade`).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => {
@@ -126,6 +128,7 @@ async fn handle(
         zone = tracing::field::Empty,
     );
     let service = shared.table.service(key);
+    let grpc_call = grpc::is_grpc(request.headers());
     let (response, zone) = route_request(shared, service.as_deref(), destination, request)
         .instrument(span.clone())
         .await;
@@ -144,7 +147,12 @@ async fn handle(
     // As a child of the span without entering it: entering and leaving cost more than an
     // event that is filtered out.
     tracing::debug!(parent: &span, elapsed = ?start.elapsed(), "outbound request");
-    response
+    if grpc_call {
+        // A gRPC client reads the status from `grpc-status`, not from an HTTP 503.
+        grpc::mesh_error_as_grpc(response)
+    } else {
+        response
+    }
 }
 
 /// Decides and sends one request; returns the response and the label of the zone that
@@ -185,38 +193,61 @@ async fn route_request(
         return (overflow(shared, service, Overflow::Requests), NONE);
     };
     let zone = shared.table.zone_header();
+    if request.version() == Version::HTTP_11 && to_app::is_upgrade(request.headers()) {
+        return super::upgrade::forward(shared, service, destination, request, zone).await;
+    }
+    let grpc_call = grpc::is_grpc(request.headers());
+    let call_deadline = grpc_call
+        .then(|| request.headers().get(grpc::TIMEOUT))
+        .flatten()
+        .and_then(grpc::parse_timeout);
     let (parts, body) = match prepare(request, zone).await {
         Ok(p) => p,
         Err(response) => return (response, NONE),
     };
-    // Until the headers, `request` (and `responseHeaders`) hold whatever the response will be.
-    let headers_timeout = policy
-        .headers_timeout
-        .map_or(policy.request_timeout, |h| h.min(policy.request_timeout));
-    match tokio::time::timeout(
+    let long_lived = grpc_call || matches!(body, RequestBody::Streaming(_));
+    let headers_timeout = headers_timeout(&policy, call_deadline, long_lived);
+    let sent = send(
+        shared,
+        service,
+        &policy,
+        Scope {
+            subset: subset.as_ref(),
+            pinned: destination.zone.as_deref(),
+        },
+        port,
         headers_timeout,
-        send(
-            shared,
-            service,
-            &policy,
-            Scope {
-                subset: subset.as_ref(),
-                pinned: destination.zone.as_deref(),
-            },
-            port,
-            headers_timeout,
-            parts,
-            body,
-        ),
-    )
-    .await
-    {
+        parts,
+        body,
+    );
+    let sent = match headers_timeout {
+        Some(limit) => tokio::time::timeout(limit, sent).await,
+        None => Ok(sent.await),
+    };
+    match sent {
         Ok((response, zone)) => (bound_body(response, &policy, start), zone),
         Err(_) => (
             error_response(StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             NONE,
         ),
     }
+}
+
+/// How long a request may wait for its response headers (`None`: no limit but the idle
+/// timeout): the least of `responseHeaders`, the call's own deadline (`grpc-timeout`) and
+/// `request` — the configured one, or else the mesh default, which does not apply to calls
+/// that are long-lived by nature (`long_lived`: gRPC, whose streams and deadlines are the
+/// application's, and a request whose body streams, an upload a unary deadline would cut).
+fn headers_timeout(
+    policy: &ServicePolicy,
+    call_deadline: Option<Duration>,
+    long_lived: bool,
+) -> Option<Duration> {
+    let request = (policy.request_timeout_set || !long_lived).then_some(policy.request_timeout);
+    [request, policy.headers_timeout, call_deadline]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 /// The response with its body held to the `Timeout` (see [`crate::deadline`]): the request's
@@ -229,7 +260,8 @@ fn bound_body(
     let limit = if deadline::is_stream(response.status(), response.headers()) {
         policy.stream_timeout
     } else {
-        Some(policy.request_timeout)
+        // The mesh default holds the headers only: a long download is no unary call.
+        policy.request_timeout_set.then_some(policy.request_timeout)
     };
     match limit {
         Some(limit) if !response.body().is_end_stream() => {
@@ -319,6 +351,13 @@ async fn prepare(
     if let Some(zone) = zone {
         parts.headers.insert(names::ZONE, zone);
     }
+    // The sidecars speak HTTP/2 between them whatever the apps speak: this says what the
+    // app spoke, so that the destination's app gets HTTP/2 too (one it sent is replaced).
+    if parts.version == Version::HTTP_2 {
+        parts.headers.insert(to_app::APP_PROTOCOL, to_app::H2);
+    } else {
+        parts.headers.remove(to_app::APP_PROTOCOL);
+    }
     let small = body.is_end_stream()
         || body
             .size_hint()
@@ -386,7 +425,7 @@ async fn send(
     policy: &ServicePolicy,
     scope: Scope<'_>,
     port: u16,
-    timeout: Duration,
+    timeout: Option<Duration>,
     parts: http::request::Parts,
     mut body: RequestBody,
 ) -> (Response<Body>, ZoneLabel) {
@@ -397,7 +436,7 @@ async fn send(
         &policy.retry,
         &service.budget,
         now,
-        Some(now + timeout),
+        timeout.and_then(|t| now.checked_add(t)),
     );
     let mut action = Action::Pick;
     loop {
@@ -673,7 +712,7 @@ fn failure_response(outcome: Outcome) -> Response<Body> {
     }
 }
 
-fn error_response(status: StatusCode, error: &'static str) -> Response<Body> {
+pub(super) fn error_response(status: StatusCode, error: &'static str) -> Response<Body> {
     error_response_with(status, error, "")
 }
 
@@ -708,6 +747,36 @@ mod tests {
     fn upstream_uri(request: Request<()>) -> Result<String, String> {
         let (parts, ()) = request.into_parts();
         upstream_request(&parts).map(|r| r.uri().to_string())
+    }
+
+    #[test]
+    fn long_lived_calls_wait_for_headers_only_as_long_as_configured() {
+        use super::super::services::default_policy;
+        use crate::outbound::DEFAULT_REQUEST_TIMEOUT;
+        let s = Duration::from_secs;
+        let mut policy = default_policy();
+        // The mesh default: unary calls only.
+        assert_eq!(
+            headers_timeout(&policy, None, false),
+            Some(DEFAULT_REQUEST_TIMEOUT)
+        );
+        assert_eq!(headers_timeout(&policy, None, true), None);
+        // A gRPC call's own deadline holds either way.
+        assert_eq!(headers_timeout(&policy, Some(s(2)), true), Some(s(2)));
+        assert_eq!(
+            headers_timeout(&policy, Some(s(60)), false),
+            Some(DEFAULT_REQUEST_TIMEOUT)
+        );
+        // Configured: for every call; `responseHeaders` and the call's deadline may cut it.
+        policy.request_timeout = s(5);
+        policy.request_timeout_set = true;
+        assert_eq!(headers_timeout(&policy, None, true), Some(s(5)));
+        policy.headers_timeout = Some(s(1));
+        assert_eq!(headers_timeout(&policy, None, true), Some(s(1)));
+        assert_eq!(
+            headers_timeout(&policy, Some(Duration::from_millis(300)), true),
+            Some(Duration::from_millis(300))
+        );
     }
 
     #[test]

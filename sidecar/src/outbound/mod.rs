@@ -90,6 +90,7 @@ mod metrics;
 mod probe;
 mod services;
 mod tcp;
+mod upgrade;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

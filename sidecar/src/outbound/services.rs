@@ -36,6 +36,9 @@ pub(super) struct ServicePolicy {
     pub(super) connect_timeout: Duration,
     /// To the end of a unary response (to the headers of a streaming one).
     pub(super) request_timeout: Duration,
+    /// Whether a `Timeout` policy set `request_timeout` (else it is the mesh default, which
+    /// holds the response headers only, and not those of calls that stream by nature).
+    pub(super) request_timeout_set: bool,
     /// To the response headers (`responseHeaders`), when set.
     pub(super) headers_timeout: Option<Duration>,
     /// To the end of a streaming response (`stream`), when set.
@@ -64,6 +67,7 @@ impl ServicePolicy {
             retry: RetryConfig::from_policy(policy.and_then(|p| p.retry.as_ref())),
             connect_timeout: ms(timeout.map_or(0, |t| t.connect_ms), DEFAULT_CONNECT_TIMEOUT),
             request_timeout: ms(timeout.map_or(0, |t| t.request_ms), DEFAULT_REQUEST_TIMEOUT),
+            request_timeout_set: timeout.is_some_and(|t| t.request_ms != 0),
             headers_timeout: timeout
                 .map(|t| t.response_headers_ms)
                 .filter(|ms| *ms != 0)
@@ -377,13 +381,14 @@ fn compile_policies(
 }
 
 /// Every default: what a new service runs when its policy cannot be loaded.
-fn default_policy() -> ServicePolicy {
+pub(super) fn default_policy() -> ServicePolicy {
     ServicePolicy {
         routes: RouteTable::default(),
         fault: None,
         retry: RetryConfig::default(),
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        request_timeout_set: false,
         headers_timeout: None,
         stream_timeout: None,
         idle_timeout: idle::DEFAULT_IDLE_TIMEOUT,

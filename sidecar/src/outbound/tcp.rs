@@ -1,4 +1,4 @@
-//! TCP on the outbound side: a connection from the app that is not HTTP (sniffed, or a port
+//! TCP on the outbound side (and the upstream connections of HTTP upgrades, [`connect`]): a connection from the app that is not HTTP (sniffed, or a port
 //! declared `TCP`) gets an upstream connection to a target the balancer picks, mutual TLS with
 //! ALPN `strait-tcp` (through a tunnel of its own for another zone), with connect failures
 //! retried on another target as the [`Attempt`] machine decides; then bytes are copied both
@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::attempt::{Action, Attempt, Tried};
-use super::services::Destination;
+use super::services::{Destination, ServicePolicy, ServiceState};
 use super::{Shared, lock};
 use crate::headers::ALPN_TCP;
 use crate::lb::Target;
@@ -21,15 +21,14 @@ use crate::limits::idle::{self, PipeEnd};
 use crate::outlier::Outcome;
 use crate::pool::ConnectError;
 
-/// The upstream side of a proxied TCP connection: direct or through a tunnel.
-trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
+/// The upstream side of a proxied connection: direct or through a tunnel.
+pub(super) trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Upstream for T {}
 
 /// Proxies `downstream` to `destination` (within its zone if the VIP is zone-pinned).
 pub(super) async fn proxy(shared: &Shared, downstream: TcpStream, destination: &Destination) {
     let key = destination.service.as_str();
     let port = destination.port;
-    let pinned = destination.zone.as_deref();
     let metrics = &shared.ctx.metrics;
     let outcome = |result: &str| metrics.tcp.with_label_values(&[key, result]).inc();
     let Some(service) = shared.table.service(key) else {
@@ -54,6 +53,56 @@ pub(super) async fn proxy(shared: &Shared, downstream: TcpStream, destination: &
         over(Overflow::Connections);
         return;
     };
+    let upstream = match connect(shared, &service, &policy, destination, ALPN_TCP).await {
+        Ok((upstream, _)) => upstream,
+        Err(NotConnected::NoHealthyUpstream) => {
+            outcome("no_healthy_upstream");
+            return;
+        }
+        Err(NotConnected::Failed) => {
+            outcome("connect_failure");
+            return;
+        }
+    };
+    drop(pending);
+    outcome("forwarded");
+    match idle::pipe(downstream, upstream, policy.idle_timeout).await {
+        PipeEnd::Done(up, down) => {
+            tracing::debug!(service = key, up, down, "TCP connection finished");
+        }
+        PipeEnd::Error(err) => {
+            tracing::debug!(service = key, %err, "TCP connection ended with an error");
+        }
+        PipeEnd::Idle => tracing::debug!(
+            service = key,
+            idle = ?policy.idle_timeout,
+            "TCP connection closed: idle"
+        ),
+    }
+}
+
+/// Why no upstream connection was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NotConnected {
+    /// Nothing to try (first, or after failed tries).
+    NoHealthyUpstream,
+    /// The tries failed and the machine stopped.
+    Failed,
+}
+
+/// An upstream connection of its own (not pooled) to a target of `destination`, mutual TLS
+/// with `alpn` (through a tunnel of its own for another zone), connect failures retried on
+/// another target as the [`Attempt`] machine decides; with the target that took it.
+pub(super) async fn connect(
+    shared: &Shared,
+    service: &ServiceState,
+    policy: &ServicePolicy,
+    destination: &Destination,
+    alpn: &'static [u8],
+) -> Result<(Box<dyn Upstream>, Target), NotConnected> {
+    let port = destination.port;
+    let pinned = destination.zone.as_deref();
+    let metrics = &shared.ctx.metrics;
     // The method only matters for response-based conditions; a TCP connect has none. No
     // request deadline: only the connect timeout bounds each try.
     let mut attempt: Attempt<'_, Infallible> = Attempt::new(
@@ -64,7 +113,7 @@ pub(super) async fn proxy(shared: &Shared, downstream: TcpStream, destination: &
         None,
     );
     let mut action = Action::Pick;
-    let upstream = loop {
+    loop {
         action = match action {
             Action::Pick => {
                 let target = lock(&service.balancer).pick_within(
@@ -76,8 +125,7 @@ pub(super) async fn proxy(shared: &Shared, downstream: TcpStream, destination: &
                 );
                 // Nothing to try (first or after failed tries): no healthy upstream.
                 if target.is_none() {
-                    outcome("no_healthy_upstream");
-                    return;
+                    return Err(NotConnected::NoHealthyUpstream);
                 }
                 attempt.picked(target)
             }
@@ -91,7 +139,7 @@ pub(super) async fn proxy(shared: &Shared, downstream: TcpStream, destination: &
                         address, spiffe_id, ..
                     } => shared
                         .pool
-                        .connect(address, spiffe_id, ALPN_TCP, policy.connect_timeout)
+                        .connect(address, spiffe_id, alpn, policy.connect_timeout)
                         .await
                         .map(|s| Box::new(s) as Box<dyn Upstream>),
                     Target::Remote { .. } => {
@@ -99,7 +147,7 @@ pub(super) async fn proxy(shared: &Shared, downstream: TcpStream, destination: &
                         match service.remote(&target, port, &gateway_id) {
                             Some(remote) => shared
                                 .pool
-                                .connect_remote(&remote, ALPN_TCP, policy.connect_timeout)
+                                .connect_remote(&remote, alpn, policy.connect_timeout)
                                 .await
                                 .map(|s| Box::new(s) as Box<dyn Upstream>),
                             None => Err(ConnectError::NoGateway),
@@ -126,7 +174,7 @@ pub(super) async fn proxy(shared: &Shared, downstream: TcpStream, destination: &
                         .inc();
                 }
                 if let Some(stream) = connected {
-                    break stream;
+                    return Ok((stream, target));
                 }
                 let tried = Tried {
                     outcome: result,
@@ -146,25 +194,7 @@ pub(super) async fn proxy(shared: &Shared, downstream: TcpStream, destination: &
                 tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
                 attempt.backed_off(Instant::now())
             }
-            Action::Respond(_) => {
-                outcome("connect_failure");
-                return;
-            }
+            Action::Respond(_) => return Err(NotConnected::Failed),
         };
-    };
-    drop(pending);
-    outcome("forwarded");
-    match idle::pipe(downstream, upstream, policy.idle_timeout).await {
-        PipeEnd::Done(up, down) => {
-            tracing::debug!(service = key, up, down, "TCP connection finished");
-        }
-        PipeEnd::Error(err) => {
-            tracing::debug!(service = key, %err, "TCP connection ended with an error");
-        }
-        PipeEnd::Idle => tracing::debug!(
-            service = key,
-            idle = ?policy.idle_timeout,
-            "TCP connection closed: idle"
-        ),
     }
 }

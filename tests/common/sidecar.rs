@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Federation;
+use strait_test_support::federation::Federation;
 
 /// TLS to a zone control plane as `zone/Z/cp`, presenting `creds` if any.
 pub fn zone_tls(
@@ -52,7 +52,7 @@ pub fn zone_tls(
 pub fn bundle(fed: &Federation) -> TrustBundle {
     TrustBundle::from_pem(
         "strait.local",
-        &super::read(&fed.dir.path().join("admin/bundle.pem")),
+        &strait_test_support::federation::read(&fed.dir.path().join("admin/bundle.pem")),
     )
     .unwrap()
 }

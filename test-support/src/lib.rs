@@ -10,6 +10,7 @@
 //! - [`files`]: a temp directory for token and data files.
 //! - [`http`]: plain HTTP/1.1 `GET` to a loopback address, for admin endpoints.
 //! - [`net`]: loopback ports.
+//! - [`tls`]: client TLS as Strait's peers speak it, with or without a certificate.
 //! - `federation` (feature `federation`): the process harness of the end-to-end suites, a
 //!   federation started by `strait up` from the binary the caller names.
 
@@ -22,4 +23,5 @@ pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod pki;
+pub mod tls;
 pub mod wait;

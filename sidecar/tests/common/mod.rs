@@ -188,24 +188,7 @@ pub async fn tls_connect(
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let alpn: Vec<Vec<u8>> = alpn.iter().map(|a| a.to_vec()).collect();
-    let config = match creds {
-        Some(creds) => strait_trust::client_config(creds, trust, Arc::new(AllowAny), alpn).unwrap(),
-        None => {
-            let verifier = Arc::new(strait_trust::tls::SpiffeServerVerifier::new(
-                trust.clone(),
-                Arc::new(AllowAny),
-            ));
-            let mut c =
-                rustls::ClientConfig::builder_with_provider(strait_trust::tls::crypto_provider())
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .unwrap()
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier)
-                    .with_no_client_auth();
-            c.alpn_protocols = alpn;
-            c
-        }
-    };
+    let config = strait_test_support::tls::client_config(creds, trust, Arc::new(AllowAny), alpn);
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("strait.invalid").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))

@@ -486,6 +486,22 @@ fn retry_valid_with_defaults() {
     assert_eq!(s.retry_on[0], RetryOn::Status5xx);
     assert_eq!(s.per_try_timeout, Some(HumanDuration::from_millis(500)));
     assert_eq!(s.budget.percent, 12.5);
+
+    let r = one(&doc(
+        "Retry",
+        "targetRef: {service: greeter}\nattempts: 2\nretryOn: [unavailable, cancelled, deadline-exceeded, resource-exhausted, internal, connect-failure]",
+    ));
+    let Spec::Retry(s) = &r.spec else { panic!() };
+    assert_eq!(
+        s.retry_on[..5],
+        [
+            RetryOn::GrpcUnavailable,
+            RetryOn::GrpcCancelled,
+            RetryOn::GrpcDeadlineExceeded,
+            RetryOn::GrpcResourceExhausted,
+            RetryOn::GrpcInternal
+        ]
+    );
 }
 
 #[test]

@@ -225,6 +225,7 @@ mod tests {
                     name: "demo/echo-access".into(),
                 }],
                 rate_limit: None,
+                app_protocol: pb::Protocol::Grpc as i32,
             }),
             deny_list: vec!["c".into()],
         };
@@ -246,6 +247,7 @@ mod tests {
         assert_eq!(v["inbound"]["tls_mode"], "MESH_TLS_MODE_STRICT");
         assert_eq!(v["inbound"]["permissions"][0]["default_deny"], true);
         assert_eq!(v["inbound"]["permissions"][0]["name"], "demo/echo-access");
+        assert_eq!(v["inbound"]["app_protocol"], "PROTOCOL_GRPC");
         assert_eq!(v["deny_list"][0], "c");
         assert_eq!(v["locality"]["region"], "eu");
     }

@@ -48,6 +48,11 @@ pub struct SidecarSettings {
     /// The local app (plain HTTP/1.1 or TCP). `None` for a client-only sidecar.
     #[serde(default)]
     pub app: Option<SocketAddr>,
+    /// The protocol the app speaks on its port, registered with the zone: `http` (HTTP/1.1, and
+    /// HTTP/2 to callers that speak it), `http2` or `grpc` (HTTP/2 whatever the caller spoke),
+    /// `tcp` (bytes).
+    #[serde(default)]
+    pub app_protocol: AppProtocol,
     /// The mutual TLS listener other sidecars and gateways reach this instance on. Registered
     /// with the zone as the instance's address.
     pub inbound: SocketAddr,
@@ -103,6 +108,55 @@ impl std::str::FromStr for OutboundMode {
     }
 }
 
+/// The declared protocol of the app's port (what Kubernetes says with `appProtocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    #[default]
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+impl AppProtocol {
+    pub fn to_proto(self) -> strait_proto::Protocol {
+        match self {
+            AppProtocol::Http => strait_proto::Protocol::Http,
+            AppProtocol::Http2 => strait_proto::Protocol::Http2,
+            AppProtocol::Grpc => strait_proto::Protocol::Grpc,
+            AppProtocol::Tcp => strait_proto::Protocol::Tcp,
+        }
+    }
+
+    /// The port name registered with it (`http`, `http2`, `grpc`, `tcp`): other zones' DNS SRV
+    /// records and Kubernetes conventions (`grpc-…`) read it.
+    pub fn port_name(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::Http2 => "http2",
+            AppProtocol::Grpc => "grpc",
+            AppProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::str::FromStr for AppProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http" => Ok(AppProtocol::Http),
+            "http2" | "h2c" => Ok(AppProtocol::Http2),
+            "grpc" => Ok(AppProtocol::Grpc),
+            "tcp" => Ok(AppProtocol::Tcp),
+            other => Err(format!(
+                "{other:?} is not an app protocol: use http, http2, grpc or tcp"
+            )),
+        }
+    }
+}
+
 fn default_trust_domain() -> String {
     strait_trust::DEFAULT_TRUST_DOMAIN.to_owned()
 }
@@ -150,6 +204,7 @@ impl SidecarSettings {
             namespace: namespace.into(),
             instance: None,
             app: None,
+            app_protocol: AppProtocol::default(),
             inbound,
             admin,
             labels: BTreeMap::new(),

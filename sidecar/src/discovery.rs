@@ -546,9 +546,9 @@ pub fn register_message(settings: &SidecarSettings) -> pb::Register {
             .app
             .map(|app| {
                 vec![pb::Port {
-                    name: "http".to_owned(),
+                    name: settings.app_protocol.port_name().to_owned(),
                     port: u32::from(app.port()),
-                    protocol: pb::Protocol::Http as i32,
+                    protocol: settings.app_protocol.to_proto() as i32,
                 }]
             })
             .unwrap_or_default(),

@@ -32,7 +32,9 @@ pub(crate) fn path_and_query(uri: &http::Uri) -> http::uri::PathAndQuery {
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
 }
 
-/// Removes hop-by-hop headers, including those named by `Connection`.
+/// Removes hop-by-hop headers, including those named by `Connection`, but `TE: trailers`:
+/// gRPC requires it end to end (a gRPC server refuses a call without it), and it is the one
+/// `TE` HTTP/2 allows.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Almost every message carries none of them, or only `Connection: keep-alive` (nginx
     // sends it on every response): one pass over the few names present finds what to remove,
@@ -54,9 +56,22 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
     );
+    let keep_te = te_is_trailers(headers);
     for name in doomed {
+        if keep_te && name == header::TE {
+            continue;
+        }
         headers.remove(name);
     }
+}
+
+/// `TE` is present and says `trailers` only.
+fn te_is_trailers(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TE).iter();
+    matches!(
+        (values.next(), values.next()),
+        (Some(value), None) if value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers")
+    )
 }
 
 #[cfg(test)]
@@ -70,11 +85,25 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("x-foo, keep-alive"));
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
-        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("te", HeaderValue::from_static("gzip"));
         h.insert("x-bar", HeaderValue::from_static("2"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-bar"));
+    }
+
+    #[test]
+    fn te_trailers_stays_for_grpc_and_other_te_goes() {
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("connection", HeaderValue::from_static("te, keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["te"], "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("trailers, deflate"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -51,9 +51,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::uri::Authority;
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -66,12 +64,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::app_pool::AppPool;
 use crate::authz::{InboundAuthz, Reason, TlsMode};
 use crate::discovery::Control;
-use crate::headers::{self as names, strip_hop_by_hop};
+use crate::headers as names;
 use crate::limits::idle::{self, DEFAULT_IDLE_TIMEOUT, PipeEnd};
 use crate::outbound::{STATUS_CLASSES, Sniff, status_class_index};
+use crate::to_app::{App, ForwardError};
+use crate::{grpc, to_app};
 
 /// ALPN for HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -89,20 +88,16 @@ pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connecting to the local app may take.
+/// How long connecting to the local app may take (TCP).
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client must send request headers within this (HTTP/1.1).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pooled app connections idle longer than this are closed.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// At most this many idle app connections are kept (more are opened under bursts and closed).
-const POOL_MAX_IDLE: usize = 64;
 /// How long open connections may finish after shutdown before they are cut.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-type Body = BoxBody<Bytes, hyper::Error>;
+use crate::to_app::Body;
 
 /// Why the inbound listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -373,11 +368,7 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let shared = Arc::new(Shared {
         ctx,
-        app: app.map(|addr| App {
-            addr,
-            authority: Authority::try_from(addr.to_string()).ok(),
-            pool: AppPool::new(addr, APP_CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE),
-        }),
+        app: app.map(App::new),
         authz: AuthzCache::default(),
         rate_limit: RateLimiter::default(),
     });
@@ -429,16 +420,6 @@ struct Shared {
     app: Option<App>,
     authz: AuthzCache,
     rate_limit: RateLimiter,
-}
-
-/// The app this sidecar fronts.
-struct App {
-    addr: SocketAddr,
-    /// `addr` as the authority of the requests to it, made once (`None` if it cannot be one,
-    /// which every request then reports).
-    authority: Option<Authority>,
-    /// Connections to it.
-    pool: Arc<AppPool<Incoming>>,
 }
 
 /// The local `RateLimit` of this sidecar's service: one token bucket shared by every caller,
@@ -615,7 +596,8 @@ async fn serve_http<IO>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades: an HTTP/1.1 `Upgrade` (WebSocket) becomes a byte pipe to the app.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle = async {
         match idle {
@@ -689,9 +671,13 @@ async fn handle(shared: &Shared, request: Request<Incoming>, origin: &Origin) ->
         path = request.uri().path(),
         status = tracing::field::Empty,
     );
-    let response = forward(shared, request, origin)
+    let grpc = grpc::is_grpc(request.headers());
+    let mut response = forward(shared, request, origin)
         .instrument(span.clone())
         .await;
+    if grpc {
+        response = grpc::mesh_error_as_grpc(response);
+    }
     let status = response.status();
     span.record("status", status.as_u16());
     let metrics = &shared.ctx.metrics;
@@ -765,20 +751,31 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
             "this sidecar has no app\n",
         );
     };
-    let upstream = match app_request(request, app.authority.as_ref(), origin.identity.as_ref()) {
-        Ok(r) => r,
-        Err(reason) => {
+    let declared = config
+        .inbound
+        .as_ref()
+        .map_or(pb::Protocol::Unspecified, |i| i.app_protocol());
+    let protocol = to_app::app_protocol(
+        request.version(),
+        request.headers(),
+        caller.is_none(),
+        declared,
+    );
+    match app
+        .forward(
+            request,
+            origin.identity.as_ref(),
+            protocol,
+            DEFAULT_IDLE_TIMEOUT,
+        )
+        .await
+    {
+        Ok(response) => response,
+        Err(ForwardError::BadRequest(reason)) => {
             tracing::info!(peer = %origin.peer, caller, %reason, "request refused");
-            return error_response(StatusCode::BAD_REQUEST, "bad-request", "bad request\n");
+            error_response(StatusCode::BAD_REQUEST, "bad-request", "bad request\n")
         }
-    };
-    match app.pool.send(upstream).await {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
-        }
-        Err(err) if err.is_connect() => {
+        Err(ForwardError::App(err)) if err.is_connect() => {
             tracing::info!(app = %app.addr, %err, caller, "the app is unreachable");
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -786,48 +783,11 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
                 "the app is not reachable\n",
             )
         }
-        Err(err) => {
+        Err(ForwardError::App(err)) => {
             tracing::info!(app = %app.addr, %err, caller, "the app failed the request");
             error_response(StatusCode::BAD_GATEWAY, "app-error", "the app failed\n")
         }
     }
-}
-
-/// The request as the app gets it: origin-form `/path?query` over HTTP/1.1, hop-by-hop headers
-/// removed, the caller's verified identity in [`PEER_IDENTITY_HEADER`] (whatever the caller
-/// sent there is dropped; a plaintext caller, `None`, gets no header at all), `Host` kept, or
-/// taken from an HTTP/2 `:authority`, or else the app's address. `app` is the app's authority
-/// (`None`: it has none that is valid); `identity` the caller's header value (`None`:
-/// plaintext).
-fn app_request(
-    request: Request<Incoming>,
-    app: Option<&Authority>,
-    identity: Option<&Result<HeaderValue, String>>,
-) -> Result<Request<Incoming>, String> {
-    let (mut parts, body) = request.into_parts();
-    let app = app.ok_or("cannot build the app URI: the app's address is no authority")?;
-    let authority = parts.uri.authority().cloned();
-    parts.uri = Uri::from(crate::headers::path_and_query(&parts.uri));
-    parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST) {
-        let host = authority.as_ref().unwrap_or(app);
-        if let Ok(value) = HeaderValue::from_str(host.as_str()) {
-            parts.headers.insert(header::HOST, value);
-        }
-    }
-    match identity {
-        Some(identity) => {
-            // `insert` replaces every value the caller may have sent.
-            parts
-                .headers
-                .insert(names::PEER_IDENTITY, identity.clone()?);
-        }
-        None => {
-            parts.headers.remove(names::PEER_IDENTITY);
-        }
-    }
-    Ok(Request::from_parts(parts, body))
 }
 
 fn error_response(status: StatusCode, error: &'static str, body: &'static str) -> Response<Body> {
@@ -947,7 +907,7 @@ mod tests {
         let inbound = |permission| pb::InboundPolicy {
             tls_mode: 0,
             permissions: vec![permission],
-            rate_limit: None,
+            ..Default::default()
         };
         let policy = inbound(pb::PermissionPolicy {
             default_deny: true,
@@ -1018,7 +978,7 @@ mod tests {
             pb::InboundPolicy {
                 tls_mode: tls_mode as i32,
                 permissions: permission.into_iter().collect(),
-                rate_limit: None,
+                ..Default::default()
             }
         };
         let plain = |method, path| InboundRequest {

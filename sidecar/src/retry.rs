@@ -22,6 +22,10 @@
 //!   `5xx`, `gateway-error` (502, 503, 504), `retriable-status-codes` (the listed statuses).
 //!   A per-try timeout counts as a 504.
 //!
+//! - the gRPC ones, `unavailable`, `cancelled`, `deadline-exceeded`, `resource-exhausted`,
+//!   `internal`: a gRPC call answered *trailers-only* with that `grpc-status` (the server sent a
+//!   status and no message, so nothing reached the caller yet), for any method.
+//!
 //! Unknown `retryOn` names (from a newer zone) are ignored.
 //!
 //! Connect failures are retried without touching the budget: the request never reached a
@@ -43,6 +47,7 @@ use http::Method;
 use rand::Rng;
 use strait_proto as pb;
 
+use crate::grpc;
 use crate::lb::TargetKey;
 use crate::outlier::Outcome;
 
@@ -66,6 +71,9 @@ pub struct RetryOn {
     pub status_5xx: bool,
     pub gateway_error: bool,
     pub retriable_status_codes: bool,
+    /// gRPC codes (`unavailable`, `cancelled`, `deadline-exceeded`, `resource-exhausted`,
+    /// `internal`) that may be retried, as a bit per code number.
+    pub grpc_codes: u32,
 }
 
 impl RetryOn {
@@ -76,6 +84,7 @@ impl RetryOn {
         status_5xx: false,
         gateway_error: true,
         retriable_status_codes: false,
+        grpc_codes: 0,
     };
 
     /// Reads the names users write (`connect-failure`, `5xx`, ...); unknown names are
@@ -92,6 +101,11 @@ impl RetryOn {
                 "5xx" => on.status_5xx = true,
                 "gateway-error" => on.gateway_error = true,
                 "retriable-status-codes" => on.retriable_status_codes = true,
+                "unavailable" => on.grpc_codes |= 1 << grpc::code::UNAVAILABLE,
+                "cancelled" => on.grpc_codes |= 1 << grpc::code::CANCELLED,
+                "deadline-exceeded" => on.grpc_codes |= 1 << grpc::code::DEADLINE_EXCEEDED,
+                "resource-exhausted" => on.grpc_codes |= 1 << grpc::code::RESOURCE_EXHAUSTED,
+                "internal" => on.grpc_codes |= 1 << grpc::code::INTERNAL,
                 _ => {}
             }
         }
@@ -189,6 +203,15 @@ impl RetryConfig {
         (on.status_5xx && (500..=599).contains(&status))
             || (on.gateway_error && matches!(status, 502..=504))
             || (on.retriable_status_codes && self.retriable_status_codes.contains(&status))
+    }
+
+    /// Whether a gRPC call whose response was *trailers-only* with `code` (the server answered
+    /// a status and no message, so nothing reached the caller yet) may be retried, budget and
+    /// attempts aside. Whatever the method (every gRPC call is a POST): listing a code in
+    /// `retryOn` says the service's calls are safe to repeat on it, as gRPC's own retry policy
+    /// does.
+    pub fn is_retriable_grpc(&self, code: u32) -> bool {
+        code < 32 && self.retry_on.grpc_codes & (1 << code) != 0
     }
 
     /// The wait before retry number `retry` (1 for the first retry): full jitter, uniform in
@@ -428,6 +451,32 @@ mod tests {
         assert_eq!(c.retriable_status_codes, vec![409]);
         assert_eq!((c.backoff_base, c.backoff_max), (10 * MS, 100 * MS));
         assert_eq!((c.budget_percent, c.min_retries_per_second), (20.0, 10));
+    }
+
+    #[test]
+    fn grpc_codes_are_retried_only_when_listed() {
+        let c = RetryConfig {
+            retry_on: RetryOn::parse(&["unavailable", "resource-exhausted", "connect-failure"]),
+            ..RetryConfig::default()
+        };
+        assert!(c.is_retriable_grpc(grpc::code::UNAVAILABLE));
+        assert!(c.is_retriable_grpc(grpc::code::RESOURCE_EXHAUSTED));
+        for code in [0, 1, 2, 4, 13, 31, 32, u32::MAX] {
+            assert!(!c.is_retriable_grpc(code), "{code}");
+        }
+        let all = RetryOn::parse(&[
+            "unavailable",
+            "cancelled",
+            "deadline-exceeded",
+            "resource-exhausted",
+            "internal",
+        ]);
+        assert_eq!(all.grpc_codes, 1 << 14 | 1 << 1 | 1 << 4 | 1 << 8 | 1 << 13);
+        assert_eq!(
+            RetryConfig::default().retry_on.grpc_codes,
+            0,
+            "none by default"
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Sidecar {
         config.inbound = Some(pb::InboundPolicy {
             tls_mode: pb::MeshTlsMode::Strict as i32,
             permissions: permission.into_iter().collect(),
-            rate_limit: None,
+            ..Default::default()
         });
         self.config.send_replace(Arc::new(config));
     }
@@ -446,7 +446,7 @@ impl Sidecar {
         config.inbound = Some(pb::InboundPolicy {
             tls_mode: mode as i32,
             permissions: permission.into_iter().collect(),
-            rate_limit: None,
+            ..Default::default()
         });
         self.config.send_replace(Arc::new(config));
     }

@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// The local app (omit for a client-only sidecar).
     #[arg(long)]
     app: Option<SocketAddr>,
+    /// What the app speaks on its port: `http` (HTTP/1.1; HTTP/2 to callers that speak it),
+    /// `http2` or `grpc` (HTTP/2 always), `tcp`.
+    #[arg(long, default_value = "http")]
+    app_protocol: String,
     /// mTLS listener other sidecars and gateways reach this instance on.
     #[arg(long)]
     inbound: SocketAddr,
@@ -68,6 +72,10 @@ impl RunArgs {
             .parse()
             .map_err(|e| anyhow::anyhow!("--token-kind: {e}"))?;
         s.app = self.app;
+        s.app_protocol = self
+            .app_protocol
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--app-protocol: {e}"))?;
         s.labels = self
             .labels
             .iter()

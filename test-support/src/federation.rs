@@ -148,12 +148,26 @@ impl Federation {
     /// Starts `strait ARGS` as one more process of the federation, named `name` (its log in
     /// `DIR/logs`), recorded in `processes.json` so that `strait down` stops it.
     pub fn start_extra(&mut self, name: &str, kind: ProcessKind, zone: &str, args: &[String]) {
+        let bin = self.bin.clone();
+        self.start_program(name, kind, zone, &bin, args);
+    }
+
+    /// [`Federation::start_extra`] for any program (a real peer: a gRPC server, a WebSocket
+    /// app), stopped with the federation.
+    pub fn start_program(
+        &mut self,
+        name: &str,
+        kind: ProcessKind,
+        zone: &str,
+        program: &Path,
+        args: &[String],
+    ) {
         let spec = ProcessSpec {
             name: name.to_owned(),
             kind,
             zone: Some(zone.to_owned()),
             node_id: None,
-            program: self.bin.clone(),
+            program: program.to_owned(),
             args: args.to_vec(),
             env: BTreeMap::new(),
             addresses: BTreeMap::new(),

@@ -58,6 +58,21 @@ pub enum RetryOn {
     /// A status listed in `retriableStatusCodes`.
     #[serde(rename = "retriable-status-codes")]
     RetriableStatusCodes,
+    /// A gRPC call ended with `UNAVAILABLE` before any response message.
+    #[serde(rename = "unavailable")]
+    GrpcUnavailable,
+    /// A gRPC call ended with `CANCELLED` before any response message.
+    #[serde(rename = "cancelled")]
+    GrpcCancelled,
+    /// A gRPC call ended with `DEADLINE_EXCEEDED` before any response message.
+    #[serde(rename = "deadline-exceeded")]
+    GrpcDeadlineExceeded,
+    /// A gRPC call ended with `RESOURCE_EXHAUSTED` before any response message.
+    #[serde(rename = "resource-exhausted")]
+    GrpcResourceExhausted,
+    /// A gRPC call ended with `INTERNAL` before any response message.
+    #[serde(rename = "internal")]
+    GrpcInternal,
 }
 
 fn default_retry_on() -> Vec<RetryOn> {

@@ -129,11 +129,10 @@ pub fn sidecar_config_with(
         }),
         trust_domain: ctx.trust_domain.to_owned(),
         services,
-        inbound: Some(inbound_policy(
-            ctx.policies,
-            &sidecar.service,
-            sidecar_port(sidecar),
-        )),
+        inbound: Some(pb::InboundPolicy {
+            app_protocol: sidecar_protocol(sidecar) as i32,
+            ..inbound_policy(ctx.policies, &sidecar.service, sidecar_port(sidecar))
+        }),
         deny_list,
     }
 }
@@ -607,6 +606,7 @@ pub fn inbound_policy(
         tls_mode: tls_mode as i32,
         permissions,
         rate_limit: p.rate_limit.as_ref().map(|r| rate_limit(r.spec)),
+        app_protocol: pb::Protocol::Unspecified as i32,
     }
 }
 
@@ -616,6 +616,15 @@ pub fn sidecar_port(sidecar: &Instance) -> Option<u16> {
     match sidecar.ports.as_slice() {
         [only] => u16::try_from(only.port).ok().filter(|p| *p != 0),
         _ => None,
+    }
+}
+
+/// The declared protocol of the sidecar's app port (the one it registered, as
+/// [`sidecar_port`]), `UNSPECIFIED` when it has not exactly one.
+pub fn sidecar_protocol(sidecar: &Instance) -> pb::Protocol {
+    match sidecar.ports.as_slice() {
+        [only] => only.protocol(),
+        _ => pb::Protocol::Unspecified,
     }
 }
 
@@ -663,6 +672,11 @@ fn retry_on(r: RetryOn) -> &'static str {
         RetryOn::GatewayError => "gateway-error",
         RetryOn::Reset => "reset",
         RetryOn::RetriableStatusCodes => "retriable-status-codes",
+        RetryOn::GrpcUnavailable => "unavailable",
+        RetryOn::GrpcCancelled => "cancelled",
+        RetryOn::GrpcDeadlineExceeded => "deadline-exceeded",
+        RetryOn::GrpcResourceExhausted => "resource-exhausted",
+        RetryOn::GrpcInternal => "internal",
     }
 }
 

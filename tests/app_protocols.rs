@@ -6,13 +6,17 @@
 //!
 //! The peers come from `scripts/peers.sh` (docs/testing.md, "Real peers").
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail by panicking.
+
 mod common;
 
 use std::time::Duration;
 
+use common::BIN;
 use common::demo::pinned_vip;
 use common::peers::{self, Instance, run, script, wait_served};
-use common::{Federation, free_port};
+use strait_test_support::federation::{Federation, eventually};
+use strait_test_support::net::free_port;
 
 fn own(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
@@ -42,7 +46,7 @@ const INTEROP_CASES: [&str; 13] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
-    let mut fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let mut fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let python = peers::peer("STRAIT_PEERS_PYTHON");
 
     // grpc-go's interop server, in zone b only.
@@ -111,7 +115,7 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
     let (host, port) = interop.rsplit_once(':').unwrap();
     let client = peers::peer("STRAIT_GRPC_INTEROP_CLIENT");
     // The first call may find the client sidecar's listener still binding: wait for one pass.
-    common::eventually(
+    eventually(
         "the interop VIP answers",
         Duration::from_secs(20),
         async || {

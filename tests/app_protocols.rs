@@ -188,6 +188,23 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
         assert!(ok, "grpcio 1 MiB unary a→{to}: {output}");
     }
 
+    // The caller's sidecar counts the calls by grpc-status class (all 200s over HTTP): the
+    // `status` scenario's NOT_FOUND is a client error, the rest succeeded.
+    let page = strait_test_support::metrics::scrape(&fed.address("client-a-sidecar", "admin"))
+        .await
+        .expect("client-a-sidecar /metrics");
+    let calls = |zone: &str, class: &str| {
+        strait_test_support::metrics::sample(
+            &page,
+            "strait_sidecar_outbound_grpc_calls_total",
+            &[("service", "demo/pygrpc"), ("zone", zone), ("class", class)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(calls("b", "ok") >= 4.0, "{page}");
+    assert!(calls("b", "client-error") >= 1.0, "{page}");
+    assert!(calls("local", "ok") >= 4.0, "{page}");
+
     // WebSocket across zones: many messages, 1 MiB binary, still open after an idle pause.
     let ws = pinned_vip(&fed, "wsecho", "b", "a");
     let (ok, output) = run(

@@ -173,8 +173,11 @@ impl<'a, R> Attempt<'a, R> {
             can_replay,
         } = tried;
         let zone = self.current.as_ref().map_or(NONE, zone_label);
+        // A healthy answer is final, unless it is a gRPC status the policy retries.
+        let retry_grpc =
+            matches!(outcome, Outcome::Grpc(code) if self.config.is_retriable_grpc(code));
         let response = match response {
-            Some(response) if outcome.is_success() => {
+            Some(response) if outcome.is_success() && !retry_grpc => {
                 return Action::Respond(Answer::Response(response, zone));
             }
             other => other,
@@ -388,6 +391,42 @@ mod tests {
         // The last failure is what the app gets: the upstream's own 503.
         let answer = expect_answer(attempt.tried_once(answered(503), now + MS, &mut rand::rng()));
         assert_eq!(answer, Answer::Response(503, Cow::Borrowed("local")));
+    }
+
+    #[test]
+    fn grpc_statuses_are_retried_only_when_the_policy_lists_them() {
+        let t0 = Instant::now();
+        let grpc = |code: u32| Tried {
+            outcome: Outcome::Grpc(code),
+            response: Some(200),
+            can_replay: true,
+        };
+        let lb = balancer(&[local(&["a1", "a2"])]);
+        // Not listed: a trailers-only UNAVAILABLE is the app's answer, even for a POST.
+        let plain = config();
+        let budget = Mutex::new(Budget::from_config(&plain, t0));
+        let mut attempt = Attempt::new(Method::POST, &plain, &budget, t0, None);
+        expect_try(pick(&mut attempt, &lb, t0));
+        let answer = expect_answer(attempt.tried_once(grpc(14), t0 + MS, &mut rand::rng()));
+        assert_eq!(answer, Answer::Response(200, Cow::Borrowed("local")));
+        // Listed: retried on the other target, whatever the method; an OK is final.
+        let listed = RetryConfig {
+            retry_on: crate::retry::RetryOn::parse(&["unavailable", "resource-exhausted"]),
+            ..config()
+        };
+        let budget = Mutex::new(Budget::from_config(&listed, t0));
+        let mut attempt = Attempt::new(Method::POST, &listed, &budget, t0, None);
+        let (first, _) = expect_try(pick(&mut attempt, &lb, t0));
+        let until = expect_backoff(attempt.tried_once(grpc(14), t0 + MS, &mut rand::rng()));
+        assert!(matches!(attempt.backed_off(until), Action::Pick));
+        let (second, _) = expect_try(pick(&mut attempt, &lb, until));
+        assert_ne!(address(&first), address(&second));
+        // RESOURCE_EXHAUSTED is no server failure, but listed: retried too.
+        let until = expect_backoff(attempt.tried_once(grpc(8), until + MS, &mut rand::rng()));
+        assert!(matches!(attempt.backed_off(until), Action::Pick));
+        expect_try(pick(&mut attempt, &lb, until));
+        let answer = expect_answer(attempt.tried_once(grpc(0), until + MS, &mut rand::rng()));
+        assert_eq!(answer, Answer::Response(200, Cow::Borrowed("local")));
     }
 
     #[test]

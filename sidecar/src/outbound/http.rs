@@ -149,7 +149,8 @@ async fn handle(
     tracing::debug!(parent: &span, elapsed = ?start.elapsed(), "outbound request");
     if grpc_call {
         // A gRPC client reads the status from `grpc-status`, not from an HTTP 503.
-        grpc::mesh_error_as_grpc(response)
+        let response = grpc::mesh_error_as_grpc(response);
+        super::grpc_calls::count(&metrics.grpc, key, &zone, response)
     } else {
         response
     }
@@ -661,9 +662,13 @@ async fn try_once(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            let status = parts.status.as_u16();
+            // A trailers-only gRPC answer carries the call's outcome in its headers.
+            let outcome = match grpc::status(&parts.headers) {
+                Some(code) => Outcome::Grpc(code),
+                None => Outcome::Response(parts.status.as_u16()),
+            };
             (
-                Outcome::Response(status),
+                outcome,
                 Some(Response::from_parts(
                     parts,
                     body.map_err(Into::into).boxed(),
@@ -706,7 +711,7 @@ fn failure_response(outcome: Outcome) -> Response<Body> {
             error_response(StatusCode::SERVICE_UNAVAILABLE, "no-healthy-upstream")
         }
         Outcome::Timeout => error_response(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
-        Outcome::Reset | Outcome::Response(_) => {
+        Outcome::Reset | Outcome::Response(_) | Outcome::Grpc(_) => {
             error_response(StatusCode::BAD_GATEWAY, "upstream-reset")
         }
     }

@@ -24,6 +24,8 @@ pub struct OutboundMetrics {
     pub listeners: IntGauge,
     pub tcp: IntCounterVec,
     pub overflows: IntCounterVec,
+    /// gRPC calls by how they ended (`grpc-status` class).
+    pub grpc: IntCounterVec,
 }
 
 impl OutboundMetrics {
@@ -75,6 +77,15 @@ impl OutboundMetrics {
             ),
             &["service", "result"],
         )?;
+        let grpc = IntCounterVec::new(
+            Opts::new(
+                "strait_sidecar_outbound_grpc_calls_total",
+                "gRPC calls from the local app, by service, serving zone and grpc-status class \
+                 (ok, client-error, server-error; none: the call ended without a status).",
+            ),
+            &["service", "zone", "class"],
+        )?;
+        registry.register(Box::new(grpc.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(retries.clone()))?;
@@ -100,6 +111,7 @@ impl OutboundMetrics {
             listeners,
             tcp,
             overflows,
+            grpc,
         })
     }
 }

@@ -84,6 +84,7 @@
 //! `strait_sidecar_outbound_overflows_total{service, limit}`.
 
 mod attempt;
+mod grpc_calls;
 mod http;
 mod listeners;
 mod metrics;

@@ -6,13 +6,17 @@
 //!
 //! The peers come from `scripts/peers.sh` (docs/testing.md, "Real peers").
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail by panicking.
+
 mod common;
 
 use std::time::Duration;
 
+use common::BIN;
 use common::demo::pinned_vip;
 use common::peers::{self, Instance, run, script, wait_served};
-use common::{Federation, free_port};
+use strait_test_support::federation::{Federation, eventually};
+use strait_test_support::net::free_port;
 
 fn own(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
@@ -42,7 +46,7 @@ const INTEROP_CASES: [&str; 13] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
-    let mut fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let mut fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let python = peers::peer("STRAIT_PEERS_PYTHON");
 
     // grpc-go's interop server, in zone b only.
@@ -111,7 +115,7 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
     let (host, port) = interop.rsplit_once(':').unwrap();
     let client = peers::peer("STRAIT_GRPC_INTEROP_CLIENT");
     // The first call may find the client sidecar's listener still binding: wait for one pass.
-    common::eventually(
+    eventually(
         "the interop VIP answers",
         Duration::from_secs(20),
         async || {
@@ -184,6 +188,23 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
         assert!(ok, "grpcio 1 MiB unary a→{to}: {output}");
     }
 
+    // The caller's sidecar counts the calls by grpc-status class (all 200s over HTTP): the
+    // `status` scenario's NOT_FOUND is a client error, the rest succeeded.
+    let page = strait_test_support::metrics::scrape(&fed.address("client-a-sidecar", "admin"))
+        .await
+        .expect("client-a-sidecar /metrics");
+    let calls = |zone: &str, class: &str| {
+        strait_test_support::metrics::sample(
+            &page,
+            "strait_sidecar_outbound_grpc_calls_total",
+            &[("service", "demo/pygrpc"), ("zone", zone), ("class", class)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(calls("b", "ok") >= 4.0, "{page}");
+    assert!(calls("b", "client-error") >= 1.0, "{page}");
+    assert!(calls("local", "ok") >= 4.0, "{page}");
+
     // WebSocket across zones: many messages, 1 MiB binary, still open after an idle pause.
     let ws = pinned_vip(&fed, "wsecho", "b", "a");
     let (ok, output) = run(
@@ -202,4 +223,103 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
         Duration::from_secs(60),
     );
     assert!(ok, "websocket a→b via {ws}: {output}");
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS`), or 0 once it is gone.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gib_each_way_streams_through_sidecars_and_gateways_with_flat_memory() {
+    const GIB: u64 = 1 << 30;
+    let mut fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
+    let python = peers::peer("STRAIT_PEERS_PYTHON");
+    let app = free_port();
+    Instance {
+        zone: "b",
+        service: "bulk",
+        name: "bulk-b",
+        app: &app,
+        app_protocol: "http",
+    }
+    .start(
+        &mut fed,
+        &python,
+        &own(&[&script("bulk_server.py"), "--port", port_of(&app)]),
+    );
+    wait_served(&fed, "bulk", &["b"]).await;
+    let target = pinned_vip(&fed, "bulk", "b", "a");
+    let transfer = |direction: &str, size: u64| {
+        run(
+            &python,
+            &own(&[
+                &script("bulk_client.py"),
+                direction,
+                "--target",
+                &target,
+                "--size",
+                &size.to_string(),
+            ]),
+            Duration::from_secs(600),
+        )
+    };
+    // Warm up (connections, pools, TLS) so the baseline is what a proxy holds when serving.
+    eventually(
+        "a first small transfer across zones",
+        Duration::from_secs(20),
+        async || transfer("download", 8 << 20).0.then_some(()),
+    )
+    .await;
+    assert!(transfer("upload", 8 << 20).0);
+    // Every proxy on the path: both zones' gateways, the caller's sidecar, the app's sidecar.
+    let proxies: Vec<(String, u32)> = fed
+        .processes()
+        .into_iter()
+        .filter(|p| {
+            p.name == "client-a-sidecar"
+                || p.name == "bulk-b-sidecar"
+                || p.kind == strait_local::processes::ProcessKind::Gateway
+        })
+        .map(|p| (p.name, p.pid))
+        .collect();
+    assert!(proxies.len() >= 4, "{proxies:?}");
+    let baseline: Vec<u64> = proxies.iter().map(|(_, pid)| rss_kib(*pid)).collect();
+    // Peak resident memory of each, sampled while the gigabytes go through.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let pids: Vec<u32> = proxies.iter().map(|(_, pid)| *pid).collect();
+        std::thread::spawn(move || {
+            let mut peak = vec![0_u64; pids.len()];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, pid) in pids.iter().enumerate() {
+                    peak[i] = peak[i].max(rss_kib(*pid));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    let (up_ok, up) = transfer("upload", GIB);
+    let (down_ok, down) = transfer("download", GIB);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert!(up_ok, "1 GiB upload a→b: {up}");
+    assert!(down_ok, "1 GiB download b→a: {down}");
+    println!("upload: {}download: {}", up, down);
+    // Flat: a proxy that buffered a body would grow by hundreds of MiB; windows and buffers
+    // bounded per stream allow a few.
+    for (((name, _), before), peak) in proxies.iter().zip(&baseline).zip(&peak) {
+        println!("{name}: {before} KiB before, {peak} KiB at peak");
+        assert!(
+            peak.saturating_sub(*before) < 48 * 1024,
+            "{name} grew from {before} KiB to {peak} KiB while 2 GiB went through"
+        );
+    }
 }

@@ -23,9 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{BIN, eventually};
+use common::BIN;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use strait_test_support::federation::eventually;
 
 const PROXY_UID: u32 = 1337;
 const CAPTURE_PORT: &str = "15001";
@@ -142,7 +143,7 @@ async fn an_app_calling_a_vip_is_answered_through_the_capture_sidecar_without_lo
         eprintln!("SKIPPED: traffic capture in a network namespace: {reason}");
         return;
     }
-    common::crypto();
+    strait_test_support::pki::install_provider();
     let ns = Netns::new();
     let fed_dir = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();

@@ -11,8 +11,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::Federation;
+use common::BIN;
 use common::demo::{pinned_vip, vip};
+use strait_test_support::federation::Federation;
 
 /// A `Hello` through `target`, retried for a while (cross-zone paths take a moment after
 /// `strait up`); the reply.
@@ -31,7 +32,7 @@ async fn hello(target: SocketAddr) -> strait_proto::demo::v1::HelloReply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greeter_answers_across_zones_and_a_grpc_drain_drill_fails_no_call() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
 
     // Same zone: zone a's greeter answers, and saw zone a's client's identity.
     let local: SocketAddr = vip(&fed, "greeter", "a").parse().unwrap();
@@ -101,12 +102,11 @@ async fn greeter_answers_across_zones_and_a_grpc_drain_drill_fails_no_call() {
     assert!(out.status.success(), "{report:#}");
 }
 
-/// A WebSocket round trip from zone a's client to wsecho pinned to zone b. Needs the outbound
-/// sidecar to carry HTTP/1.1 upgrades; until then it answers 426 and this fails.
+/// A WebSocket round trip from zone a's client to wsecho pinned to zone b (an HTTP/1.1
+/// Upgrade through both sidecars and the gateways).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the outbound sidecar does not carry HTTP/1.1 upgrades yet (it answers 426)"]
 async fn wsecho_echoes_across_zones() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let remote: SocketAddr = pinned_vip(&fed, "wsecho", "b", "a").parse().unwrap();
     let trip =
         strait_sidecar::demo_ws::round_trip(remote, "over the mesh", Duration::from_secs(10))

@@ -10,9 +10,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Federation;
+use common::BIN;
 use common::sidecar::{self, Discovery};
 use strait_proto as pb;
+use strait_test_support::federation::{Federation, eventually};
+use strait_test_support::http;
 
 /// What `dig` printed, parsed.
 #[derive(Debug)]
@@ -135,16 +137,16 @@ fn curl(url: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dig_answers_the_vip_strait_services_shows_and_curl_reaches_echo() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
 
     for zone in ["a", "b"] {
         let dns = fed.address(&format!("zone-{zone}"), "dns");
-        let echo_vip = common::eventually("echo's VIP", Duration::from_secs(30), async || {
+        let echo_vip = eventually("echo's VIP", Duration::from_secs(30), async || {
             vip(&fed, "echo", zone)
         })
         .await;
         for tcp in [false, true] {
-            let answer = common::eventually("echo in DNS", Duration::from_secs(10), async || {
+            let answer = eventually("echo in DNS", Duration::from_secs(10), async || {
                 let d = dig(&dns, "echo.demo.svc.clusterset.local", "A", tcp);
                 (d.status == "NOERROR" && !d.answers.is_empty()).then_some(d)
             })
@@ -200,7 +202,7 @@ async fn dig_answers_the_vip_strait_services_shows_and_curl_reaches_echo() {
 
     // The queries were counted, by type and rcode.
     let admin = fed.address("zone-a", "admin");
-    let (_, metrics) = common::http_get(&admin, "/metrics").await;
+    let (_, metrics) = http::get(&admin, "/metrics").await;
     for series in [
         r#"strait_zone_dns_queries_total{protocol="udp",rcode="NOERROR",type="A"}"#,
         r#"strait_zone_dns_queries_total{protocol="tcp",rcode="NOERROR",type="A"}"#,
@@ -216,7 +218,7 @@ async fn dig_answers_the_vip_strait_services_shows_and_curl_reaches_echo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_follow_a_new_service_within_a_second_and_a_second_zone_keeps_the_vip() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let dns = fed.address("zone-a", "dns");
     let name = "late.demo.svc.clusterset.local";
     assert_eq!(dig(&dns, name, "A", false).status, "NXDOMAIN");
@@ -291,7 +293,7 @@ async fn answers_follow_a_new_service_within_a_second_and_a_second_zone_keeps_th
             sidecar::zones_serving(c, "demo", "ledger").contains(&"a".to_owned())
         })
         .await;
-    common::eventually(
+    eventually(
         "ledger exported by zone a",
         Duration::from_secs(20),
         async || {
@@ -342,9 +344,9 @@ fn curl_with_headers(url: &str) -> (u16, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_pinned_names_route_only_to_their_zone_and_never_fall_back() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let dns = fed.address("zone-a", "dns");
-    let clusterset = common::eventually("echo's VIP", Duration::from_secs(30), async || {
+    let clusterset = eventually("echo's VIP", Duration::from_secs(30), async || {
         vip(&fed, "echo", "a")
     })
     .await;
@@ -354,7 +356,7 @@ async fn zone_pinned_names_route_only_to_their_zone_and_never_fall_back() {
     let mut pinned = Vec::new();
     for zone in ["a", "b"] {
         let name = format!("echo.demo.svc.{zone}.mesh.local");
-        let answer = common::eventually("the pinned name", Duration::from_secs(30), async || {
+        let answer = eventually("the pinned name", Duration::from_secs(30), async || {
             let d = dig(&dns, &name, "A", false);
             (d.status == "NOERROR" && !d.answers.is_empty()).then_some(d)
         })
@@ -377,7 +379,7 @@ async fn zone_pinned_names_route_only_to_their_zone_and_never_fall_back() {
     // healthy echo endpoints of its own, yet the b VIP always crosses to zone b.
     for (zone, address) in &pinned {
         let url = format!("http://{address}:8080/");
-        common::eventually(
+        eventually(
             "the pinned VIP answering",
             Duration::from_secs(30),
             async || (curl(&url).0 == 200).then_some(()),
@@ -410,7 +412,7 @@ async fn zone_pinned_names_route_only_to_their_zone_and_never_fall_back() {
         .await
         .unwrap();
     let b_url = format!("http://{}:8080/", pinned[1].1);
-    let (headers, body) = common::eventually(
+    let (headers, body) = eventually(
         "503 from the drained zone's pinned VIP",
         Duration::from_secs(20),
         async || {

@@ -8,8 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::BIN;
 use common::demo::{get, json, vip};
-use common::{Federation, eventually};
+use strait_test_support::federation::{Federation, eventually};
+use strait_test_support::http;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENT: &str = "spiffe://strait.local/ns/demo/sa/client";
@@ -42,7 +44,7 @@ async fn raw_tcp_get(addr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_cross_zones_with_the_callers_identity_end_to_end() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     // ledger runs only in zone b; zone a's client reaches it through both gateways.
     let ledger = vip(&fed, "ledger", "a");
     let answer = wait_answering(&ledger).await;
@@ -60,7 +62,7 @@ async fn calls_cross_zones_with_the_callers_identity_end_to_end() {
     assert!(reply.contains("\"service\":\"ledger\""), "{reply}");
 
     // The gateways counted the tunnels on both sides.
-    let metrics = common::http_get(&fed.address("gateway-b-1", "admin"), "/metrics")
+    let metrics = http::get(&fed.address("gateway-b-1", "admin"), "/metrics")
         .await
         .1;
     assert!(metrics.contains("strait_gateway_"), "{metrics}");
@@ -68,7 +70,7 @@ async fn calls_cross_zones_with_the_callers_identity_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_every_local_instance_fails_over_to_the_next_zone_and_back() {
-    let mut fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let mut fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     assert_eq!(wait_answering(&echo).await["zone"], "a");
     // The path to zone b must work before zone a's instances go.
@@ -132,7 +134,7 @@ async fn losing_every_local_instance_fails_over_to_the_next_zone_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_replicas_cover_each_other_and_a_zone_without_one_fails_fast() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo", "--gateways", "2"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo", "--gateways", "2"]);
     let ledger = vip(&fed, "ledger", "a");
     wait_answering(&ledger).await;
 

@@ -9,9 +9,11 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Federation, eventually, http_get, leader};
+use common::BIN;
 use strait_global::admin_client::AdminClient;
 use strait_proto as pb;
+use strait_test_support::federation::{Federation, eventually, leader};
+use strait_test_support::http;
 
 fn policy(name: &str) -> String {
     format!(
@@ -56,7 +58,7 @@ async fn stored(client: &AdminClient) -> Result<BTreeSet<String>, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_loss_keeps_every_acknowledged_write() {
-    let mut fed = Federation::up(&["--global-nodes", "3", "--zones", "none"]);
+    let mut fed = Federation::up(BIN, &["--global-nodes", "3", "--zones", "none"]);
     let client = fed.client();
     let old_leader = eventually("a leader", Duration::from_secs(10), async || {
         leader(&client).await
@@ -145,7 +147,7 @@ async fn leader_loss_keeps_every_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_loss_fails_fast_and_a_full_restart_keeps_everything() {
-    let mut fed = Federation::up(&["--global-nodes", "3", "--zones", "none"]);
+    let mut fed = Federation::up(BIN, &["--global-nodes", "3", "--zones", "none"]);
     let client = fed.client();
     for i in 0..5 {
         apply(&client, &format!("before-{i}")).await.unwrap();
@@ -279,7 +281,7 @@ async fn zone_join(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_tokens_are_single_use_expire_and_name_their_zone() {
-    let fed = Federation::up(&["--zones", "none"]);
+    let fed = Federation::up(BIN, &["--zones", "none"]);
     let create = |zone: &str| {
         let out = fed.strait(&["zone", "create", zone]);
         assert!(
@@ -355,7 +357,7 @@ async fn join_tokens_are_single_use_expire_and_name_their_zone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_policy_input_is_refused_and_nothing_is_stored() {
-    let fed = Federation::up(&["--zones", "none"]);
+    let fed = Federation::up(BIN, &["--zones", "none"]);
     let dir = fed.dir.path();
     let good = policy("fine");
     let cases = [
@@ -425,11 +427,11 @@ async fn bad_policy_input_is_refused_and_nothing_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_readiness_and_admin_only_api() {
-    let fed = Federation::up(&["--zones", "none"]);
+    let fed = Federation::up(BIN, &["--zones", "none"]);
     let admin = fed.address("global-1", "admin");
-    let (status, body) = http_get(&admin, "/ready").await;
+    let (status, body) = http::get(&admin, "/ready").await;
     assert_eq!((status, body.trim()), (200, "ready"));
-    let (status, metrics) = http_get(&admin, "/metrics").await;
+    let (status, metrics) = http::get(&admin, "/metrics").await;
     assert_eq!(status, 200);
     for name in [
         "strait_global_raft_term",
@@ -511,7 +513,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_can_be_removed_and_the_rest_keep_a_quorum() {
-    let fed = Federation::up(&["--global-nodes", "3", "--zones", "none"]);
+    let fed = Federation::up(BIN, &["--global-nodes", "3", "--zones", "none"]);
     let client = fed.client();
     apply(&client, "before-removal").await.unwrap();
     let leader = eventually("a leader", Duration::from_secs(10), async || {

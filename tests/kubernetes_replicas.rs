@@ -15,9 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Federation, eventually, free_port, gauge, http_get, zone_connected};
+use common::BIN;
 use fake_api_server::FakeApiServer;
 use serde_json::{Value, json};
+use strait_test_support::federation::{Federation, eventually, read};
+use strait_test_support::net::free_port;
+use strait_test_support::{http, metrics};
 
 const NS: &str = "strait-system";
 const SECRETS: &str = "api/v1/secrets";
@@ -83,15 +86,12 @@ impl Replica {
     }
 
     async fn gauge(&self, name: &str) -> Option<f64> {
-        let (status, metrics) = http_get(&self.admin, "/metrics").await;
-        if status != 200 {
-            return None;
-        }
-        gauge(&metrics, name)
+        let page = metrics::scrape(&self.admin).await?;
+        metrics::sample(&page, name, &[])
     }
 
     async fn ready(&self) -> bool {
-        http_get(&self.admin, "/ready").await.0 == 200
+        http::get(&self.admin, "/ready").await.0 == 200
     }
 
     fn cp_cert(&self) -> String {
@@ -155,7 +155,7 @@ fn lease_holder(api: &FakeApiServer) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader_is_killed() {
-    let fed = Federation::up(&["--zones", "a"]);
+    let fed = Federation::up(BIN, &["--zones", "a"]);
     let out = fed.strait(&["zone", "create", "k", "--region", "r2"]);
     assert!(
         out.status.success(),
@@ -238,7 +238,7 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
         async || (echo_in_zone_k(&fed) == Some((1, 1))).then_some(()),
     )
     .await;
-    assert!(zone_connected(&fed, "k"));
+    assert!(fed.zone_connected("k"));
 
     // A namespace labelled for injection gets the federation's bundle for its sidecars.
     api.put(
@@ -258,7 +258,7 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
     assert!(bundle.contains("BEGIN CERTIFICATE"), "{bundle}");
     assert_eq!(
         bundle.trim(),
-        common::read(&fed.dir.path().join("admin/bundle.pem")).trim(),
+        read(&fed.dir.path().join("admin/bundle.pem")).trim(),
         "the ConfigMap holds the federation's roots"
     );
 
@@ -286,7 +286,7 @@ async fn two_replicas_share_one_zone_and_the_survivor_takes_over_when_the_leader
     eventually(
         "zone k connected again",
         Duration::from_secs(20),
-        async || zone_connected(&fed, "k").then_some(()),
+        async || fed.zone_connected("k").then_some(()),
     )
     .await;
     // A change now reaches global: the survivor reports.

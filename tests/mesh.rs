@@ -9,12 +9,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::BIN;
 use common::demo::{apply, get, json, mtls_get, vip};
-use common::{Federation, eventually};
+use strait_test_support::federation::{Federation, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_through_the_vip_carry_the_callers_identity_end_to_end() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     let (status, body) = get(
         &echo,
@@ -67,7 +68,7 @@ async fn calls_through_the_vip_carry_the_callers_identity_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_faults_and_permissions_apply_as_configured() {
-    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     apply(
         &fed,
@@ -144,7 +145,7 @@ async fn routes_faults_and_permissions_apply_as_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_an_instance_or_changing_policy_under_load_fails_no_request() {
-    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     // Warm up both instances.
     for _ in 0..20 {
@@ -192,7 +193,7 @@ async fn losing_an_instance_or_changing_policy_under_load_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_hold_their_configured_rate() {
-    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     assert_eq!(get(&echo, "/", &[]).await.0, 200);
     // 20 requests per second per instance, burst 20: two instances share echo's traffic.
@@ -241,7 +242,7 @@ async fn rate_limits_hold_their_configured_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_tls_permissive_lets_plaintext_in_without_an_identity_until_strict_again() {
-    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     let inbound = fed.address("echo-v1-a-sidecar", "inbound");
     let spoof = [(

@@ -8,9 +8,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::BIN;
 use common::demo::{apply, get, json, mtls_get, pinned_vip, vip};
-use common::{Federation, eventually, free_port};
 use strait_local::processes::{ProcessKind, ProcessRecord};
+use strait_test_support::federation::{Federation, eventually};
+use strait_test_support::http;
+use strait_test_support::net::free_port;
 
 const CLIENT: &str = "spiffe://strait.local/ns/demo/sa/client";
 
@@ -51,7 +54,7 @@ async fn statuses(vip: &str, n: usize) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissions_combine_and_a_namespace_default_deny_holds() {
-    let fed = Federation::up(&["--zones", "a", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a", "--demo"]);
     let ledger = vip(&fed, "ledger", "a");
     let echo = vip(&fed, "echo", "a");
 
@@ -86,7 +89,7 @@ async fn permissions_combine_and_a_namespace_default_deny_holds() {
         "ledger's sidecar runs both",
         Duration::from_secs(10),
         async || {
-            let (_, config) = common::http_get(&admin, "/config").await;
+            let (_, config) = http::get(&admin, "/config").await;
             config.contains("demo/a-allow-everyone").then_some(())
         },
     )
@@ -154,7 +157,7 @@ async fn permissions_combine_and_a_namespace_default_deny_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_scoped_deny_is_enforced_inbound_on_a_multi_port_service() {
-    let mut fed = Federation::up(&["--zones", "a", "--demo"]);
+    let mut fed = Federation::up(BIN, &["--zones", "a", "--demo"]);
     // A third echo instance whose app listens on 9090: echo becomes a two-port service.
     let token = fed.strait(&[
         "token",
@@ -366,7 +369,7 @@ fn flag_value(process: &ProcessRecord, flag: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subset_route_is_served_only_by_its_subset_in_every_zone() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     let route = |labels: &str| {
         format!(

@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::BIN;
 use common::demo::{get, vip};
-use common::{Federation, eventually};
 use strait_drill::load::{Load, LoadConfig};
 use strait_drill::timeline::{Sample, SampleResult};
+use strait_test_support::federation::{self, Federation, eventually};
 
 /// Waits until `addr` answers 200 (cross-zone paths take a moment after `strait up`).
 async fn answering(addr: &str) {
@@ -97,7 +98,7 @@ fn drill(fed: &Federation, mode: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_and_kill_drills_move_traffic_within_a_second_without_errors() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     answering(&vip(&fed, "ledger", "a")).await;
     for mode in ["drain", "kill"] {
         let report = drill(&fed, mode);
@@ -113,7 +114,7 @@ async fn drain_and_kill_drills_move_traffic_within_a_second_without_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_global_control_plane_fails_no_request() {
-    let fed = Federation::up(&["--global-nodes", "3", "--zones", "a,b", "--demo"]);
+    let fed = Federation::up(BIN, &["--global-nodes", "3", "--zones", "a,b", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     let ledger = vip(&fed, "ledger", "a");
     answering(&ledger).await;
@@ -122,13 +123,13 @@ async fn losing_the_global_control_plane_fails_no_request() {
     until_completed(&remote, 50).await;
 
     let leader_id = eventually("a leader", Duration::from_secs(10), async || {
-        common::leader(&fed.client()).await
+        federation::leader(&fed.client()).await
     })
     .await;
     let leader = fed.global_nodes()[&leader_id].clone();
     fed.kill(&leader);
     eventually("a new leader", Duration::from_secs(15), async || {
-        common::leader(&fed.client())
+        federation::leader(&fed.client())
             .await
             .filter(|&id| id != leader_id)
     })
@@ -163,7 +164,7 @@ async fn losing_the_global_control_plane_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_control_plane_crash_and_restart_fails_no_request() {
-    let mut fed = Federation::up(&["--zones", "a,b", "--demo"]);
+    let mut fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let echo = vip(&fed, "echo", "a");
     let ledger = vip(&fed, "ledger", "a");
     answering(&ledger).await;
@@ -189,7 +190,7 @@ async fn a_zone_control_plane_crash_and_restart_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_one_of_two_gateway_replicas_fails_no_request() {
-    let fed = Federation::up(&["--zones", "a,b", "--demo", "--gateways", "2"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b", "--demo", "--gateways", "2"]);
     let ledger = vip(&fed, "ledger", "a");
     answering(&ledger).await;
     let remote = load(&ledger, 50);
@@ -211,7 +212,10 @@ async fn losing_one_of_two_gateway_replicas_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_zone_and_a_lost_zone_leave_traffic_on_the_third() {
     // a and b share a region: with echo drained in a, b serves; when all of b dies, c does.
-    let fed = Federation::up(&["--zones", "a,b,c", "--regions", "a=r1,b=r1,c=r2", "--demo"]);
+    let fed = Federation::up(
+        BIN,
+        &["--zones", "a,b,c", "--regions", "a=r1,b=r1,c=r2", "--demo"],
+    );
     let echo = vip(&fed, "echo", "a");
     answering(&vip(&fed, "ledger", "a")).await;
     let out = fed.strait(&["drain", "--service", "echo", "--zone", "a"]);

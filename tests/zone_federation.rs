@@ -10,9 +10,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::BIN;
 use common::sidecar::{self, Discovery};
-use common::{BIN, Federation, eventually, free_port, gauge, http_get, zone_connected};
 use strait_proto as pb;
+use strait_test_support::federation::{Federation, eventually, read};
+use strait_test_support::http;
+use strait_test_support::metrics::sample;
+use strait_test_support::net::free_port;
 use strait_trust::tls::{AllowAny, CredentialStore, TrustStore};
 
 /// Runs `strait zone run` for `zone` with `token` (in a fresh data dir) and returns its exit
@@ -83,7 +87,7 @@ fn zone_create(fed: &Federation, zone: &str, extra: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_join_tokens_stop_the_zone_with_a_message_that_says_which() {
-    let fed = Federation::up(&["--zones", "none"]);
+    let fed = Federation::up(BIN, &["--zones", "none"]);
 
     // Reused: a good token works once...
     let token = zone_create(&fed, "a", &[]);
@@ -115,7 +119,7 @@ async fn bad_join_tokens_stop_the_zone_with_a_message_that_says_which() {
     );
 
     // Another federation's token: its root pin does not match this global's certificate.
-    let other = Federation::up(&["--zones", "none"]);
+    let other = Federation::up(BIN, &["--zones", "none"]);
     let foreign = zone_create(&other, "f", &[]);
     zone_create(&fed, "f", &[]);
     let (ok, stderr) = run_zone_with_token(&fed, "f", &foreign);
@@ -156,7 +160,7 @@ async fn run_zone_with_token_ready(fed: &Federation, zone: &str, token: &str) ->
         .unwrap();
     let ready = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            if http_get(&admin, "/ready").await.0 == 200 {
+            if http::get(&admin, "/ready").await.0 == 200 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -174,7 +178,7 @@ async fn run_zone_with_token_ready(fed: &Federation, zone: &str, token: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_cannot_speak_for_another_zone() {
-    let fed = Federation::up(&["--zones", "a,b"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b"]);
     // Zone b's real credentials, from its data directory.
     let channel = channel_as_zone(&fed, "b");
     let hello = pb::ZoneMessage {
@@ -203,8 +207,8 @@ async fn a_zone_cannot_speak_for_another_zone() {
 fn channel_as_zone(fed: &Federation, zone: &str) -> tonic::transport::Channel {
     let tls_dir = fed.dir.path().join(format!("zone-{zone}/tls"));
     let creds = CredentialStore::from_pem(
-        &common::read(&tls_dir.join("cp.crt")),
-        &common::read(&tls_dir.join("cp.key")),
+        &read(&tls_dir.join("cp.crt")),
+        &read(&tls_dir.join("cp.key")),
     )
     .unwrap();
     let trust = TrustStore::new(sidecar::bundle(fed));
@@ -224,10 +228,10 @@ fn channel_as_zone(fed: &Federation, zone: &str) -> tonic::transport::Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observer_stream_gets_snapshots_but_cannot_speak_for_its_zone() {
     use futures::StreamExt;
-    let fed = Federation::up(&["--zones", "a"]);
+    let fed = Federation::up(BIN, &["--zones", "a"]);
     fed.wait_ready("zone-a", Duration::from_secs(20)).await;
     eventually("zone a connected", Duration::from_secs(10), async || {
-        zone_connected(&fed, "a").then_some(())
+        fed.zone_connected("a").then_some(())
     })
     .await;
     // Zone a's real credentials: a second replica would share them.
@@ -301,7 +305,7 @@ async fn an_observer_stream_gets_snapshots_but_cannot_speak_for_its_zone() {
         Duration::from_secs(10),
         async || {
             assert!(
-                zone_connected(&fed, "a"),
+                fed.zone_connected("a"),
                 "an observer's disconnect marked zone a disconnected"
             );
             stays += 1;
@@ -309,14 +313,14 @@ async fn an_observer_stream_gets_snapshots_but_cannot_speak_for_its_zone() {
         },
     )
     .await;
-    let (status, metrics) = http_get(&fed.address("zone-a", "admin"), "/metrics").await;
+    let (status, metrics) = http::get(&fed.address("zone-a", "admin"), "/metrics").await;
     assert_eq!(status, 200);
     assert!(metrics.lines().any(|l| l == "strait_zone_sync_connected 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_in_zone_a_reaches_zone_b_sidecars_and_strait_services() {
-    let fed = Federation::up(&["--zones", "a,b"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b"]);
     let client_b = sidecar::bootstrap(&fed, "b", "demo", "client")
         .await
         .unwrap();
@@ -391,7 +395,7 @@ async fn a_service_in_zone_a_reaches_zone_b_sidecars_and_strait_services() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zones_keep_serving_from_persisted_state_while_global_is_down() {
-    let mut fed = Federation::up(&["--zones", "a,b"]);
+    let mut fed = Federation::up(BIN, &["--zones", "a,b"]);
     let echo_a = sidecar::bootstrap(&fed, "a", "demo", "echo").await.unwrap();
     let _echo =
         Discovery::connect(&fed, "a", &echo_a, "echo", "echo-v1-a", "127.0.0.1:2", &[]).await;
@@ -434,12 +438,12 @@ async fn zones_keep_serving_from_persisted_state_while_global_is_down() {
             &format!("{zone} disconnected from global"),
             Duration::from_secs(10),
             async || {
-                let (_, metrics) = http_get(&admin, "/metrics").await;
-                (gauge(&metrics, "strait_zone_sync_connected") == Some(0.0)).then_some(())
+                let (_, metrics) = http::get(&admin, "/metrics").await;
+                (sample(&metrics, "strait_zone_sync_connected", &[]) == Some(0.0)).then_some(())
             },
         )
         .await;
-        let (status, body) = http_get(&admin, "/ready").await;
+        let (status, body) = http::get(&admin, "/ready").await;
         assert_eq!(status, 200, "{zone} not ready with global down: {body}");
     }
     // ...and a newly connecting sidecar is served from the persisted state.
@@ -509,7 +513,7 @@ async fn zones_keep_serving_from_persisted_state_while_global_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_zone_is_denied_everywhere_and_not_renewed() {
-    let fed = Federation::up(&["--zones", "a,b,c"]);
+    let fed = Federation::up(BIN, &["--zones", "a,b,c"]);
     let watcher_id = sidecar::bootstrap(&fed, "b", "demo", "watcher")
         .await
         .unwrap();
@@ -561,7 +565,7 @@ async fn a_removed_zone_is_denied_everywhere_and_not_renewed() {
         err.message()
     );
     eventually("zone c disconnected", Duration::from_secs(10), async || {
-        let (_, m) = http_get(&fed.address("zone-c", "admin"), "/metrics").await;
+        let (_, m) = http::get(&fed.address("zone-c", "admin"), "/metrics").await;
         m.lines()
             .any(|l| l == "strait_zone_sync_connected 0")
             .then_some(())
@@ -571,22 +575,25 @@ async fn a_removed_zone_is_denied_everywhere_and_not_renewed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_certificates_renew_before_expiry_without_interruption() {
-    let fed = Federation::up(&[
-        "--zones",
-        "a",
-        "--zone-ca-validity",
-        "24s",
-        "--zone-cp-validity",
-        "24s",
-        "--workload-cert-validity",
-        "12s",
-        "--renew-check-interval",
-        "1s",
-    ]);
+    let fed = Federation::up(
+        BIN,
+        &[
+            "--zones",
+            "a",
+            "--zone-ca-validity",
+            "24s",
+            "--zone-cp-validity",
+            "24s",
+            "--workload-cert-validity",
+            "12s",
+            "--renew-check-interval",
+            "1s",
+        ],
+    );
     let admin = fed.address("zone-a", "admin");
-    let (_, m) = http_get(&admin, "/metrics").await;
+    let (_, m) = http::get(&admin, "/metrics").await;
     let first_ca_expiry =
-        gauge(&m, "strait_zone_ca_cert_expiry_timestamp_seconds").expect("CA expiry gauge");
+        sample(&m, "strait_zone_ca_cert_expiry_timestamp_seconds", &[]).expect("CA expiry gauge");
 
     // A workload whose certificate lives 12 s, renewed at 2/3 over mTLS with the current one.
     let mut workload = sidecar::bootstrap(&fed, "a", "demo", "echo").await.unwrap();
@@ -615,13 +622,13 @@ async fn short_lived_certificates_renew_before_expiry_without_interruption() {
     );
 
     // The zone renewed its 24 s intermediate (at ~16 s) and kept its stream to global up.
-    let (_, m) = http_get(&admin, "/metrics").await;
-    let ca_expiry = gauge(&m, "strait_zone_ca_cert_expiry_timestamp_seconds").unwrap();
+    let (_, m) = http::get(&admin, "/metrics").await;
+    let ca_expiry = sample(&m, "strait_zone_ca_cert_expiry_timestamp_seconds", &[]).unwrap();
     assert!(
         ca_expiry > first_ca_expiry + 10.0,
         "intermediate not renewed: {first_ca_expiry} -> {ca_expiry}"
     );
-    assert_eq!(gauge(&m, "strait_zone_sync_connected"), Some(1.0));
+    assert_eq!(sample(&m, "strait_zone_sync_connected", &[]), Some(1.0));
     // The original intermediate has expired by now; the zone still signs (with the renewed one).
     let fresh = sidecar::bootstrap(&fed, "a", "demo", "fresh")
         .await

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use strait_proto::TunnelStatus;
 use strait_proto::tunnel::{encode_frame, response_status};
+use strait_test_support::pki::Pki;
+use strait_test_support::wait::eventually;
 
 /// Zone b serves `demo/echo` (one healthy endpoint: the destination sidecar behind a tap)
 /// and `demo/sick` (no healthy endpoint); zone a's gateway knows b and denies x.
@@ -176,13 +178,12 @@ async fn refusals_come_back_fast_with_their_codes() {
     drained.services[0].drained = true;
     drained.version = 2;
     f.gw_b.set_config(drained);
-    assert!(
-        eventually(Duration::from_secs(5), || f
-            .gw_b
-            .metric("strait_gateway_config_version", &[])
-            == 2.0)
-        .await
-    );
+    eventually(
+        "config version 2 at b",
+        Duration::from_secs(5),
+        async || f.gw_b.metric("strait_gateway_config_version", &[]) == 2.0,
+    )
+    .await;
     let answer = sidecar.open("echo.demo:8080", "b").await;
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("x-strait-tunnel-reason"), "drained");
@@ -434,21 +435,19 @@ async fn reconnects_resume_with_0rtt() {
     gw_b.set_config(without_a);
     let mut with_a = config_b(&dest, vec![peer_zone("a", &[])]);
     with_a.version = 3;
-    assert!(
-        eventually(Duration::from_secs(5), || gw_b
-            .metric("strait_gateway_inbound_connections", &[])
-            == 0.0)
-        .await
-    );
+    eventually(
+        "a's connection to b dropped",
+        Duration::from_secs(5),
+        async || gw_b.metric("strait_gateway_inbound_connections", &[]) == 0.0,
+    )
+    .await;
     gw_b.set_config(with_a);
-    assert!(
-        eventually(Duration::from_secs(10), || gw_a.metric(
-            "strait_gateway_quic_0rtt_total",
-            &[("result", "accepted")]
-        ) >= 1.0)
-        .await,
-        "a reconnect used 0-RTT"
-    );
+    eventually(
+        "a reconnect used 0-RTT",
+        Duration::from_secs(10),
+        async || gw_a.metric("strait_gateway_quic_0rtt_total", &[("result", "accepted")]) >= 1.0,
+    )
+    .await;
     let answer = sidecar.open("echo.demo:8080", "b").await;
     assert_eq!(answer.status, 200);
     let reply = sidecar.call(answer.tunnel.unwrap(), "after").await;

@@ -8,14 +8,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Files, PATIENCE, Pki, TD, ZONE, Zone, metric, settings};
+use common::{ZONE, Zone, settings};
 use strait_identity::{Identity, IdentityError, IdentitySettings};
+use strait_test_support::files::Files;
+use strait_test_support::metrics::metric;
+use strait_test_support::pki::{Pki, TD};
+use strait_test_support::wait::PATIENCE;
 use strait_trust::ca::DEFAULT_LEAF_VALIDITY;
 use strait_trust::{CredentialStore, KeyPair, SpiffeId};
 
 #[tokio::test]
 async fn bootstrap_trusts_the_zone_on_first_use_and_restarts_from_disk() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     let mut s = settings(&zone, &pki, &files, "echo");
@@ -66,13 +70,13 @@ async fn bootstrap_trusts_the_zone_on_first_use_and_restarts_from_disk() {
 
 #[tokio::test]
 async fn a_bundle_file_is_required_to_match() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     let mut s = settings(&zone, &pki, &files, "echo");
 
     // Another federation's bundle: the zone is refused, nothing is sent to it.
-    let other = Pki::new();
+    let other = Pki::new(&[ZONE]);
     s.bundle_file = Some(files.write("other.pem", &other.bundle_pem()));
     let err = Identity::bootstrap(&s, &prometheus::Registry::new())
         .await
@@ -103,13 +107,14 @@ async fn a_bundle_file_is_required_to_match() {
 
 #[tokio::test]
 async fn first_use_refuses_a_zone_that_is_not_the_expected_one() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let files = Files::new();
 
     // A chain without the root: nothing self-signed to trust.
     let id = SpiffeId::zone_cp(TD, ZONE).unwrap();
     let key = KeyPair::generate().unwrap();
     let issued = pki
+        .zone(ZONE)
         .ca
         .sign_leaf(&key.leaf_csr(&id).unwrap(), &id, DEFAULT_LEAF_VALIDITY)
         .unwrap();
@@ -124,7 +129,7 @@ async fn first_use_refuses_a_zone_that_is_not_the_expected_one() {
     drop(zone);
 
     // A server that is not zone a's control plane (here: a workload's certificate).
-    let impostor = pki.workload("demo", "echo");
+    let impostor = pki.workload(ZONE, "demo", "echo");
     let zone = Zone::start_with(&pki, DEFAULT_LEAF_VALIDITY, impostor).await;
     let s = settings(&zone, &pki, &files, "echo");
     let err = Identity::bootstrap(&s, &prometheus::Registry::new())
@@ -141,7 +146,7 @@ async fn first_use_refuses_a_zone_that_is_not_the_expected_one() {
 
 #[tokio::test]
 async fn bad_tokens_are_clear_errors() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     let mut s = settings(&zone, &pki, &files, "echo");
@@ -174,7 +179,7 @@ async fn bad_tokens_are_clear_errors() {
     );
 
     // Another federation's token.
-    std::fs::write(&s.token_file, Pki::new().token("demo", "echo", ZONE)).unwrap();
+    std::fs::write(&s.token_file, Pki::new(&[ZONE]).token("demo", "echo", ZONE)).unwrap();
     let err = bootstrap(s.clone()).await;
     assert!(err.to_string().contains("signature"), "{err}");
 
@@ -208,7 +213,7 @@ async fn bad_tokens_are_clear_errors() {
 
 #[tokio::test]
 async fn renewal_swaps_the_certificate_in_place() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     let mut s = settings(&zone, &pki, &files, "echo");
@@ -257,7 +262,7 @@ async fn renewal_swaps_the_certificate_in_place() {
 
 #[tokio::test]
 async fn the_renewal_task_renews_short_certificates_before_they_expire() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     // The zone's shortest lifetime.
     let zone = Zone::start(&pki, Duration::from_secs(12)).await;
     let files = Files::new();

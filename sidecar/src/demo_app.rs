@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::inbound::PEER_IDENTITY_HEADER;
+use crate::headers::PEER_IDENTITY_HEADER;
 
 /// Who the demo app says it is.
 #[derive(Debug, Clone)]

@@ -20,6 +20,8 @@ use http::{Response, StatusCode};
 pub(crate) const STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// `grpc-message`.
 pub(crate) const MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// `grpc-timeout`.
+pub(crate) const TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The status codes of gRPC (`google.rpc.Code`) the mesh names.
 pub mod code {

@@ -1,16 +1,30 @@
 //! Header rules shared by the inbound and outbound sides: the hop-by-hop headers no proxy
-//! forwards (RFC 9110 §7.6.1), and Strait's own header names, parsed once instead of on every
-//! request.
+//! forwards (RFC 9110 §7.6.1), Strait's own header names (parsed once instead of on every
+//! request) and the ALPN names of the sidecar-to-sidecar connections. It sits below inbound,
+//! outbound and the pool, and imports none of them.
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// [`crate::inbound::PEER_IDENTITY_HEADER`].
-pub(crate) const PEER_IDENTITY: HeaderName =
-    HeaderName::from_static(crate::inbound::PEER_IDENTITY_HEADER);
-/// [`crate::inbound::ERROR_HEADER`].
-pub(crate) const ERROR: HeaderName = HeaderName::from_static(crate::inbound::ERROR_HEADER);
-/// [`crate::outbound::ZONE_HEADER`].
-pub(crate) const ZONE: HeaderName = HeaderName::from_static(crate::outbound::ZONE_HEADER);
+/// ALPN for HTTP/2.
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/1.1.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN for raw TCP through the sidecars' mTLS.
+pub const ALPN_TCP: &[u8] = b"strait-tcp";
+
+/// The header carrying the caller's verified SPIFFE ID to the app.
+pub const PEER_IDENTITY_HEADER: &str = "x-strait-peer-identity";
+/// The header naming why the sidecar itself answered with an error.
+pub const ERROR_HEADER: &str = "x-strait-error";
+/// The header naming the caller's zone on the way out.
+pub const ZONE_HEADER: &str = "x-strait-zone";
+
+/// [`PEER_IDENTITY_HEADER`].
+pub(crate) const PEER_IDENTITY: HeaderName = HeaderName::from_static(PEER_IDENTITY_HEADER);
+/// [`ERROR_HEADER`].
+pub(crate) const ERROR: HeaderName = HeaderName::from_static(ERROR_HEADER);
+/// [`ZONE_HEADER`].
+pub(crate) const ZONE: HeaderName = HeaderName::from_static(ZONE_HEADER);
 
 /// Hop-by-hop headers: about one connection, never forwarded.
 static HOP_BY_HOP: [HeaderName; 8] = [

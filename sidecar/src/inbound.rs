@@ -67,22 +67,13 @@ use tracing::Instrument;
 use crate::authz::{InboundAuthz, Reason, TlsMode};
 use crate::discovery::Control;
 use crate::headers as names;
+pub use crate::headers::{ALPN_H2, ALPN_HTTP1, ALPN_TCP, ERROR_HEADER, PEER_IDENTITY_HEADER};
 use crate::limits::idle::{self, DEFAULT_IDLE_TIMEOUT, PipeEnd};
-use crate::outbound::{STATUS_CLASSES, Sniff, status_class_index};
+use crate::sniff::Sniff;
+use crate::status_class::{STATUS_CLASSES, status_class_index};
 use crate::to_app::{App, ForwardError};
 use crate::{grpc, to_app};
 
-/// ALPN for HTTP/2.
-pub const ALPN_H2: &[u8] = b"h2";
-/// ALPN for HTTP/1.1.
-pub const ALPN_HTTP1: &[u8] = b"http/1.1";
-/// ALPN for raw TCP through the sidecars' mTLS.
-pub const ALPN_TCP: &[u8] = b"strait-tcp";
-
-/// The header carrying the caller's verified SPIFFE ID to the app.
-pub const PEER_IDENTITY_HEADER: &str = "x-strait-peer-identity";
-/// The header naming why the sidecar itself answered with an error.
-pub const ERROR_HEADER: &str = "x-strait-error";
 /// The first byte of every TLS connection: the content type of a handshake record.
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -487,7 +478,7 @@ async fn connection(
     if mode.allows_plaintext() {
         let mut first = [0_u8; 1];
         // A TLS client speaks first; a plaintext one that waits for the server is TCP.
-        match tokio::time::timeout(crate::outbound::SNIFF_TIMEOUT, tcp.peek(&mut first)).await {
+        match tokio::time::timeout(crate::sniff::SNIFF_TIMEOUT, tcp.peek(&mut first)).await {
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(_)) => {
                 if transport(mode, first[0]) == Transport::Plaintext {
@@ -551,7 +542,7 @@ async fn plaintext(
 ) {
     let kind = match kind {
         Some(kind) => kind,
-        None => match crate::outbound::sniff_stream(&tcp).await {
+        None => match crate::sniff::sniff_stream(&tcp).await {
             Some(kind) => kind,
             None => return,
         },

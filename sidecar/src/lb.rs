@@ -485,7 +485,10 @@ impl Balancer {
         {
             stats.outstanding = stats.outstanding.saturating_sub(1);
             // A connect failure or reset says nothing about how fast the endpoint serves.
-            if matches!(outcome, Outcome::Response(_) | Outcome::Timeout) {
+            if matches!(
+                outcome,
+                Outcome::Response(_) | Outcome::Grpc(_) | Outcome::Timeout
+            ) {
                 stats.observe(nanos(latency), now);
             }
         }

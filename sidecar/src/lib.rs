@@ -15,6 +15,7 @@
 //! - [`inbound`]: mTLS termination, authorization and forwarding to the app (`to_app`: in which
 //!   protocol; [`app_pool`], [`app_h2`]: its HTTP/1.1 and HTTP/2 connections to the app);
 //! - [`outbound`]: listeners on service VIPs, routing, balancing and retries to other sidecars;
+//! - [`sniff`]: HTTP or TCP by a connection's first bytes, for both sides;
 //! - [`capture`]: the iptables rules of `strait sidecar init` (traffic capture in a pod);
 //! - [`admin`]: `/metrics`, `/ready`, `/config`; [`demo_app`], [`demo_grpc`], [`demo_ws`]: the
 //!   demo workloads (HTTP, gRPC `Greeter`, WebSocket echo);
@@ -46,4 +47,6 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod run;
+pub mod sniff;
+mod status_class;
 mod to_app;

@@ -61,12 +61,20 @@ pub enum Outcome {
     Reset,
     /// The per-try deadline expired before the response (treated as a 504).
     Timeout,
+    /// A gRPC call answered *trailers-only* (a status, no message) with this `grpc-status`:
+    /// a failure when it says the server failed ([`crate::grpc::is_server_failure`]), as a
+    /// 5xx would.
+    Grpc(u32),
 }
 
 impl Outcome {
     /// Whether this outcome counts as a success for health purposes (any status below 500).
     pub fn is_success(self) -> bool {
-        matches!(self, Outcome::Response(s) if s < 500)
+        match self {
+            Outcome::Response(s) => s < 500,
+            Outcome::Grpc(code) => !crate::grpc::is_server_failure(code),
+            _ => false,
+        }
     }
 }
 
@@ -226,12 +234,12 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                     && state.consecutive_connect >= config.consecutive_connect_failures)
                     .then_some(EjectionCause::ConsecutiveConnectFailures)
             }
-            Outcome::Response(_) if outcome.is_success() => {
+            Outcome::Response(_) | Outcome::Grpc(_) if outcome.is_success() => {
                 state.consecutive_5xx = 0;
                 state.consecutive_connect = 0;
                 None
             }
-            Outcome::Response(_) | Outcome::Reset | Outcome::Timeout => {
+            Outcome::Response(_) | Outcome::Grpc(_) | Outcome::Reset | Outcome::Timeout => {
                 state.consecutive_connect = 0;
                 state.consecutive_5xx = state.consecutive_5xx.saturating_add(1);
                 (config.consecutive_5xx > 0 && state.consecutive_5xx >= config.consecutive_5xx)
@@ -416,6 +424,9 @@ mod tests {
         feed(&mut d, "a", Outcome::Response(500), 4, t0);
         // A 404 is the app answering: a success for health purposes.
         assert_eq!(d.record(&"a", Outcome::Response(404), t0), None);
+        // gRPC, trailers-only: NOT_FOUND is a healthy answer, UNAVAILABLE a failure.
+        assert!(Outcome::Grpc(5).is_success() && Outcome::Grpc(0).is_success());
+        assert!(!Outcome::Grpc(14).is_success() && !Outcome::Grpc(13).is_success());
         assert_eq!(feed(&mut d, "a", Outcome::ConnectFailure, 4, t0), None);
         assert_eq!(feed(&mut d, "a", Outcome::Response(500), 4, t0), None);
         assert!(!d.is_ejected(&"a", t0));

@@ -48,7 +48,7 @@ use tokio::net::TcpStream;
 
 use crate::h2body::BoxError;
 use crate::h2client::{self, Sender};
-use crate::inbound::ALPN_H2;
+use crate::headers::ALPN_H2;
 use crate::limits::breaker::{Counter, OwnedPermit};
 
 /// The request and response bodies the outbound side moves.

@@ -195,6 +195,8 @@ impl RetryConfig {
         let on = &self.retry_on;
         let status = match outcome {
             Outcome::ConnectFailure => return on.connect_failure,
+            // Any method: see `is_retriable_grpc`.
+            Outcome::Grpc(code) => return self.is_retriable_grpc(code),
             _ if !is_idempotent(method) => return false,
             Outcome::Reset => return on.reset,
             Outcome::Timeout => 504,

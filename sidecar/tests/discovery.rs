@@ -10,11 +10,15 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{CutProxy, Files, PATIENCE, Pki, Zone, demo_app, eventually, metric, settings};
+use common::{CutProxy, ZONE, Zone, demo_app, settings};
 use strait_proto as pb;
 use strait_proto::sidecar_message::Msg;
 use strait_sidecar::admin::{self, AdminSources};
 use strait_sidecar::discovery::{Control, ControlOptions, start_control, start_control_with};
+use strait_test_support::files::Files;
+use strait_test_support::metrics::metric;
+use strait_test_support::pki::Pki;
+use strait_test_support::wait::{PATIENCE, eventually};
 use strait_trust::ca::DEFAULT_LEAF_VALIDITY;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,7 +40,7 @@ async fn register_echo(
     address: &str,
 ) -> mpsc::Sender<pb::SidecarMessage> {
     let tls = strait_trust::client_config(
-        &pki.workload("demo", "echo"),
+        &pki.workload(ZONE, "demo", "echo"),
         &pki.trust,
         Arc::new(strait_trust::AllowAny),
         vec![b"h2".to_vec()],
@@ -110,7 +114,7 @@ async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn registers_runs_its_config_and_shows_it_at_the_admin_endpoint() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     let (app, _app_task) = demo_app("echo", "echo-1").await;
@@ -138,7 +142,7 @@ async fn registers_runs_its_config_and_shows_it_at_the_admin_endpoint() {
     );
     // The zone lists this instance as an echo endpoint, with its inbound address and identity.
     let me = s.inbound.to_string();
-    eventually("our own endpoint in a config", || {
+    eventually("our own endpoint in a config", PATIENCE, async || {
         echo_addresses(&control.current_config()).contains(&me)
     })
     .await;
@@ -149,7 +153,7 @@ async fn registers_runs_its_config_and_shows_it_at_the_admin_endpoint() {
         .find(|st| st.instance == "echo-1")
         .unwrap();
     assert_eq!(status.identity, "spiffe://strait.local/ns/demo/sa/echo");
-    eventually("the zone saw our ACK", || {
+    eventually("the zone saw our ACK", PATIENCE, async || {
         zone.discovery.sidecars().iter().any(|st| {
             st.instance == "echo-1" && st.acked_version == control.current_config().version
         })
@@ -201,7 +205,7 @@ async fn registers_runs_its_config_and_shows_it_at_the_admin_endpoint() {
 
 #[tokio::test]
 async fn an_invalid_config_is_nacked_and_the_previous_one_stays() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     let (mut s, _inbound) = settings(&zone, &pki, &files, "web").await;
@@ -209,16 +213,18 @@ async fn an_invalid_config_is_nacked_and_the_previous_one_stays() {
     let me = s.inbound.to_string();
     let control = start_control(s).await.unwrap();
     first_config(&control).await;
-    eventually("settled: our own endpoint in a config", || {
-        addresses(&control.current_config(), "web").contains(&me)
-    })
+    eventually(
+        "settled: our own endpoint in a config",
+        PATIENCE,
+        async || addresses(&control.current_config(), "web").contains(&me),
+    )
     .await;
     let first = control.current_config();
     assert!(echo_addresses(&first).is_empty());
 
     // Another sidecar registers an address the zone passes on but no sidecar can dial.
     let _bad = register_echo(&zone, &pki, "echo-bad", "bad..host:8443").await;
-    eventually("the NACK at the zone", || {
+    eventually("the NACK at the zone", PATIENCE, async || {
         zone.discovery
             .sidecars()
             .iter()
@@ -253,7 +259,7 @@ async fn an_invalid_config_is_nacked_and_the_previous_one_stays() {
 
 #[tokio::test]
 async fn a_validator_hook_can_reject_configs() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     let (mut s, _inbound) = settings(&zone, &pki, &files, "web").await;
@@ -276,13 +282,15 @@ async fn a_validator_hook_can_reject_configs() {
     .await
     .unwrap();
     first_config(&control).await;
-    eventually("settled: our own endpoint in a config", || {
-        addresses(&control.current_config(), "web").contains(&me)
-    })
+    eventually(
+        "settled: our own endpoint in a config",
+        PATIENCE,
+        async || addresses(&control.current_config(), "web").contains(&me),
+    )
     .await;
     let first = control.current_config();
     let _echo = register_echo(&zone, &pki, "echo-1", "127.0.0.1:7001").await;
-    eventually("the NACK at the zone", || {
+    eventually("the NACK at the zone", PATIENCE, async || {
         zone.discovery.sidecars().iter().any(|st| {
             st.instance == "web-1"
                 && st
@@ -297,7 +305,7 @@ async fn a_validator_hook_can_reject_configs() {
 
 #[tokio::test]
 async fn health_reports_follow_the_app_port() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -309,14 +317,14 @@ async fn health_reports_follow_the_app_port() {
     assert_eq!(zone.instance_health("echo", "echo-1"), Some(true));
 
     drop(app);
-    eventually("unhealthy at the zone", || {
+    eventually("unhealthy at the zone", PATIENCE, async || {
         zone.instance_health("echo", "echo-1") == Some(false)
     })
     .await;
     assert!(!control.health.borrow().healthy);
 
     let _app = TcpListener::bind(app_addr).await.unwrap();
-    eventually("healthy again at the zone", || {
+    eventually("healthy again at the zone", PATIENCE, async || {
         zone.instance_health("echo", "echo-1") == Some(true)
     })
     .await;
@@ -324,7 +332,7 @@ async fn health_reports_follow_the_app_port() {
 
 #[tokio::test]
 async fn reconnects_after_the_stream_breaks_and_continues_the_versions() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, DEFAULT_LEAF_VALIDITY).await;
     let proxy = CutProxy::start(zone.addr).await;
     let files = Files::new();
@@ -333,7 +341,7 @@ async fn reconnects_after_the_stream_breaks_and_continues_the_versions() {
     let control = start_control(s.clone()).await.unwrap();
     // Settled: the config lists this instance itself.
     let me = s.inbound.to_string();
-    eventually("our own endpoint in a config", || {
+    eventually("our own endpoint in a config", PATIENCE, async || {
         echo_addresses(&control.current_config()).contains(&me)
     })
     .await;
@@ -359,7 +367,7 @@ async fn reconnects_after_the_stream_breaks_and_continues_the_versions() {
         echo_addresses(&next).contains(&me),
         "the instance was kept through the break"
     );
-    eventually("connected again", || {
+    eventually("connected again", PATIENCE, async || {
         metric(&control.registry, "strait_sidecar_discovery_connected", &[]) == 1.0
     })
     .await;

@@ -9,9 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Http, PATIENCE, Pki, demo_app, eventually, metric, tls_connect};
+use common::{Http, ZONE, demo_app, tls_connect};
 use strait_proto as pb;
 use strait_sidecar::inbound::{self, ALPN_H2, ALPN_HTTP1, ALPN_TCP, InboundContext};
+use strait_test_support::metrics::metric;
+use strait_test_support::pki::{Pki, TD};
+use strait_test_support::wait::{PATIENCE, eventually};
 use strait_trust::{CredentialStore, TrustStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,7 +39,7 @@ impl Drop for Sidecar {
 
 impl Sidecar {
     async fn start(pki: &Pki, app: Option<SocketAddr>, config: pb::SidecarConfig) -> Sidecar {
-        let creds = pki.workload("demo", "echo");
+        let creds = pki.workload(ZONE, "demo", "echo");
         let (config, rx) = watch::channel(Arc::new(config));
         let registry = prometheus::Registry::new();
         let ctx = InboundContext::new(creds.clone(), pki.trust.clone(), rx, &registry).unwrap();
@@ -92,10 +95,10 @@ async fn client(
 
 #[tokio::test]
 async fn the_app_sees_the_verified_caller_not_a_spoofed_header() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (app, _app_task) = demo_app("echo", "echo-1").await;
     let sidecar = Sidecar::start(&pki, Some(app), config()).await;
-    let web = pki.workload("frontend", "web");
+    let web = pki.workload(ZONE, "frontend", "web");
 
     for alpn in [ALPN_HTTP1, ALPN_H2] {
         let mut http = client(&sidecar, &web, &pki.trust, alpn).await;
@@ -143,7 +146,7 @@ async fn the_app_sees_the_verified_caller_not_a_spoofed_header() {
 
 #[tokio::test]
 async fn plaintext_and_foreign_certificates_fail_the_handshake() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (app, _app_task) = demo_app("echo", "echo-1").await;
     let sidecar = Sidecar::start(&pki, Some(app), config()).await;
 
@@ -179,8 +182,8 @@ async fn plaintext_and_foreign_certificates_fail_the_handshake() {
         http.get("/", &[]).await.is_err()
     }
     // A certificate from another federation's root.
-    let other = Pki::new();
-    let foreign = other.workload("frontend", "web");
+    let other = Pki::new(&[ZONE]);
+    let foreign = other.workload(ZONE, "frontend", "web");
     let mut both = pki.root.bundle().unwrap();
     both.add(other.root.cert_der().clone()).unwrap();
     let trusts_both = TrustStore::new(both);
@@ -195,7 +198,7 @@ async fn plaintext_and_foreign_certificates_fail_the_handshake() {
     );
     // A mesh identity that is not a workload (a zone's control plane).
     assert!(
-        refused(&sidecar, Some(&pki.zone_cp()), &pki.trust).await,
+        refused(&sidecar, Some(&pki.zone_cp(ZONE)), &pki.trust).await,
         "not a workload"
     );
 
@@ -218,7 +221,7 @@ async fn plaintext_and_foreign_certificates_fail_the_handshake() {
     // And a proper client still gets in.
     let mut http = client(
         &sidecar,
-        &pki.workload("frontend", "web"),
+        &pki.workload(ZONE, "frontend", "web"),
         &pki.trust,
         ALPN_HTTP1,
     )
@@ -228,10 +231,10 @@ async fn plaintext_and_foreign_certificates_fail_the_handshake() {
 
 #[tokio::test]
 async fn traffic_permission_denies_with_403_and_follows_config_changes() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (app, _app_task) = demo_app("echo", "echo-1").await;
     let sidecar = Sidecar::start(&pki, Some(app), config()).await;
-    let web = pki.workload("frontend", "web");
+    let web = pki.workload(ZONE, "frontend", "web");
     let mut http = client(&sidecar, &web, &pki.trust, ALPN_H2).await;
 
     // Allow-list that names only demo's service accounts.
@@ -252,7 +255,7 @@ async fn traffic_permission_denies_with_403_and_follows_config_changes() {
     // A demo caller is allowed.
     let mut batch = client(
         &sidecar,
-        &pki.workload("demo", "batch"),
+        &pki.workload(ZONE, "demo", "batch"),
         &pki.trust,
         ALPN_HTTP1,
     )
@@ -284,7 +287,7 @@ async fn traffic_permission_denies_with_403_and_follows_config_changes() {
 
 #[tokio::test]
 async fn an_unreachable_app_is_503_with_the_reason() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     // A port nobody listens on.
     let closed = {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -293,7 +296,7 @@ async fn an_unreachable_app_is_503_with_the_reason() {
     let sidecar = Sidecar::start(&pki, Some(closed), config()).await;
     let mut http = client(
         &sidecar,
-        &pki.workload("frontend", "web"),
+        &pki.workload(ZONE, "frontend", "web"),
         &pki.trust,
         ALPN_HTTP1,
     )
@@ -310,7 +313,7 @@ async fn an_unreachable_app_is_503_with_the_reason() {
     let unconfigured = Sidecar::start(&pki, Some(app), pb::SidecarConfig::default()).await;
     let mut http = client(
         &unconfigured,
-        &pki.workload("frontend", "web"),
+        &pki.workload(ZONE, "frontend", "web"),
         &pki.trust,
         ALPN_H2,
     )
@@ -337,10 +340,10 @@ async fn tcp_echo() -> SocketAddr {
 
 #[tokio::test]
 async fn tcp_mode_pipes_bytes_after_authorization() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let app = tcp_echo().await;
     let sidecar = Sidecar::start(&pki, Some(app), config()).await;
-    let web = pki.workload("frontend", "web");
+    let web = pki.workload(ZONE, "frontend", "web");
 
     let mut tls = tls_connect(sidecar.addr, Some(&web), &pki.trust, &[ALPN_TCP])
         .await
@@ -355,7 +358,7 @@ async fn tcp_mode_pipes_bytes_after_authorization() {
         .unwrap();
     assert_eq!(back, payload);
     drop(tls);
-    eventually("the connection gauge back at zero", || {
+    eventually("the connection gauge back at zero", PATIENCE, async || {
         metric(&sidecar.registry, "strait_sidecar_inbound_connections", &[]) == 0.0
     })
     .await;
@@ -395,10 +398,10 @@ async fn tcp_mode_pipes_bytes_after_authorization() {
 
 #[tokio::test]
 async fn a_renewed_certificate_serves_new_connections_and_old_ones_keep_going() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (app, _app_task) = demo_app("echo", "echo-1").await;
     let sidecar = Sidecar::start(&pki, Some(app), config()).await;
-    let web = pki.workload("frontend", "web");
+    let web = pki.workload(ZONE, "frontend", "web");
 
     let tls = tls_connect(sidecar.addr, Some(&web), &pki.trust, &[ALPN_H2])
         .await
@@ -408,9 +411,10 @@ async fn a_renewed_certificate_serves_new_connections_and_old_ones_keep_going() 
     assert_eq!(old.get("/", &[]).await.unwrap().status, 200);
 
     // What renewal does: swap a new certificate into the same store.
-    let id = strait_trust::SpiffeId::workload(common::TD, "demo", "echo").unwrap();
+    let id = strait_trust::SpiffeId::workload(TD, "demo", "echo").unwrap();
     let key = strait_trust::KeyPair::generate().unwrap();
     let issued = pki
+        .zone(ZONE)
         .ca
         .sign_leaf(&key.leaf_csr(&id).unwrap(), &id, Duration::from_secs(3600))
         .unwrap();
@@ -481,10 +485,10 @@ async fn plaintext_refused(addr: SocketAddr) -> bool {
 
 #[tokio::test]
 async fn mesh_tls_permissive_serves_plaintext_without_an_identity_and_strict_refuses_it() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (app, _app_task) = demo_app("echo", "echo-1").await;
     let sidecar = Sidecar::start(&pki, Some(app), config()).await;
-    let web = pki.workload("frontend", "web");
+    let web = pki.workload(ZONE, "frontend", "web");
     let spoof = [(
         "x-strait-peer-identity",
         "spiffe://strait.local/ns/demo/sa/admin",
@@ -567,7 +571,7 @@ async fn mesh_tls_permissive_serves_plaintext_without_an_identity_and_strict_ref
 
 #[tokio::test]
 async fn mesh_tls_permissive_pipes_plaintext_tcp() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = listener.local_addr().unwrap();
     let _echo = tokio::spawn(async move {

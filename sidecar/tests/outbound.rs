@@ -11,11 +11,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Got, Http, PATIENCE, Pki, demo_app, eventually, metric};
+use common::{Got, Http, ZONE, demo_app};
 use rand::Rng;
 use strait_proto as pb;
 use strait_sidecar::inbound::{self, InboundContext};
 use strait_sidecar::outbound::{self, OutboundContext};
+use strait_test_support::metrics::metric;
+use strait_test_support::pki::Pki;
+use strait_test_support::wait::{PATIENCE, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -60,7 +63,7 @@ impl Upstream {
         }));
         let registry = prometheus::Registry::new();
         let ctx = InboundContext::new(
-            pki.workload("demo", "echo"),
+            pki.workload(ZONE, "demo", "echo"),
             pki.trust.clone(),
             rx,
             &registry,
@@ -179,7 +182,7 @@ impl Client {
         let (tx, rx) = watch::channel(config);
         let registry = prometheus::Registry::new();
         let ctx = OutboundContext::new(
-            pki.workload("frontend", "web"),
+            pki.workload(ZONE, "frontend", "web"),
             pki.trust.clone(),
             rx,
             &registry,
@@ -233,7 +236,7 @@ fn instance(got: &Got) -> String {
 
 #[tokio::test]
 async fn calls_reach_the_destination_over_mtls_and_survive_an_instance_dying() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let one = Upstream::start(&pki, "echo-1", "v1").await;
     let two = Upstream::start(&pki, "echo-2", "v1").await;
     let vip = free_vip();
@@ -308,7 +311,7 @@ async fn calls_reach_the_destination_over_mtls_and_survive_an_instance_dying() {
 
 #[tokio::test]
 async fn traffic_routes_split_by_weight_and_match_headers() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let v1 = Upstream::start(&pki, "echo-v1", "v1").await;
     let v2 = Upstream::start(&pki, "echo-v2", "v2").await;
     let vip = free_vip();
@@ -362,7 +365,7 @@ async fn traffic_routes_split_by_weight_and_match_headers() {
 
 #[tokio::test]
 async fn faults_are_answered_by_the_client_sidecar_and_dead_services_get_503() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let up = Upstream::start(&pki, "echo-1", "v1").await;
     let aborted = free_vip();
     let remote_only = free_vip();
@@ -435,7 +438,7 @@ async fn tcp_echo() -> (SocketAddr, JoinHandle<()>) {
 
 #[tokio::test]
 async fn tcp_passes_bytes_through_both_when_declared_and_when_sniffed() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (app, app_task) = tcp_echo().await;
     let up = Upstream::in_front_of(&pki, "echo-tcp", "v1", app, app_task).await;
     let declared = free_vip();
@@ -490,7 +493,7 @@ async fn tcp_passes_bytes_through_both_when_declared_and_when_sniffed() {
 
 #[tokio::test]
 async fn config_changes_apply_without_dropping_open_connections() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let one = Upstream::start(&pki, "echo-1", "v1").await;
     let two = Upstream::start(&pki, "echo-2", "v1").await;
     let vip = free_vip();
@@ -535,7 +538,7 @@ async fn config_changes_apply_without_dropping_open_connections() {
         3,
         vec![service(vip, pb::Protocol::Http, vec![two.endpoint()], None)],
     ));
-    eventually("the removed VIP's listener closes", || {
+    eventually("the removed VIP's listener closes", PATIENCE, async || {
         std::net::TcpStream::connect_timeout(&other, Duration::from_millis(200)).is_err()
     })
     .await;
@@ -547,10 +550,11 @@ async fn config_changes_apply_without_dropping_open_connections() {
 /// callee's through the VIP the zone hands out, and both stop cleanly on shutdown.
 #[tokio::test]
 async fn whole_sidecars_call_each_other_through_the_zone_vip() {
-    use common::{Files, Zone, settings};
+    use common::{Zone, settings};
     use strait_sidecar::config::OutboundMode;
+    use strait_test_support::files::Files;
 
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let zone = Zone::start(&pki, strait_trust::ca::DEFAULT_LEAF_VALIDITY).await;
     let files = Files::new();
     // Global's VIP index for demo/echo; random so that parallel suites do not collide.
@@ -642,7 +646,7 @@ fn breaker(max_connections: u32, max_pending_requests: u32) -> pb::CircuitBreake
 
 #[tokio::test]
 async fn max_connections_passes_over_unconnected_endpoints_and_closes_tcp_beyond_it() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let one = Upstream::start(&pki, "echo-1", "v1").await;
     let two = Upstream::start(&pki, "echo-2", "v1").await;
     let (app, app_task) = tcp_echo().await;
@@ -735,7 +739,7 @@ async fn max_connections_passes_over_unconnected_endpoints_and_closes_tcp_beyond
 
 #[tokio::test]
 async fn max_pending_requests_answers_overflow_at_once() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     // An endpoint that accepts TCP and never answers the TLS handshake: a request to it
     // waits for its connection until the connect timeout.
     let black_hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -812,7 +816,7 @@ async fn max_pending_requests_answers_overflow_at_once() {
 
 #[tokio::test]
 async fn idle_downstream_connections_are_closed_and_new_ones_work() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let up = Upstream::start(&pki, "echo-1", "v1").await;
     let (app, app_task) = tcp_echo().await;
     let tcp_up = Upstream::in_front_of(&pki, "echo-tcp", "v1", app, app_task).await;
@@ -854,7 +858,10 @@ async fn idle_downstream_connections_are_closed_and_new_ones_work() {
     };
     assert!(!sender.is_closed(), "closed while in use");
     let silent = std::time::Instant::now();
-    eventually("the idle HTTP connection closed", || sender.is_closed()).await;
+    eventually("the idle HTTP connection closed", PATIENCE, async || {
+        sender.is_closed()
+    })
+    .await;
     assert!(silent.elapsed() >= idle / 2, "{:?}", silent.elapsed());
     // A new connection is served at once, on the pooled upstream connection.
     let mut again = plain(http_vip).await;
@@ -916,7 +923,7 @@ async fn slow_body_app(gap: Duration) -> (SocketAddr, JoinHandle<()>) {
 
 #[tokio::test]
 async fn the_request_timeout_covers_the_whole_response_body() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (app, app_task) = slow_body_app(Duration::from_millis(1_500)).await;
     let up = Upstream::in_front_of(&pki, "slow-1", "v1", app, app_task).await;
     let timeout = |request_ms: u64| {
@@ -969,7 +976,7 @@ async fn the_request_timeout_covers_the_whole_response_body() {
 
 #[tokio::test]
 async fn a_port_with_its_own_policy_uses_it_and_the_others_the_services() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let up = Upstream::start(&pki, "echo-1", "v1").await;
     let first = free_vip();
     // A second port on the same VIP.

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Federation;
+use strait_test_support::federation::Federation;
 
 /// One HTTP/1.1 request over a fresh connection: (status, body).
 pub async fn get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    super::http_request(addr, path, headers, Duration::from_secs(10)).await
+    strait_test_support::http::request(addr, path, headers, Duration::from_secs(10)).await
 }
 
 /// `service` as `strait services -o json` shows it.

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use strait_local::processes::{ProcessKind, ProcessRecord};
-
-use super::{Federation, eventually, free_port};
+use strait_test_support::federation::{Federation, eventually};
+use strait_test_support::net::free_port;
 
 /// Where each peer is: the variable `scripts/test.sh` exports, else what `scripts/peers.sh`
 /// wrote to `~/.cache/strait/peers.env`. A missing peer fails the test, naming the fix.

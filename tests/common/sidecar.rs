@@ -12,12 +12,12 @@ use strait_proto as pb;
 use strait_trust::bundle::TrustBundle;
 use strait_trust::keys::KeyPair;
 use strait_trust::spiffe::SpiffeId;
-use strait_trust::tls::{AllowExactly, CredentialStore, SpiffeServerVerifier, TrustStore};
+use strait_trust::tls::{AllowExactly, CredentialStore, TrustStore};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Federation;
+use strait_test_support::federation::Federation;
 
 /// TLS to a zone control plane as `zone/Z/cp`, presenting `creds` if any.
 pub fn zone_tls(
@@ -29,30 +29,15 @@ pub fn zone_tls(
     let expect = Arc::new(AllowExactly(vec![
         SpiffeId::zone_cp(bundle.trust_domain(), zone).unwrap(),
     ]));
-    let config = match creds {
-        Some(creds) => {
-            strait_trust::tls::client_config(creds, &trust, expect, vec![b"h2".to_vec()]).unwrap()
-        }
-        None => {
-            let verifier = Arc::new(SpiffeServerVerifier::new(trust, expect));
-            let mut config =
-                rustls::ClientConfig::builder_with_provider(strait_trust::tls::crypto_provider())
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .unwrap()
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier)
-                    .with_no_client_auth();
-            config.alpn_protocols = vec![b"h2".to_vec()];
-            config
-        }
-    };
+    let config =
+        strait_test_support::tls::client_config(creds, &trust, expect, vec![b"h2".to_vec()]);
     Arc::new(config)
 }
 
 pub fn bundle(fed: &Federation) -> TrustBundle {
     TrustBundle::from_pem(
         "strait.local",
-        &super::read(&fed.dir.path().join("admin/bundle.pem")),
+        &strait_test_support::federation::read(&fed.dir.path().join("admin/bundle.pem")),
     )
     .unwrap()
 }

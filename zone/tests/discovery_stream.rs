@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use strait_proto as pb;
 use strait_proto::discovery_client::DiscoveryClient;
 use strait_proto::sidecar_message::Msg;
-use strait_trust::ca::{
-    DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_VALIDITY, DEFAULT_ROOT_VALIDITY,
-};
+use strait_test_support::metrics::metric;
+use strait_test_support::pki::{Pki, TD};
+use strait_test_support::wait::eventually_every;
 use strait_trust::{
-    AllowAny, AllowExactly, CredentialStore, IntermediateCa, KeyPair, RootCa, SpiffeId, TrustStore,
-    client_config, pinned_client_config, server_config_optional_client_auth,
+    AllowAny, AllowExactly, CredentialStore, SpiffeId, client_config, pinned_client_config,
+    server_config_optional_client_auth,
 };
 use strait_zone::discovery::{DiscoveryConfig, DiscoveryServer, REGISTRY_KEY};
 use strait_zone::federation::FederationView;
@@ -27,53 +27,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
-const TD: &str = "strait.local";
 const ZONE: &str = "a";
 /// Long enough for any condition below to be observed inside it on a loaded 2-core machine.
 const PATIENCE: Duration = Duration::from_secs(10);
+/// Between two checks of the server's in-memory state (cheap; looked at often).
+const POLL: Duration = Duration::from_millis(5);
 
 fn h2() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec()]
-}
-
-/// The federation's PKI: a root and zone `a`'s intermediate, which signs everything here.
-struct Pki {
-    root: RootCa,
-    ca: IntermediateCa,
-    trust: TrustStore,
-    cp: SpiffeId,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let root = RootCa::generate(TD, DEFAULT_ROOT_VALIDITY).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let csr = key.intermediate_csr(TD, ZONE).unwrap();
-        let cert = root
-            .sign_intermediate(&csr, ZONE, DEFAULT_INTERMEDIATE_VALIDITY)
-            .unwrap();
-        let ca = IntermediateCa::from_pem(&cert.chain_pem, &key.to_pem()).unwrap();
-        let trust = TrustStore::new(root.bundle().unwrap());
-        Pki {
-            root,
-            ca,
-            trust,
-            cp: SpiffeId::zone_cp(TD, ZONE).unwrap(),
-        }
-    }
-
-    fn leaf(&self, id: &SpiffeId) -> CredentialStore {
-        let key = KeyPair::generate().unwrap();
-        let issued = self
-            .ca
-            .sign_leaf(&key.leaf_csr(id).unwrap(), id, DEFAULT_LEAF_VALIDITY)
-            .unwrap();
-        CredentialStore::from_pem(&issued.chain_pem, &key.to_pem()).unwrap()
-    }
-
-    fn workload(&self, ns: &str, sa: &str) -> CredentialStore {
-        self.leaf(&SpiffeId::workload(TD, ns, sa).unwrap())
-    }
 }
 
 /// A zone control plane's discovery server on loopback.
@@ -107,7 +68,7 @@ impl Zone {
         )
         .unwrap();
         let tls = server_config_optional_client_auth(
-            &pki.leaf(&pki.cp),
+            &pki.zone_cp(ZONE),
             &pki.trust,
             Arc::new(AllowAny),
             h2(),
@@ -145,7 +106,7 @@ impl Zone {
         let tls = client_config(
             creds,
             &pki.trust,
-            Arc::new(AllowExactly(vec![pki.cp.clone()])),
+            Arc::new(AllowExactly(vec![SpiffeId::zone_cp(TD, ZONE).unwrap()])),
             h2(),
         )
         .unwrap();
@@ -162,20 +123,7 @@ impl Zone {
     }
 
     fn metric(&self, name: &str) -> f64 {
-        for family in self.server.metrics().gather() {
-            if family.name() == name {
-                let m = &family.get_metric()[0];
-                return match family.get_field_type() {
-                    prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
-                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
-                    prometheus::proto::MetricType::HISTOGRAM => {
-                        m.get_histogram().get_sample_count() as f64
-                    }
-                    _ => f64::NAN,
-                };
-            }
-        }
-        panic!("metric {name} missing")
+        metric(self.server.metrics(), name, &[])
     }
 }
 
@@ -282,7 +230,7 @@ impl Sidecar {
         sa: &str,
         register: pb::Register,
     ) -> Result<Sidecar, Status> {
-        let client = zone.mtls(pki, &pki.workload("demo", sa));
+        let client = zone.mtls(pki, &pki.workload(ZONE, "demo", sa));
         Self::connect(
             client,
             pb::SidecarMessage {
@@ -356,15 +304,6 @@ fn has_echo_a(config: &pb::SidecarConfig) -> bool {
     echo_endpoints(config).iter().any(|(i, _, _)| i == "echo-a")
 }
 
-/// Polls `cond` until it holds or the deadline passes.
-async fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn store() -> (tempfile::TempDir, ZoneStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = ZoneStore::open(dir.path().join("state")).unwrap();
@@ -373,7 +312,7 @@ fn store() -> (tempfile::TempDir, ZoneStore) {
 
 #[tokio::test]
 async fn a_sidecar_sees_anothers_endpoint_until_the_grace_after_it_left() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (_dir, store) = store();
     let grace = Duration::from_millis(700);
     let zone = Zone::start(&pki, store, grace).await;
@@ -420,11 +359,11 @@ async fn a_sidecar_sees_anothers_endpoint_until_the_grace_after_it_left() {
         config.inbound.as_ref().unwrap().tls_mode,
         pb::MeshTlsMode::Strict as i32
     );
-    eventually("two sidecars connected", || {
+    eventually_every("two sidecars connected", PATIENCE, POLL, async || {
         zone.metric("strait_zone_sidecars_connected") == 2.0
     })
     .await;
-    eventually("ACK latency recorded", || {
+    eventually_every("ACK latency recorded", PATIENCE, POLL, async || {
         zone.metric("strait_zone_config_push_latency_seconds") >= 1.0
     })
     .await;
@@ -438,7 +377,7 @@ async fn a_sidecar_sees_anothers_endpoint_until_the_grace_after_it_left() {
     // A leaves. Its endpoint stays for the grace: B is not told anything.
     let left_at = Instant::now();
     drop(a);
-    eventually("A's stream noticed as ended", || {
+    eventually_every("A's stream noticed as ended", PATIENCE, POLL, async || {
         zone.server.sidecars().len() == 1
     })
     .await;
@@ -460,7 +399,7 @@ async fn a_sidecar_sees_anothers_endpoint_until_the_grace_after_it_left() {
             .all(|s| s.service.as_ref().unwrap().name != "echo"),
         "echo ran only in A, so it is no longer a service"
     );
-    eventually("one sidecar connected", || {
+    eventually_every("one sidecar connected", PATIENCE, POLL, async || {
         zone.metric("strait_zone_sidecars_connected") == 1.0
     })
     .await;
@@ -468,7 +407,7 @@ async fn a_sidecar_sees_anothers_endpoint_until_the_grace_after_it_left() {
 
 #[tokio::test]
 async fn a_sidecar_that_reconnects_within_the_grace_is_never_removed() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (_dir, store) = store();
     let grace = Duration::from_millis(300);
     let zone = Zone::start(&pki, store, grace).await;
@@ -513,7 +452,7 @@ async fn a_sidecar_that_reconnects_within_the_grace_is_never_removed() {
         }
     });
     drop(a);
-    eventually("A's stream noticed as ended", || {
+    eventually_every("A's stream noticed as ended", PATIENCE, POLL, async || {
         zone.server.sidecars().len() == 1
     })
     .await;
@@ -538,7 +477,7 @@ async fn a_sidecar_that_reconnects_within_the_grace_is_never_removed() {
 
 #[tokio::test]
 async fn health_reports_and_nacks_keep_the_stream_going() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (_dir, store) = store();
     let zone = Zone::start(&pki, store, Duration::from_millis(100)).await;
     let mut b = Sidecar::register(
@@ -557,7 +496,7 @@ async fn health_reports_and_nacks_keep_the_stream_going() {
         .unwrap()
         .unwrap();
     b.ack(&first, false).await;
-    eventually("the NACK counted", || {
+    eventually_every("the NACK counted", PATIENCE, POLL, async || {
         zone.metric("strait_zone_config_nacks_total") == 1.0
     })
     .await;
@@ -587,7 +526,7 @@ async fn health_reports_and_nacks_keep_the_stream_going() {
     .unwrap();
     let config = b.until("echo-a's endpoint", has_echo_a).await;
     assert!(config.version > first.version);
-    eventually("B's ACK recorded", || {
+    eventually_every("B's ACK recorded", PATIENCE, POLL, async || {
         zone.server
             .sidecars()
             .iter()
@@ -629,7 +568,7 @@ async fn health_reports_and_nacks_keep_the_stream_going() {
 
 #[tokio::test]
 async fn a_federation_change_reaches_sidecars_with_a_new_version() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (_dir, store) = store();
     let zone = Zone::start(&pki, store, Duration::from_millis(100)).await;
     let mut b = Sidecar::register(
@@ -699,7 +638,7 @@ async fn a_federation_change_reaches_sidecars_with_a_new_version() {
 
 #[tokio::test]
 async fn callers_without_a_proper_identity_or_register_are_refused() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (_dir, store) = store();
     let zone = Zone::start(&pki, store, Duration::from_millis(100)).await;
     let reg = |r: pb::Register| pb::SidecarMessage {
@@ -710,7 +649,7 @@ async fn callers_without_a_proper_identity_or_register_are_refused() {
     let anonymous = pinned_client_config(
         TD,
         &pki.root.pin(),
-        Arc::new(AllowExactly(vec![pki.cp.clone()])),
+        Arc::new(AllowExactly(vec![SpiffeId::zone_cp(TD, ZONE).unwrap()])),
         h2(),
     )
     .unwrap();
@@ -725,7 +664,7 @@ async fn callers_without_a_proper_identity_or_register_are_refused() {
     assert!(err.message().contains("certificate"), "{err:?}");
 
     // A workload of another namespace cannot register demo's services.
-    let other = zone.mtls(&pki, &pki.workload("other", "echo"));
+    let other = zone.mtls(&pki, &pki.workload(ZONE, "other", "echo"));
     let err = Sidecar::connect(other, reg(register("echo", "x", "127.0.0.1:1")))
         .await
         .err()
@@ -734,7 +673,7 @@ async fn callers_without_a_proper_identity_or_register_are_refused() {
     assert!(err.message().contains("namespace"), "{err:?}");
 
     // A gateway's identity is not a workload.
-    let gateway = zone.mtls(&pki, &pki.leaf(&SpiffeId::gateway(TD, ZONE).unwrap()));
+    let gateway = zone.mtls(&pki, &pki.leaf(ZONE, &SpiffeId::gateway(TD, ZONE).unwrap()));
     let err = Sidecar::connect(gateway, reg(register("echo", "x", "127.0.0.1:1")))
         .await
         .err()
@@ -742,7 +681,7 @@ async fn callers_without_a_proper_identity_or_register_are_refused() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // The first message must be Register.
-    let client = zone.mtls(&pki, &pki.workload("demo", "echo"));
+    let client = zone.mtls(&pki, &pki.workload(ZONE, "demo", "echo"));
     let ack = pb::SidecarMessage {
         msg: Some(Msg::Ack(pb::ConfigAck::default())),
     };
@@ -751,7 +690,7 @@ async fn callers_without_a_proper_identity_or_register_are_refused() {
     assert!(err.message().contains("Register"), "{err:?}");
 
     // A Register that says nothing usable.
-    let client = zone.mtls(&pki, &pki.workload("demo", "echo"));
+    let client = zone.mtls(&pki, &pki.workload(ZONE, "demo", "echo"));
     let err = Sidecar::connect(client, reg(register("echo", "x", "no-port")))
         .await
         .err()
@@ -805,7 +744,7 @@ async fn persisted(store: &ZoneStore, instance: &str) {
 
 #[tokio::test]
 async fn a_restarted_zone_keeps_persisted_endpoints_until_the_grace() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (_dir, store) = store();
     let first = Zone::start(&pki, store.clone(), Duration::from_millis(100)).await;
     let a = Sidecar::register(
@@ -894,10 +833,10 @@ async fn a_restarted_zone_keeps_persisted_endpoints_until_the_grace() {
 
 #[tokio::test]
 async fn many_sidecars_one_change_one_push_each() {
-    let pki = Pki::new();
+    let pki = Pki::new(&[ZONE]);
     let (_dir, store) = store();
     let zone = Zone::start(&pki, store, Duration::from_millis(100)).await;
-    let creds = pki.workload("demo", "client");
+    let creds = pki.workload(ZONE, "demo", "client");
     let mut sidecars = Vec::new();
     for i in 0..20 {
         let client = zone.mtls(&pki, &creds);

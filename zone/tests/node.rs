@@ -9,8 +9,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Global, eventually, within};
+use common::Global;
 use strait_proto::zone_message::Msg;
+use strait_test_support::wait::{PATIENCE, eventually, within};
 use strait_zone::config::ZoneConfig;
 use strait_zone::node::{self, ZoneError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -71,7 +72,7 @@ impl Zone {
 
     async fn stop(self) {
         let _ = self.stop.send(());
-        within("the zone to stop", self.task)
+        within("the zone to stop", PATIENCE, self.task)
             .await
             .unwrap()
             .unwrap();
@@ -88,7 +89,7 @@ async fn restart_serves_the_persisted_view_while_global_is_down() {
     let mut s = g.next_session().await;
     assert_eq!(s.hello.known_version, 0);
     // Joined, connected, but no federation view yet: not ready, and it says why.
-    let not_ready = within("the admin port", async {
+    let not_ready = within("the admin port", PATIENCE, async {
         loop {
             if let Some(answer) = get(zone.admin, "/ready").await {
                 return answer;
@@ -108,7 +109,7 @@ async fn restart_serves_the_persisted_view_while_global_is_down() {
     s.send_snapshot(7, "n7").await;
     s.recv_matching(|m| matches!(m, Msg::Ack(a) if a.version == 7).then_some(()))
         .await;
-    within("ready", async {
+    within("ready", PATIENCE, async {
         while !zone.ready().await {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -125,7 +126,7 @@ async fn restart_serves_the_persisted_view_while_global_is_down() {
     // Global is down; the zone restarts without a token and is ready on what it persisted.
     g.set_down(true);
     let zone = start(&g, &dir, None).await;
-    within("ready from the persisted view", async {
+    within("ready from the persisted view", PATIENCE, async {
         while !zone.ready().await {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -154,7 +155,7 @@ async fn a_data_dir_of_another_zone_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("zone-a");
     let zone = start(&g, &dir, Some(g.write_token(tmp.path()))).await;
-    eventually("credentials on disk", || {
+    eventually("credentials on disk", PATIENCE, async || {
         dir.join("zone.json").exists().then_some(())
     })
     .await;

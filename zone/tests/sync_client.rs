@@ -10,9 +10,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Global, Session, TD, eventually, within};
+use common::{Global, Session};
 use strait_proto as pb;
 use strait_proto::zone_message::Msg;
+use strait_test_support::pki::TD;
+use strait_test_support::wait::{PATIENCE, eventually, within};
 use strait_trust::SpiffeId;
 use strait_zone::config::ZoneConfig;
 use strait_zone::credentials::{CredentialsError, ZoneCredentials};
@@ -88,7 +90,9 @@ struct Running {
 impl Running {
     async fn stop(self) {
         let _ = self.stop.send(());
-        within("the sync client to stop", self.task).await.unwrap();
+        within("the sync client to stop", PATIENCE, self.task)
+            .await
+            .unwrap();
     }
 }
 
@@ -472,7 +476,7 @@ async fn a_standby_replica_observes_until_it_leads_then_speaks_for_the_zone() {
     assert_eq!(s.hello.role(), pb::SyncRole::Observer);
     s.send_snapshot(3, "n3").await;
     assert_eq!(next_ack(&mut s).await.version, 3);
-    eventually("the snapshot served", || {
+    eventually("the snapshot served", PATIENCE, async || {
         (run.federation.borrow_and_update().version() == 3).then_some(())
     })
     .await;
@@ -611,7 +615,7 @@ async fn renewal_swaps_the_ca_without_a_restart_and_persists_it() {
     );
     s.send(pb::global_message::Msg::Renew(reply)).await;
     let week = SystemTime::now() + Duration::from_secs(6 * 24 * 3600);
-    common::eventually("the renewed CA in the handle", || {
+    eventually("the renewed CA in the handle", PATIENCE, async || {
         (handle.current().not_after() > week).then_some(())
     })
     .await;

@@ -1,12 +1,11 @@
-//! Harness of the gateway's in-process suites: a federation PKI (root, zone intermediates,
-//! gateway and workload leaves), gateways on loopback driven by a config `watch`, a
+//! Harness of the gateway's in-process suites (the PKI, waits and metric reading come from
+//! `strait_test_support`): gateways on loopback driven by a config `watch`, a
 //! destination "sidecar" (a TLS server that answers with the caller's identity) behind a tap
 //! that records what the gateway sends it, a source "sidecar" (HTTP/2 CONNECT client, then TLS
 //! through the tunnel), a UDP relay that can black-hole a gateway, and a raw QUIC peer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,70 +17,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use strait_eastwest_gateway::{Gateway, GatewayContext};
 use strait_proto as pb;
-use strait_trust::ca::{
-    DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_VALIDITY, DEFAULT_ROOT_VALIDITY,
-};
-use strait_trust::{
-    AllowAny, AllowExactly, CredentialStore, IntermediateCa, KeyPair, RootCa, SpiffeId, TrustStore,
-};
+use strait_test_support::metrics;
+use strait_test_support::pki::{Pki, TD};
+use strait_trust::{AllowAny, AllowExactly, CredentialStore, SpiffeId, TrustStore};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
-
-pub const TD: &str = "strait.local";
-
-pub fn install_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Root and one intermediate per zone.
-pub struct Pki {
-    pub root: RootCa,
-    pub zones: HashMap<String, IntermediateCa>,
-    pub trust: TrustStore,
-}
-
-impl Pki {
-    pub fn new(zones: &[&str]) -> Self {
-        install_provider();
-        let root = RootCa::generate(TD, DEFAULT_ROOT_VALIDITY).unwrap();
-        let mut cas = HashMap::new();
-        for zone in zones {
-            let key = KeyPair::generate().unwrap();
-            let csr = key.intermediate_csr(TD, zone).unwrap();
-            let cert = root
-                .sign_intermediate(&csr, zone, DEFAULT_INTERMEDIATE_VALIDITY)
-                .unwrap();
-            cas.insert(
-                (*zone).to_owned(),
-                IntermediateCa::from_pem(&cert.chain_pem, &key.to_pem()).unwrap(),
-            );
-        }
-        let trust = TrustStore::new(root.bundle().unwrap());
-        Pki {
-            root,
-            zones: cas,
-            trust,
-        }
-    }
-
-    /// A leaf for `id` signed by `zone`'s intermediate.
-    pub fn leaf(&self, zone: &str, id: &SpiffeId) -> CredentialStore {
-        let key = KeyPair::generate().unwrap();
-        let issued = self.zones[zone]
-            .sign_leaf(&key.leaf_csr(id).unwrap(), id, DEFAULT_LEAF_VALIDITY)
-            .unwrap();
-        CredentialStore::from_pem(&issued.chain_pem, &key.to_pem()).unwrap()
-    }
-
-    pub fn gateway(&self, zone: &str) -> CredentialStore {
-        self.leaf(zone, &SpiffeId::gateway(TD, zone).unwrap())
-    }
-
-    pub fn workload(&self, zone: &str, ns: &str, sa: &str) -> CredentialStore {
-        self.leaf(zone, &SpiffeId::workload(TD, ns, sa).unwrap())
-    }
-}
 
 // === gateways ===
 
@@ -141,9 +82,10 @@ impl Gw {
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
     }
 
-    /// A counter or gauge value from the registry.
+    /// A counter or gauge value (histogram: sample count) from the registry; a series not
+    /// touched yet reads as zero.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(&self.registry, name, labels)
+        metrics::value(&self.registry, name, labels).unwrap_or(0.0)
     }
 }
 
@@ -151,33 +93,6 @@ impl Drop for Gw {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for family in registry.gather() {
-        if family.name() != name {
-            continue;
-        }
-        for m in family.get_metric() {
-            let matches = labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            });
-            if !matches {
-                continue;
-            }
-            return match family.get_field_type() {
-                prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
-                prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
-                prometheus::proto::MetricType::HISTOGRAM => {
-                    m.get_histogram().get_sample_count() as f64
-                }
-                _ => f64::NAN,
-            };
-        }
-    }
-    0.0
 }
 
 // === configs ===
@@ -555,16 +470,4 @@ pub fn header(name: &str, port: u32, source_zone: &str, target_zone: &str) -> pb
         trace: None,
         ..Default::default()
     }
-}
-
-/// Polls `cond` until it holds or `within` passed.
-pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }

@@ -1,28 +1,22 @@
-//! Harness of the sidecar's in-process suites: a federation PKI, a real zone control plane
-//! (the zone crate's own `Identity` and `Discovery` services over Strait's mutual TLS) on
-//! loopback, the demo app, and TLS clients.
+//! Harness of the sidecar's in-process suites: a real zone control plane (the zone crate's own
+//! `Identity` and `Discovery` services over Strait's mutual TLS) on loopback, the demo app, and
+//! TLS clients. The PKI, waits, metric reading and token files come from `strait_test_support`.
 
 // A harness failure should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_proto as pb;
 use strait_sidecar::config::SidecarSettings;
-use strait_trust::ca::{
-    DEFAULT_INTERMEDIATE_VALIDITY, DEFAULT_LEAF_VALIDITY, DEFAULT_ROOT_VALIDITY,
-};
-use strait_trust::workload_token::{Claims, WorkloadToken};
-use strait_trust::{
-    AllowAny, CredentialStore, IntermediateCa, KeyPair, RootCa, SpiffeId, TrustStore,
-    server_config_optional_client_auth,
-};
+use strait_test_support::files::Files;
+use strait_test_support::pki::{Pki, TD};
+use strait_trust::{AllowAny, CredentialStore, TrustStore, server_config_optional_client_auth};
 use strait_zone::credentials::CaHandle;
 use strait_zone::discovery::{DiscoveryConfig, DiscoveryServer};
 use strait_zone::federation::FederationView;
@@ -32,72 +26,8 @@ use strait_zone::store::ZoneStore;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-pub const TD: &str = "strait.local";
+/// The zone of every suite here (the PKI is made with its intermediate only).
 pub const ZONE: &str = "a";
-/// Long enough for any condition below to be observed inside it on a loaded 2-core machine.
-pub const PATIENCE: Duration = Duration::from_secs(15);
-
-/// A federation's PKI: a root and zone `a`'s intermediate, which signs everything here.
-pub struct Pki {
-    pub root: RootCa,
-    pub ca: Arc<IntermediateCa>,
-    pub intermediate_pem: String,
-    pub intermediate_key: String,
-    pub trust: TrustStore,
-}
-
-impl Pki {
-    pub fn new() -> Self {
-        let root = RootCa::generate(TD, DEFAULT_ROOT_VALIDITY).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let csr = key.intermediate_csr(TD, ZONE).unwrap();
-        let cert = root
-            .sign_intermediate(&csr, ZONE, DEFAULT_INTERMEDIATE_VALIDITY)
-            .unwrap();
-        let ca = IntermediateCa::from_pem(&cert.chain_pem, &key.to_pem()).unwrap();
-        let trust = TrustStore::new(root.bundle().unwrap());
-        Pki {
-            root,
-            ca: Arc::new(ca),
-            intermediate_pem: cert.chain_pem,
-            intermediate_key: key.to_pem(),
-            trust,
-        }
-    }
-
-    /// A fresh copy of the intermediate (the zone's `CaHandle` owns its own).
-    pub fn intermediate(&self) -> IntermediateCa {
-        IntermediateCa::from_pem(&self.intermediate_pem, &self.intermediate_key).unwrap()
-    }
-
-    pub fn leaf(&self, id: &SpiffeId) -> CredentialStore {
-        let key = KeyPair::generate().unwrap();
-        let issued = self
-            .ca
-            .sign_leaf(&key.leaf_csr(id).unwrap(), id, DEFAULT_LEAF_VALIDITY)
-            .unwrap();
-        CredentialStore::from_pem(&issued.chain_pem, &key.to_pem()).unwrap()
-    }
-
-    pub fn workload(&self, ns: &str, sa: &str) -> CredentialStore {
-        self.leaf(&SpiffeId::workload(TD, ns, sa).unwrap())
-    }
-
-    pub fn zone_cp(&self) -> CredentialStore {
-        self.leaf(&SpiffeId::zone_cp(TD, ZONE).unwrap())
-    }
-
-    /// A bootstrap token for `ns/sa` in zone `zone`, valid for an hour.
-    pub fn token(&self, ns: &str, sa: &str, zone: &str) -> String {
-        let id = SpiffeId::workload(TD, ns, sa).unwrap();
-        let claims = Claims::new(id, zone, SystemTime::now(), Duration::from_secs(3600));
-        WorkloadToken::issue(&self.root, &claims).unwrap()
-    }
-
-    pub fn bundle_pem(&self) -> String {
-        self.root.bundle().unwrap().to_pem()
-    }
-}
 
 /// A zone control plane on loopback: the zone crate's Identity and Discovery services behind
 /// its TLS (client certificates optional, as the real zone serves them).
@@ -121,7 +51,7 @@ impl Zone {
     /// Signing workload certificates valid for `leaf_validity`, presenting `cp` (by default
     /// a proper `zone/a/cp` certificate).
     pub async fn start(pki: &Pki, leaf_validity: Duration) -> Zone {
-        Self::start_with(pki, leaf_validity, pki.zone_cp()).await
+        Self::start_with(pki, leaf_validity, pki.zone_cp(ZONE)).await
     }
 
     pub async fn start_with(pki: &Pki, leaf_validity: Duration, cp: CredentialStore) -> Zone {
@@ -146,7 +76,7 @@ impl Zone {
                 trust_domain: TD.into(),
                 leaf_validity,
             },
-            CaHandle::new(pki.intermediate()),
+            CaHandle::new(pki.intermediate(ZONE)),
             pki.trust.clone(),
         )
         .unwrap();
@@ -210,29 +140,6 @@ fn serve(
     })
 }
 
-/// A directory with a token file and room for data.
-pub struct Files {
-    pub dir: tempfile::TempDir,
-}
-
-impl Files {
-    pub fn new() -> Self {
-        Files {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
 /// Settings of a sidecar for `demo/service` in zone `a`, with a token file written for it.
 pub async fn settings(
     zone: &Zone,
@@ -258,15 +165,6 @@ pub async fn settings(
     (s, inbound)
 }
 
-/// Polls `cond` until it holds or [`PATIENCE`] passes.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Starts the demo app on a fresh loopback port.
 pub async fn demo_app(service: &str, instance: &str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -290,24 +188,7 @@ pub async fn tls_connect(
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let alpn: Vec<Vec<u8>> = alpn.iter().map(|a| a.to_vec()).collect();
-    let config = match creds {
-        Some(creds) => strait_trust::client_config(creds, trust, Arc::new(AllowAny), alpn).unwrap(),
-        None => {
-            let verifier = Arc::new(strait_trust::tls::SpiffeServerVerifier::new(
-                trust.clone(),
-                Arc::new(AllowAny),
-            ));
-            let mut c =
-                rustls::ClientConfig::builder_with_provider(strait_trust::tls::crypto_provider())
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .unwrap()
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier)
-                    .with_no_client_auth();
-            c.alpn_protocols = alpn;
-            c
-        }
-    };
+    let config = strait_test_support::tls::client_config(creds, trust, Arc::new(AllowAny), alpn);
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("strait.invalid").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -380,34 +261,6 @@ impl Http {
             body,
         })
     }
-}
-
-/// The value of a metric (counter, gauge; histogram: sample count) with these labels.
-pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for family in registry.gather() {
-        if family.name() != name {
-            continue;
-        }
-        for m in family.get_metric() {
-            let all = labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            });
-            if !all {
-                continue;
-            }
-            return match family.get_field_type() {
-                prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
-                prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
-                prometheus::proto::MetricType::HISTOGRAM => {
-                    m.get_histogram().get_sample_count() as f64
-                }
-                _ => f64::NAN,
-            };
-        }
-    }
-    panic!("metric {name}{labels:?} missing")
 }
 
 /// A TCP forwarder to `target` whose connections can all be cut at once: a network blip or a

@@ -4,43 +4,21 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use strait_proto as pb;
+use strait_test_support::pki::TD;
+use strait_test_support::wait::{PATIENCE, within};
 use strait_trust::ca::DEFAULT_ROOT_VALIDITY;
 use strait_trust::join_token::JoinToken;
 use strait_trust::{CredentialStore, KeyPair, RootCa, SpiffeId, TrustStore};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-
-pub const TD: &str = "strait.local";
-/// Long enough for anything below on a loaded 2-core machine.
-pub const PATIENCE: Duration = Duration::from_secs(15);
-
-/// Polls `f` until it returns `Some`, or panics after [`PATIENCE`].
-pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Awaits `f` for at most [`PATIENCE`].
-pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 /// One `Sync` stream as global sees it.
 #[derive(Debug)]
@@ -54,7 +32,7 @@ pub struct Session {
 impl Session {
     /// The next message from the zone.
     pub async fn recv(&mut self) -> pb::zone_message::Msg {
-        within("a message from the zone", self.from_zone.recv())
+        within("a message from the zone", PATIENCE, self.from_zone.recv())
             .await
             .expect("zone stream ended")
             .msg
@@ -179,7 +157,7 @@ impl Global {
     }
 
     pub async fn next_session(&mut self) -> Session {
-        within("a sync stream", self.sessions.recv())
+        within("a sync stream", PATIENCE, self.sessions.recv())
             .await
             .expect("fake global stopped")
     }

@@ -1,0 +1,145 @@
+//! HTTP/1.1 `Upgrade` on the outbound side (WebSocket, and any other protocol switched to
+//! after an HTTP/1.1 handshake).
+//!
+//! An upgrade cannot ride the pooled HTTP/2 connections between sidecars (HTTP/2 has no
+//! `Upgrade`), so it gets a connection of its own, as TCP does: a target picked by the
+//! balancer, mutual TLS with ALPN `http/1.1` (through a tunnel of its own for another zone),
+//! connect failures retried on another target. The request goes out as HTTP/1.1 with its
+//! `Upgrade` and `Connection: upgrade`; the destination sidecar forwards it to its app the
+//! same way. When the app answers `101`, the app's connection here and the upstream one become
+//! one byte pipe, closed after the service's `Timeout.idle` without a byte either way; any
+//! other answer is an ordinary response. The connection holds a place in `maxConnections`
+//! for its life, as a TCP connection does.
+
+use http::header::HeaderValue;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::Shared;
+use super::http::error_response;
+use super::metrics::{NONE, ZoneLabel, zone_label};
+use super::services::{Destination, ServiceState};
+use super::tcp::{self, NotConnected};
+use crate::headers::{self as names, ALPN_HTTP1};
+use crate::limits::breaker::Overflow;
+use crate::limits::idle::{self, PipeEnd};
+use crate::pool::Body;
+use crate::to_app::keep_upgrade_headers;
+
+/// Forwards the upgrade `request` of the app to `destination`; the `101` (or whatever the
+/// destination answered) and the zone that answered.
+pub(super) async fn forward(
+    shared: &Shared,
+    service: &ServiceState,
+    destination: &Destination,
+    mut request: Request<Incoming>,
+    zone: Option<HeaderValue>,
+) -> (Response<Body>, ZoneLabel) {
+    let policy = service.policy_for(destination.port);
+    let metrics = &shared.ctx.metrics;
+    let over = |limit: Overflow| {
+        metrics
+            .overflows
+            .with_label_values(&[service.name.as_str(), limit.label()])
+            .inc();
+        (
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "overflow"),
+            NONE,
+        )
+    };
+    let Some(pending) = service.pending.acquire(policy.max_pending) else {
+        return over(Overflow::Pending);
+    };
+    let Some(connection) = service.connections.acquire_owned(policy.max_connections) else {
+        return over(Overflow::Connections);
+    };
+    let downstream = hyper::upgrade::on(&mut request);
+    let (upstream, target) =
+        match tcp::connect(shared, service, &policy, destination, ALPN_HTTP1).await {
+            Ok(connected) => connected,
+            Err(NotConnected::NoHealthyUpstream | NotConnected::Failed) => {
+                return (
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, "no-healthy-upstream"),
+                    NONE,
+                );
+            }
+        };
+    drop(pending);
+    let zone_answered = zone_label(&target.key());
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+            Ok(handshake) => handshake,
+            Err(err) => {
+                tracing::debug!(%err, "upgrade: HTTP/1.1 handshake upstream failed");
+                return (
+                    error_response(StatusCode::BAD_GATEWAY, "upstream-reset"),
+                    zone_answered,
+                );
+            }
+        };
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(%err, "upgrade connection upstream ended with an error");
+        }
+    });
+    let (mut parts, body) = request.into_parts();
+    parts.uri = Uri::from(names::path_and_query(&parts.uri));
+    keep_upgrade_headers(&mut parts.headers);
+    parts.headers.remove(names::PEER_IDENTITY);
+    if let Some(zone) = zone {
+        parts.headers.insert(names::ZONE, zone);
+    }
+    let mut response = match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::debug!(%err, "upgrade: no answer upstream");
+            return (
+                error_response(StatusCode::BAD_GATEWAY, "upstream-reset"),
+                zone_answered,
+            );
+        }
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = response.into_parts();
+        crate::headers::strip_hop_by_hop(&mut parts.headers);
+        return (
+            Response::from_parts(parts, body.map_err(Into::into).boxed()),
+            zone_answered,
+        );
+    }
+    let upstream = hyper::upgrade::on(&mut response);
+    let idle_timeout = policy.idle_timeout;
+    let service_name = service.name.clone();
+    tokio::spawn(async move {
+        let _connection = connection;
+        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(%err, "an upgrade did not complete");
+                return;
+            }
+        };
+        match idle::pipe(
+            TokioIo::new(downstream),
+            TokioIo::new(upstream),
+            idle_timeout,
+        )
+        .await
+        {
+            PipeEnd::Done(up, down) => {
+                tracing::debug!(service = %service_name, up, down, "upgraded connection finished");
+            }
+            PipeEnd::Error(err) => {
+                tracing::debug!(service = %service_name, %err, "upgraded connection ended with an error");
+            }
+            PipeEnd::Idle => {
+                tracing::debug!(service = %service_name, "upgraded connection closed: idle");
+            }
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    keep_upgrade_headers(&mut parts.headers);
+    (Response::from_parts(parts, Body::default()), zone_answered)
+}

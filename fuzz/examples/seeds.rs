@@ -506,14 +506,15 @@ fn config(services: Vec<pb::OutboundService>) -> pb::SidecarConfig {
         services,
         inbound: Some(pb::InboundPolicy {
             tls_mode: pb::MeshTlsMode::Permissive.into(),
-            permission: Some(pb::PermissionPolicy {
+            permissions: vec![pb::PermissionPolicy {
                 rules: vec![pb::PermissionRule {
                     from: vec!["spiffe://strait.local/ns/demo/sa/*".into()],
                     path_prefixes: vec!["/api".into()],
                     ..Default::default()
                 }],
                 ..Default::default()
-            }),
+            }],
+            app_protocol: pb::Protocol::Grpc.into(),
             rate_limit: None,
         }),
         ..Default::default()

@@ -662,10 +662,14 @@ async fn try_once(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            // A trailers-only gRPC answer carries the call's outcome in its headers.
-            let outcome = match grpc::status(&parts.headers) {
-                Some(code) => Outcome::Grpc(code),
-                None => Outcome::Response(parts.status.as_u16()),
+            let outcome = if never_reached_the_app(&parts.headers) {
+                Outcome::ConnectFailure
+            } else {
+                // A trailers-only gRPC answer carries the call's outcome in its headers.
+                match grpc::status(&parts.headers) {
+                    Some(code) => Outcome::Grpc(code),
+                    None => Outcome::Response(parts.status.as_u16()),
+                }
             };
             (
                 outcome,
@@ -690,6 +694,16 @@ async fn try_once(
             (Outcome::Reset, None)
         }
     }
+}
+
+/// Whether the destination sidecar answered without passing the request to its app: it has no
+/// config yet (a sidecar just restarted) or its app is not listening. Nothing ran, so the try
+/// counts as a connect failure: retried on another target whatever the method, and toward
+/// ejecting the target.
+fn never_reached_the_app(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(names::ERROR)
+        .is_some_and(|e| e == "no-config" || e == "app-unavailable")
 }
 
 /// Drops the pooled connection to `target`: it failed.
@@ -752,6 +766,21 @@ mod tests {
     fn upstream_uri(request: Request<()>) -> Result<String, String> {
         let (parts, ()) = request.into_parts();
         upstream_request(&parts).map(|r| r.uri().to_string())
+    }
+
+    #[test]
+    fn a_sidecar_without_config_or_app_never_ran_the_request() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!never_reached_the_app(&headers));
+        for (error, never) in [
+            ("no-config", true),
+            ("app-unavailable", true),
+            ("app-error", false),
+            ("denied", false),
+        ] {
+            headers.insert(names::ERROR, HeaderValue::from_static(error));
+            assert_eq!(never_reached_the_app(&headers), never, "{error}");
+        }
     }
 
     #[test]

@@ -129,9 +129,10 @@ async fn handle(
     );
     let service = shared.table.service(key);
     let grpc_call = grpc::is_grpc(request.headers());
-    let (response, zone) = route_request(shared, service.as_deref(), destination, request)
-        .instrument(span.clone())
-        .await;
+    let (response, zone) =
+        route_request(shared, service.as_deref(), destination, request, grpc_call)
+            .instrument(span.clone())
+            .await;
     let status = response.status();
     span.record("status", status.as_u16());
     span.record("zone", zone.as_ref());
@@ -163,6 +164,7 @@ async fn route_request(
     service: Option<&ServiceState>,
     destination: &Destination,
     request: Request<Incoming>,
+    grpc_call: bool,
 ) -> (Response<Body>, ZoneLabel) {
     let port = destination.port;
     let Some(service) = service else {
@@ -197,7 +199,6 @@ async fn route_request(
     if request.version() == Version::HTTP_11 && to_app::is_upgrade(request.headers()) {
         return super::upgrade::forward(shared, service, destination, request, zone).await;
     }
-    let grpc_call = grpc::is_grpc(request.headers());
     let call_deadline = grpc_call
         .then(|| request.headers().get(grpc::TIMEOUT))
         .flatten()

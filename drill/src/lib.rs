@@ -7,6 +7,8 @@
 //! - [`outage`]: taking a service out of a zone (drain through the control plane, kill its
 //!   processes in a local federation, partition its gateways) and restoring it;
 //! - [`failover`]: the drill itself — preflight, load, take out, guardrail, restore, report;
+//! - [`probe`]: a call through a VIP, a client sidecar's pinned VIPs, a DNS query (what
+//!   `strait demo` checks a federation with);
 //! - [`admin`]: what a drill needs from the control plane, as a trait (the real
 //!   `AdminClient`, or a fake in tests).
 //!
@@ -17,4 +19,5 @@ pub mod failover;
 pub mod grpc;
 pub mod load;
 pub mod outage;
+pub mod probe;
 pub mod timeline;

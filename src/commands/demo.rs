@@ -6,7 +6,6 @@
 //! It drives the same binary as a user would (`strait up`, `strait down` as subprocesses), so
 //! what it shows is what a user gets.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::ResponseCode;
 use strait_proto as pb;
 
 use crate::cli::{ClientArgs, Format};
 use crate::commands::drill::{self, FailoverArgs, ModeArg, ProtocolArg};
+use strait_drill::probe::{call, pinned_vips, resolve};
 use strait_local::processes;
 
 #[derive(Debug, Args)]
@@ -484,112 +483,4 @@ async fn websocket_check(what: &str, target: SocketAddr, expected: &str) -> bool
             false
         }
     }
-}
-
-/// One call through a VIP, retried for a while (right after `strait up` the zones are still
-/// learning about each other); the demo app's JSON answer.
-async fn call(target: &str) -> anyhow::Result<serde_json::Value> {
-    let addr: SocketAddr = target.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match fetch_json(addr).await {
-            Ok(answer) => return Ok(answer),
-            Err(err) if Instant::now() > deadline => return Err(err),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
-/// `GET /` through `addr`: the JSON body of a 200 answer.
-async fn fetch_json(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await??;
-    let text = String::from_utf8_lossy(&reply);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.lines().next().unwrap_or_default();
-    if !status.starts_with("HTTP/1.1 200") {
-        bail!("{status}: {}", body.trim());
-    }
-    Ok(serde_json::from_str(body.trim())?)
-}
-
-/// Zone-pinned VIPs of `service`, from the client sidecar's running config (waiting up to
-/// 15 s for the service to show up there).
-async fn pinned_vips(admin: Option<&str>, service: &str) -> BTreeMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let found = pinned_vips_now(admin, service).await;
-        if !found.is_empty() || Instant::now() > deadline {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn pinned_vips_now(admin: Option<&str>, service: &str) -> BTreeMap<String, String> {
-    let Some(admin) = admin.and_then(|a| a.parse::<SocketAddr>().ok()) else {
-        return BTreeMap::new();
-    };
-    let body = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
-        stream
-            .write_all(b"GET /config HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await.ok()?;
-        let text = String::from_utf8_lossy(&reply).into_owned();
-        let body = text.split_once("\r\n\r\n")?.1.to_owned();
-        serde_json::from_str::<serde_json::Value>(&body).ok()
-    };
-    let Ok(Some(config)) = tokio::time::timeout(Duration::from_secs(5), body).await else {
-        return BTreeMap::new();
-    };
-    config["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["service"]["name"] == service)
-        .and_then(|s| s["zone_vips"].as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(z, v)| Some((z.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// An A query over UDP: the response code and the addresses.
-async fn resolve(server: SocketAddr, name: &str) -> anyhow::Result<(ResponseCode, Vec<String>)> {
-    let mut message = Message::new(rand_id(), MessageType::Query, OpCode::Query);
-    message.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    socket.send_to(&message.to_vec()?, server).await?;
-    let mut buf = vec![0_u8; 4096];
-    let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-        .await
-        .context("no DNS answer within 2 s")??;
-    let reply = Message::from_vec(&buf[..len])?;
-    let addresses = reply
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect();
-    Ok((reply.metadata.response_code, addresses))
-}
-
-fn rand_id() -> u16 {
-    // Good enough for a one-shot query on loopback; the reply is matched by its socket.
-    (std::process::id() as u16) ^ (Instant::now().elapsed().subsec_nanos() as u16)
 }

@@ -63,9 +63,11 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
         &peers::peer("STRAIT_GRPC_INTEROP_SERVER"),
         &own(&["--port", port_of(&interop_app)]),
     );
-    // Python grpcio servers in both zones, each naming its zone in `x-server-name`.
-    for zone in ["a", "b"] {
-        let app = free_port();
+    // Python grpcio servers in both zones, each naming its zone in `x-server-name`, on one
+    // port (a service's port is the same in every zone; its VIPs carry that port).
+    let grpc_port = port_of(&free_port()).to_owned();
+    for (zone, host) in [("a", "127.1.0.201"), ("b", "127.1.1.201")] {
+        let app = format!("{host}:{grpc_port}");
         let name = format!("pygrpc-{zone}");
         Instance {
             zone,
@@ -79,8 +81,10 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
             &python,
             &own(&[
                 &script("grpc_server.py"),
+                "--host",
+                host,
                 "--port",
-                port_of(&app),
+                &grpc_port,
                 "--name",
                 zone,
             ]),
@@ -90,8 +94,8 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
     let ws_app = free_port();
     Instance {
         zone: "b",
-        service: "wsecho",
-        name: "wsecho-b",
+        service: "pyws",
+        name: "pyws-b",
         app: &ws_app,
         app_protocol: "http",
     }
@@ -108,7 +112,7 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
     );
     wait_served(&fed, "interop", &["b"]).await;
     wait_served(&fed, "pygrpc", &["a", "b"]).await;
-    wait_served(&fed, "wsecho", &["b"]).await;
+    wait_served(&fed, "pyws", &["b"]).await;
 
     // grpc-go interop, from zone a to zone b through the gateways.
     let interop = pinned_vip(&fed, "interop", "b", "a");
@@ -158,6 +162,16 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
     // streaming both ways, a status and message set by the server.
     for (to, expect) in [("a", "a"), ("b", "b")] {
         let target = pinned_vip(&fed, "pygrpc", to, "a");
+        // The client sidecar may not listen on the VIP yet: wait for a first health check.
+        eventually(
+            &format!("pygrpc pinned to {to} answers"),
+            Duration::from_secs(20),
+            async || {
+                let args = own(&[&script("grpc_client.py"), "health", "--target", &target]);
+                run(&python, &args, Duration::from_secs(10)).0.then_some(())
+            },
+        )
+        .await;
         for scenario in ["health", "unary", "stream", "bidi", "status"] {
             let (ok, output) = run(
                 &python,
@@ -206,7 +220,13 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
     assert!(calls("local", "ok") >= 4.0, "{page}");
 
     // WebSocket across zones: many messages, 1 MiB binary, still open after an idle pause.
-    let ws = pinned_vip(&fed, "wsecho", "b", "a");
+    let ws = pinned_vip(&fed, "pyws", "b", "a");
+    eventually(
+        "the pyws VIP pinned to b listens",
+        Duration::from_secs(20),
+        async || std::net::TcpStream::connect(&ws).is_ok().then_some(()),
+    )
+    .await;
     let (ok, output) = run(
         &python,
         &own(&[

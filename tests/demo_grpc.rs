@@ -108,10 +108,18 @@ async fn greeter_answers_across_zones_and_a_grpc_drain_drill_fails_no_call() {
 async fn wsecho_echoes_across_zones() {
     let fed = Federation::up(BIN, &["--zones", "a,b", "--demo"]);
     let remote: SocketAddr = pinned_vip(&fed, "wsecho", "b", "a").parse().unwrap();
-    let trip =
-        strait_sidecar::demo_ws::round_trip(remote, "over the mesh", Duration::from_secs(10))
-            .await
-            .unwrap();
+    // `strait services` shows the VIP before the client sidecar has its config and listens
+    // on it: wait for the listener, not for a fixed time.
+    let trip = strait_test_support::federation::eventually(
+        "the wsecho VIP pinned to zone b answers",
+        Duration::from_secs(20),
+        async || {
+            strait_sidecar::demo_ws::round_trip(remote, "over the mesh", Duration::from_secs(10))
+                .await
+                .ok()
+        },
+    )
+    .await;
     assert_eq!(trip.echoed, "over the mesh");
     assert_eq!(trip.zone.as_deref(), Some("b"));
     assert_eq!(trip.hello["instance"], "wsecho-v1-b");

@@ -362,9 +362,16 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
     heading(
         "Failover drill under gRPC load: greeter's processes in zone a SIGKILLed, then restarted",
     );
+    // A call in flight on the instance at the moment it is killed is reset mid-call, and a
+    // reset POST is not retried (the app may have run it): at 50 calls/s that is rarely more
+    // than one call. The report names them; more than this many is a real failure.
+    eprintln!(
+        "  (calls in flight on the killed instance are lost: at most {KILL_IN_FLIGHT} allowed)"
+    );
     let report = drill::run_failover(&FailoverArgs {
         mode: ModeArg::Kill,
         duration: Duration::from_secs(2),
+        objective_errors: KILL_IN_FLIGHT,
         ..grpc_drill
     })
     .await?;
@@ -372,6 +379,9 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
     ok &= report.objectives_met;
     Ok(ok)
 }
+
+/// gRPC calls the kill drill may lose: those in flight on the killed instance.
+const KILL_IN_FLIGHT: u64 = 3;
 
 /// What the demo's `Retry` for `greeter` retries.
 const GREETER_RETRY_ON: &str = "connect-failure, unavailable";

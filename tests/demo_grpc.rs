@@ -18,16 +18,13 @@ use strait_test_support::federation::Federation;
 /// A `Hello` through `target`, retried for a while (cross-zone paths take a moment after
 /// `strait up`); the reply.
 async fn hello(target: SocketAddr) -> strait_proto::demo::v1::HelloReply {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match strait_drill::grpc::hello_once(target, Duration::from_secs(5)).await {
-            Ok(reply) => return reply,
-            Err(status) if std::time::Instant::now() > deadline => {
-                panic!("Greeter/Hello through {target}: {status}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    strait_drill::probe::until(
+        Duration::from_secs(30),
+        |_| true,
+        async || strait_drill::grpc::hello_once(target, Duration::from_secs(5)).await,
+    )
+    .await
+    .unwrap_or_else(|status| panic!("Greeter/Hello through {target}: {status}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

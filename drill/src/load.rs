@@ -326,6 +326,7 @@ pub fn parse(reply: &[u8]) -> SampleResult {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use strait_test_support::wait::{PATIENCE, eventually};
 
     #[test]
     fn answers_are_read_for_their_zone_and_failures_for_their_reason() {
@@ -452,9 +453,17 @@ mod tests {
     async fn grpc_load_holds_the_rate_and_counts_failures_by_status() {
         let ok = greeter(false).await;
         let load = Load::start(grpc(ok, 200));
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent = |load: &Load, n: u64| load.progress().sent >= n;
+        eventually("100 calls sent", PATIENCE, async || sent(&load, 100)).await;
         let samples = load.stop().await;
-        assert!((80..=125).contains(&samples.len()), "{}", samples.len());
+        assert!(samples.len() >= 100, "{}", samples.len());
+        // Open loop at 200/s: call i leaves no earlier than i × 5 ms.
+        for (i, s) in samples.iter().enumerate() {
+            assert!(
+                s.sent >= Duration::from_millis(5 * i as u64),
+                "call {i}: {s:?}"
+            );
+        }
         assert!(
             samples
                 .iter()
@@ -464,7 +473,7 @@ mod tests {
 
         let failing = greeter(true).await;
         let load = Load::start(grpc(failing, 100));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        eventually("10 calls sent", PATIENCE, async || sent(&load, 10)).await;
         let samples = load.stop().await;
         assert!(!samples.is_empty());
         for s in &samples {

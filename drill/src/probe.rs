@@ -28,18 +28,37 @@ pub enum ProbeError {
     Address(#[from] std::net::AddrParseError),
 }
 
-/// One call through a VIP, retried for a while (right after `strait up` the zones are still
-/// learning about each other); the demo app's JSON answer.
-pub async fn call(target: &str) -> Result<serde_json::Value, ProbeError> {
-    let addr: SocketAddr = target.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// How often [`until`] tries again.
+const RETRY_EVERY: Duration = Duration::from_millis(200);
+
+/// `attempt` until it succeeds, gives an error `retry` refuses, or `within` has passed (then
+/// its last error): right after `strait up` the zones are still learning about each other and
+/// a client sidecar may not listen on a new VIP yet.
+pub async fn until<T, E>(
+    within: Duration,
+    retry: impl Fn(&E) -> bool,
+    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = Instant::now() + within;
     loop {
-        match fetch_json(addr).await {
-            Ok(answer) => return Ok(answer),
-            Err(err) if Instant::now() > deadline => return Err(err),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        match attempt().await {
+            Err(err) if retry(&err) && Instant::now() < deadline => {
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            done => return done,
         }
     }
+}
+
+/// One call through a VIP, retried for up to 30 s; the demo app's JSON answer.
+pub async fn call(target: &str) -> Result<serde_json::Value, ProbeError> {
+    let addr: SocketAddr = target.parse()?;
+    until(
+        Duration::from_secs(30),
+        |_| true,
+        async || fetch_json(addr).await,
+    )
+    .await
 }
 
 /// `GET /` through `addr`: the JSON body of a 200 answer.
@@ -70,14 +89,20 @@ async fn fetch_json(addr: SocketAddr) -> Result<serde_json::Value, ProbeError> {
 /// Zone-pinned VIPs of `service`, from the client sidecar's running config (waiting up to
 /// 15 s for the service to show up there).
 pub async fn pinned_vips(admin: Option<&str>, service: &str) -> BTreeMap<String, String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let found = pinned_vips_now(admin, service).await;
-        if !found.is_empty() || Instant::now() > deadline {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let found = until(
+        Duration::from_secs(15),
+        |_| true,
+        async || {
+            let found = pinned_vips_now(admin, service).await;
+            if found.is_empty() {
+                Err(found)
+            } else {
+                Ok(found)
+            }
+        },
+    )
+    .await;
+    found.unwrap_or_else(|none| none)
 }
 
 async fn pinned_vips_now(admin: Option<&str>, service: &str) -> BTreeMap<String, String> {

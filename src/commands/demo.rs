@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -18,7 +18,7 @@ use strait_proto as pb;
 
 use crate::cli::{ClientArgs, Format};
 use crate::commands::drill::{self, FailoverArgs, ModeArg, ProtocolArg};
-use strait_drill::probe::{call, pinned_vips, resolve};
+use strait_drill::probe::{call, pinned_vips, resolve, until};
 use strait_local::processes;
 
 #[derive(Debug, Args)]
@@ -112,21 +112,37 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
     let admin = crate::commands::admin::client(&client_args)?;
     // The workloads started last may not be exported yet: wait (a while) until every demo
     // service has a VIP in zone a.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let services = loop {
-        let services = admin
-            .call(|mut c| async move { c.list_services(pb::ListServicesRequest {}).await })
-            .await?
-            .services;
-        let all_there = ["echo", "ledger", "greeter", "wsecho"].iter().all(|name| {
-            services.iter().any(|s| {
-                s.service.as_ref().is_some_and(|r| r.name == *name) && s.vips.contains_key("a")
-            })
-        });
-        if all_there || Instant::now() > deadline {
-            break services;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let listed = until(
+        Duration::from_secs(30),
+        |e: &Result<_, _>| e.is_ok(),
+        async || {
+            let services = admin
+                .call(|mut c| async move { c.list_services(pb::ListServicesRequest {}).await })
+                .await
+                .map(|reply| reply.services);
+            match services {
+                Ok(services) => {
+                    let all_there = ["echo", "ledger", "greeter", "wsecho"].iter().all(|name| {
+                        services.iter().any(|s| {
+                            s.service.as_ref().is_some_and(|r| r.name == *name)
+                                && s.vips.contains_key("a")
+                        })
+                    });
+                    if all_there {
+                        Ok(services)
+                    } else {
+                        Err(Ok(services))
+                    }
+                }
+                Err(err) => Err(Err(err)),
+            }
+        },
+    )
+    .await;
+    // After 30 s, go on with what is there: the checks below say what is missing.
+    let services = match listed {
+        Ok(services) | Err(Ok(services)) => services,
+        Err(Err(err)) => return Err(err.into()),
     };
     let vip = |name: &str, zone: &str| -> Option<String> {
         services
@@ -432,14 +448,12 @@ fn indent(text: &str) -> String {
 /// A `Greeter/Hello` through `target`, retried for a while (right after `strait up` the zones
 /// are still learning about each other); prints it and says whether zone `expected` answered.
 async fn grpc_check(what: &str, target: SocketAddr, expected: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reply = loop {
-        match strait_drill::grpc::hello_once(target, Duration::from_secs(5)).await {
-            Ok(reply) => break Ok(reply),
-            Err(status) if Instant::now() > deadline => break Err(status),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
+    let reply = until(
+        Duration::from_secs(30),
+        |_| true,
+        async || strait_drill::grpc::hello_once(target, Duration::from_secs(5)).await,
+    )
+    .await;
     match reply {
         Ok(reply) => {
             eprintln!(
@@ -464,15 +478,11 @@ async fn grpc_check(what: &str, target: SocketAddr, expected: &str) -> bool {
 /// upgrade is a failure, reported as such.
 async fn websocket_check(what: &str, target: SocketAddr, expected: &str) -> bool {
     use strait_sidecar::demo_ws::{RoundTripError, round_trip};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let result = loop {
-        match round_trip(target, "hello over the mesh", Duration::from_secs(5)).await {
-            Err(RoundTripError::Connect { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            other => break other,
-        }
-    };
+    let not_listening = |err: &RoundTripError| matches!(err, RoundTripError::Connect { .. });
+    let result = until(Duration::from_secs(10), not_listening, async || {
+        round_trip(target, "hello over the mesh", Duration::from_secs(5)).await
+    })
+    .await;
     match result {
         Ok(trip) => {
             let zone = trip.hello["zone"].as_str().unwrap_or("?");

@@ -38,6 +38,29 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// An answer the sidecar makes itself: `status`, `x-strait-error: error`, and `text` as a
+/// plain-text body (for people; programs read the header), of either side's body type.
+pub(crate) fn sidecar_error<E>(
+    status: http::StatusCode,
+    error: &'static str,
+    text: bytes::Bytes,
+) -> http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, E>> {
+    use http_body_util::BodyExt;
+    let mut response = http::Response::new(
+        http_body_util::Full::new(text)
+            .map_err(|never: std::convert::Infallible| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(ERROR, http::HeaderValue::from_static(error));
+    response
+}
+
 /// The path and query of `uri` for a forwarded request (`/` when it has none), shared with it
 /// rather than copied.
 pub(crate) fn path_and_query(uri: &http::Uri) -> http::uri::PathAndQuery {
@@ -70,7 +93,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
     );
-    let keep_te = te_is_trailers(headers);
+    let keep_te = doomed.contains(&header::TE) && te_is_trailers(headers);
     for name in doomed {
         if keep_te && name == header::TE {
             continue;

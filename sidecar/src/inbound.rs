@@ -52,7 +52,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -663,7 +662,7 @@ async fn handle(shared: &Shared, request: Request<Incoming>, origin: &Origin) ->
         status = tracing::field::Empty,
     );
     let grpc = grpc::is_grpc(request.headers());
-    let mut response = forward(shared, request, origin)
+    let mut response = forward(shared, request, origin, grpc)
         .instrument(span.clone())
         .await;
     if grpc {
@@ -680,7 +679,13 @@ async fn handle(shared: &Shared, request: Request<Incoming>, origin: &Origin) ->
     response
 }
 
-async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -> Response<Body> {
+/// `grpc`: the request is a gRPC call ([`grpc::is_grpc`], decided once by the caller).
+async fn forward(
+    shared: &Shared,
+    request: Request<Incoming>,
+    origin: &Origin,
+    grpc: bool,
+) -> Response<Body> {
     let caller = origin.caller.as_deref();
     let config = shared.ctx.config.borrow().clone();
     if config.version == 0 {
@@ -749,6 +754,7 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
     let protocol = to_app::app_protocol(
         request.version(),
         request.headers(),
+        grpc,
         caller.is_none(),
         declared,
     );
@@ -782,19 +788,7 @@ async fn forward(shared: &Shared, request: Request<Incoming>, origin: &Origin) -
 }
 
 fn error_response(status: StatusCode, error: &'static str, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(
-        Full::new(Bytes::from_static(body.as_bytes()))
-            .map_err(|never: Infallible| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(names::ERROR, HeaderValue::from_static(error));
-    response
+    names::sidecar_error(status, error, Bytes::from_static(body.as_bytes()))
 }
 
 /// A TCP connection: authorize the caller (`None`: plaintext), then copy bytes both ways to

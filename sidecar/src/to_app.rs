@@ -22,6 +22,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use strait_proto as pb;
 use tokio::net::TcpStream;
@@ -36,7 +37,8 @@ pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Set by a client sidecar on a request its app sent over HTTP/2, so that the app behind the
 /// server sidecar gets HTTP/2 too (the sidecars speak HTTP/2 between them whatever the apps
-/// speak). Removed before the app.
+/// speak). Removed before the app on the HTTP/2 path it selects; a sidecar never sends it
+/// otherwise (a plaintext caller's own is ignored, and passed on like any header).
 pub const APP_PROTOCOL_HEADER: &str = "x-strait-app-protocol";
 pub(crate) const APP_PROTOCOL: HeaderName = HeaderName::from_static(APP_PROTOCOL_HEADER);
 /// [`APP_PROTOCOL_HEADER`]'s value for HTTP/2.
@@ -59,12 +61,14 @@ pub(crate) enum AppProtocol {
     Upgrade,
 }
 
-/// Which protocol a request with `version` and `headers` goes to the app in. `plaintext`: the
+/// Which protocol a request with `version` and `headers` (a gRPC call when `grpc`) goes to the
+/// app in. `plaintext`: the
 /// caller is not a sidecar (PERMISSIVE), so its own HTTP version is the app's; `declared`: the
 /// protocol of the app's port (`appProtocol`, or `--app-protocol` in universal mode).
 pub(crate) fn app_protocol(
     version: Version,
     headers: &HeaderMap,
+    grpc: bool,
     plaintext: bool,
     declared: pb::Protocol,
 ) -> AppProtocol {
@@ -72,7 +76,7 @@ pub(crate) fn app_protocol(
         return AppProtocol::Upgrade;
     }
     let h2 = matches!(declared, pb::Protocol::Http2 | pb::Protocol::Grpc)
-        || crate::grpc::is_grpc(headers)
+        || grpc
         || if plaintext {
             version == Version::HTTP_2
         } else {
@@ -192,30 +196,7 @@ impl App {
             return Ok(Response::from_parts(parts, body.boxed()));
         }
         let upstream = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-                Ok(both) => both,
-                Err(err) => {
-                    tracing::debug!(%err, "an upgrade to the app did not complete");
-                    return;
-                }
-            };
-            match idle::pipe(
-                TokioIo::new(downstream),
-                TokioIo::new(upstream),
-                idle_timeout,
-            )
-            .await
-            {
-                PipeEnd::Done(up, down) => {
-                    tracing::debug!(up, down, "upgraded connection finished")
-                }
-                PipeEnd::Error(err) => {
-                    tracing::debug!(%err, "upgraded connection ended with an error");
-                }
-                PipeEnd::Idle => tracing::debug!("upgraded connection closed: idle"),
-            }
-        });
+        splice_upgraded(downstream, upstream, idle_timeout, ());
         let (mut parts, _) = response.into_parts();
         keep_upgrade_headers(&mut parts.headers);
         Ok(Response::from_parts(parts, Body::default()))
@@ -226,6 +207,39 @@ impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App").field("addr", &self.addr).finish()
     }
+}
+
+/// Once both ends of an upgrade have switched (`downstream`, the caller's connection;
+/// `upstream`, the connection that answered `101`), copies bytes both ways until both close or
+/// nothing moved for `idle_timeout`, in a task of its own that holds `holding` (e.g. a place
+/// in `maxConnections`) until then.
+pub(crate) fn splice_upgraded<H: Send + 'static>(
+    downstream: OnUpgrade,
+    upstream: OnUpgrade,
+    idle_timeout: Duration,
+    holding: H,
+) {
+    tokio::spawn(async move {
+        let _holding = holding;
+        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+            Ok(both) => both,
+            Err(err) => {
+                tracing::debug!(%err, "an upgrade did not complete");
+                return;
+            }
+        };
+        match idle::pipe(
+            TokioIo::new(downstream),
+            TokioIo::new(upstream),
+            idle_timeout,
+        )
+        .await
+        {
+            PipeEnd::Done(up, down) => tracing::debug!(up, down, "upgraded connection finished"),
+            PipeEnd::Error(err) => tracing::debug!(%err, "upgraded connection ended with an error"),
+            PipeEnd::Idle => tracing::debug!("upgraded connection closed: idle"),
+        }
+    });
 }
 
 /// Strips the hop-by-hop headers of an upgrade request or `101` but the two the upgrade is:
@@ -259,7 +273,6 @@ fn app_request(
     } else {
         strip_hop_by_hop(&mut parts.headers);
     }
-    parts.headers.remove(APP_PROTOCOL);
     if !parts.headers.contains_key(header::HOST) {
         let host = authority.as_ref().unwrap_or(app);
         if let Ok(value) = HeaderValue::from_str(host.as_str()) {
@@ -332,6 +345,9 @@ mod tests {
 
     #[test]
     fn the_app_gets_the_protocol_its_caller_or_its_port_asks_for() {
+        let app_protocol = |v, h: &HeaderMap, plaintext, declared| {
+            super::app_protocol(v, h, crate::grpc::is_grpc(h), plaintext, declared)
+        };
         use AppProtocol::{Http1, Http2, Upgrade};
         use pb::Protocol::{Grpc, Http, Http2 as DeclaredH2, Tcp};
         let v1 = Version::HTTP_11;

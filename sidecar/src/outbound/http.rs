@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -354,11 +354,11 @@ async fn prepare(
         parts.headers.insert(names::ZONE, zone);
     }
     // The sidecars speak HTTP/2 between them whatever the apps speak: this says what the
-    // app spoke, so that the destination's app gets HTTP/2 too (one it sent is replaced).
+    // app spoke, so that the destination's app gets HTTP/2 too. (An HTTP/1.1 app that sends
+    // it itself only asks HTTP/2 of the destination for its own request: not looked for, a
+    // lookup saved on every request.)
     if parts.version == Version::HTTP_2 {
         parts.headers.insert(to_app::APP_PROTOCOL, to_app::H2);
-    } else {
-        parts.headers.remove(to_app::APP_PROTOCOL);
     }
     let small = body.is_end_stream()
         || body
@@ -743,19 +743,7 @@ fn error_response_with(status: StatusCode, error: &'static str, detail: &str) ->
     } else {
         format!("{error}: {detail}\n")
     };
-    let mut response = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|never: Infallible| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(names::ERROR, HeaderValue::from_static(error));
-    response
+    names::sidecar_error(status, error, Bytes::from(text))
 }
 
 #[cfg(test)]

@@ -24,9 +24,8 @@ use super::services::{Destination, ServiceState};
 use super::tcp::{self, NotConnected};
 use crate::headers::{self as names, ALPN_HTTP1};
 use crate::limits::breaker::Overflow;
-use crate::limits::idle::{self, PipeEnd};
 use crate::pool::Body;
-use crate::to_app::keep_upgrade_headers;
+use crate::to_app::{keep_upgrade_headers, splice_upgraded};
 
 /// Forwards the upgrade `request` of the app to `destination`; the `101` (or whatever the
 /// destination answered) and the zone that answered.
@@ -110,35 +109,8 @@ pub(super) async fn forward(
         );
     }
     let upstream = hyper::upgrade::on(&mut response);
-    let idle_timeout = policy.idle_timeout;
-    let service_name = service.name.clone();
-    tokio::spawn(async move {
-        let _connection = connection;
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
-            Ok(both) => both,
-            Err(err) => {
-                tracing::debug!(%err, "an upgrade did not complete");
-                return;
-            }
-        };
-        match idle::pipe(
-            TokioIo::new(downstream),
-            TokioIo::new(upstream),
-            idle_timeout,
-        )
-        .await
-        {
-            PipeEnd::Done(up, down) => {
-                tracing::debug!(service = %service_name, up, down, "upgraded connection finished");
-            }
-            PipeEnd::Error(err) => {
-                tracing::debug!(service = %service_name, %err, "upgraded connection ended with an error");
-            }
-            PipeEnd::Idle => {
-                tracing::debug!(service = %service_name, "upgraded connection closed: idle");
-            }
-        }
-    });
+    // The upstream connection keeps its place in `maxConnections` while the pipe lasts.
+    splice_upgraded(downstream, upstream, policy.idle_timeout, connection);
     let (mut parts, _) = response.into_parts();
     keep_upgrade_headers(&mut parts.headers);
     (Response::from_parts(parts, Body::default()), zone_answered)

@@ -54,6 +54,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use strait_proto as pb;
 use strait_trust::IdentityKind;
@@ -526,7 +527,8 @@ async fn connection(
         tcp_pipe(&shared, tls, Some(&caller), peer, None).await;
         return;
     }
-    serve_http(shared, tls, Some(Arc::from(caller)), peer, stop, None).await;
+    let h2 = alpn.as_deref() == Some(ALPN_H2);
+    serve_http(shared, tls, Some(Arc::from(caller)), peer, stop, None, h2).await;
 }
 
 /// A plaintext connection under PERMISSIVE: sniffed (unless `kind` is known already), then
@@ -553,7 +555,7 @@ async fn plaintext(
         tracing::debug!(%peer, "plaintext HTTP connection (PERMISSIVE)");
         let activity = idle::Activity::new();
         let io = idle::Tracked::new(tcp, activity.clone());
-        serve_http(shared, io, None, peer, stop, Some(&activity)).await;
+        serve_http(shared, io, None, peer, stop, Some(&activity), false).await;
     } else {
         metrics.plaintext.with_label_values(&["tcp"]).inc();
         tracing::debug!(%peer, "plaintext TCP connection (PERMISSIVE)");
@@ -563,13 +565,17 @@ async fn plaintext(
 
 /// Serves HTTP/1.1 or HTTP/2 on `io` from `caller` (`None`: plaintext) until the client
 /// closes, the listener stops, or (with `idle`) nothing was read for [`DEFAULT_IDLE_TIMEOUT`].
+/// `h2`: the TLS handshake settled on HTTP/2 (ALPN `h2`, what client sidecars and gateways
+/// always ask for), so the connection is served as HTTP/2 directly: no version sniffing and
+/// no upgrade machinery, which HTTP/2 has no use for, on the hot path.
 async fn serve_http<IO>(
     shared: Arc<Shared>,
     io: IO,
     caller: Option<Arc<str>>,
     peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     idle: Option<&idle::Activity>,
+    h2: bool,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -580,6 +586,14 @@ async fn serve_http<IO>(
         let origin = origin.clone();
         async move { Ok::<_, Infallible>(handle(&shared, request, &origin).await) }
     });
+    let io = TokioIo::new(io);
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, service);
+        drive(conn, peer, stop, idle).await;
+        return;
+    }
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -587,7 +601,26 @@ async fn serve_http<IO>(
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     // With upgrades: an HTTP/1.1 `Upgrade` (WebSocket) becomes a byte pipe to the app.
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    drive(
+        builder.serve_connection_with_upgrades(io, service),
+        peer,
+        stop,
+        idle,
+    )
+    .await;
+}
+
+/// Runs one served connection to its end: the client closes, it idles out (with `idle`), or
+/// the listener stops; the last two shut it down gracefully, bounded by [`DRAIN_TIMEOUT`].
+async fn drive<C>(
+    conn: C,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    idle: Option<&idle::Activity>,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     tokio::pin!(conn);
     let idle = async {
         match idle {

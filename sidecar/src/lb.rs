@@ -480,24 +480,48 @@ impl Balancer {
         latency: Duration,
         outcome: Outcome,
     ) -> Option<Ejection> {
-        if let TargetKey::Endpoint(address) = key
-            && let Some(stats) = self.stats.get_mut(address)
-        {
-            stats.outstanding = stats.outstanding.saturating_sub(1);
-            // A connect failure or reset says nothing about how fast the endpoint serves.
-            if matches!(
-                outcome,
-                Outcome::Response(_) | Outcome::Grpc(_) | Outcome::Timeout
-            ) {
-                stats.observe(nanos(latency), now);
-            }
-        }
+        // A connect failure or reset says nothing about how fast the endpoint serves.
+        let answered = matches!(
+            outcome,
+            Outcome::Response(_) | Outcome::Grpc(_) | Outcome::Timeout
+        );
+        self.finished(key, now, latency, answered);
+        self.on_outcome(key, outcome, now)
+    }
+
+    /// Records that a try to `key` was answered after `latency` but that its outcome comes
+    /// later (a gRPC call's status, in the trailers): [`Self::on_outcome`] then.
+    pub fn on_answered(&mut self, key: &TargetKey, now: Instant, latency: Duration) {
+        self.finished(key, now, latency, true);
+    }
+
+    /// Records the outcome of a try to `key` for outlier detection; returns the ejection it
+    /// caused.
+    pub fn on_outcome(
+        &mut self,
+        key: &TargetKey,
+        outcome: Outcome,
+        now: Instant,
+    ) -> Option<Ejection> {
         // A try that was in flight across a config push may end after its target left;
         // recording it would put the target back into the set `maxEjectionPercent` counts.
         if !self.outlier.contains(key) {
             return None;
         }
         self.outlier.record(key, outcome, now)
+    }
+
+    /// A try to `key` is no longer in flight; `answered`: its latency says how fast the
+    /// endpoint serves.
+    fn finished(&mut self, key: &TargetKey, now: Instant, latency: Duration, answered: bool) {
+        if let TargetKey::Endpoint(address) = key
+            && let Some(stats) = self.stats.get_mut(address)
+        {
+            stats.outstanding = stats.outstanding.saturating_sub(1);
+            if answered {
+                stats.observe(nanos(latency), now);
+            }
+        }
     }
 
     // === internals ===

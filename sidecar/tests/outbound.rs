@@ -1011,3 +1011,105 @@ async fn a_port_with_its_own_policy_uses_it_and_the_others_the_services() {
     assert_eq!(got.status, 418, "{got:?}");
     assert_eq!(got.headers["x-strait-error"], "fault-injected");
 }
+
+/// A gRPC server (HTTP/2 without TLS) whose every call sends one message and then ends with
+/// `grpc-status: status` in its trailers, as a real server does: not trailers-only.
+async fn grpc_app(status: u32) -> (SocketAddr, JoinHandle<()>) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |_request| async move {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", status.into());
+                let frames: [Result<Frame<bytes::Bytes>, std::convert::Infallible>; 2] = [
+                    Ok(Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                let body = StreamBody::new(futures::stream::iter(frames));
+                let response = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (addr, task)
+}
+
+/// One unary gRPC call over `send`; the `grpc-status` of its trailers.
+async fn grpc_call(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    vip: SocketAddr,
+) -> Option<String> {
+    use http_body_util::BodyExt;
+
+    let request = http::Request::post(format!("http://{vip}/demo.Echo/Call"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ])))
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers()?;
+    Some(trailers.get("grpc-status")?.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_grpc_failure_in_trailers_counts_for_outlier_detection() {
+    let pki = Pki::new(&[ZONE]);
+    let (app, app_task) = grpc_app(14).await; // UNAVAILABLE, in trailers after a message
+    let bad = Upstream::in_front_of(&pki, "bad", "v1", app, app_task).await;
+    let vip = free_vip();
+    let policy = pb::RoutePolicy {
+        circuit_breaker: Some(pb::CircuitBreakerPolicy {
+            consecutive_5xx: 3,
+            max_ejection_percent: 100.0,
+            ..breaker(0, 0)
+        }),
+        ..Default::default()
+    };
+    let svc = service(vip, pb::Protocol::Http, vec![bad.endpoint()], Some(policy));
+    let client = Client::start(&pki, config(1, vec![svc])).await;
+    listening(vip).await;
+    let tcp = TcpStream::connect(vip).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+
+    // HTTP says 200 every time; the trailers say UNAVAILABLE, three times in a row.
+    for _ in 0..3 {
+        assert_eq!(grpc_call(&mut send, vip).await.as_deref(), Some("14"));
+    }
+    // Recorded when the trailers passed, so by the time the client has read them.
+    assert_eq!(
+        client.metric("strait_sidecar_outbound_ejections_total", &[]),
+        1.0,
+        "three UNAVAILABLE in a row eject the endpoint (consecutive5xx: 3)"
+    );
+    assert_eq!(
+        client.metric(
+            "strait_sidecar_outbound_grpc_calls_total",
+            &[("class", "server-error")]
+        ),
+        3.0
+    );
+}

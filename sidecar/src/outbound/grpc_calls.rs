@@ -1,6 +1,8 @@
-//! Counting gRPC calls by how they ended: the `grpc-status` of a trailers-only answer, or of the
-//! trailers at the end of the response body (the HTTP status of a gRPC call is 200 whatever
-//! happened, so `strait_sidecar_outbound_requests_total` cannot tell).
+//! How gRPC calls ended: the `grpc-status` of a trailers-only answer, or of the trailers at the
+//! end of the response body (the HTTP status of a gRPC call is 200 whatever happened, so
+//! neither `strait_sidecar_outbound_requests_total` nor the response headers can tell). It
+//! counts calls by status class, and tells outlier detection the outcome of a call whose
+//! status came in trailers.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -9,7 +11,6 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use prometheus::IntCounter;
 
 use super::metrics::ZoneLabel;
 use crate::grpc;
@@ -30,50 +31,73 @@ pub(super) fn count(
         counter(grpc::status_class(code)).inc();
         return response;
     }
+    // Resolved now, while the labels are at hand: the end of the body has only the counters.
     let classes = [
         counter("ok"),
         counter("client-error"),
         counter("server-error"),
         counter("none"),
     ];
+    on_end(response, move |ending| {
+        let index = match ending {
+            Ending::Status(code) => match grpc::status_class(code) {
+                "ok" => 0,
+                "client-error" => 1,
+                _ => 2,
+            },
+            Ending::Missing | Ending::Abandoned => 3,
+        };
+        classes[index].inc();
+    })
+}
+
+/// How the body of a gRPC response ended, as far as the call's status goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// Its trailers said this `grpc-status`.
+    Status(u32),
+    /// It ended, or failed (a reset stream), without one.
+    Missing,
+    /// It was dropped before its end: the caller went away.
+    Abandoned,
+}
+
+/// `response` with `then` called once, when its body ends, with how it ended.
+pub(super) fn on_end<F>(response: Response<Body>, then: F) -> Response<Body>
+where
+    F: FnOnce(Ending) + Send + Sync + Unpin + 'static,
+{
     response.map(|inner| {
-        Counted {
+        Watched {
             inner,
-            classes: Some(classes),
+            then: Some(then),
         }
         .boxed()
     })
 }
 
-/// A response body that counts its call once, by its trailers.
-struct Counted {
+/// A response body that reports how it ended, once.
+struct Watched<F: FnOnce(Ending)> {
     inner: Body,
-    /// ok, client-error, server-error, none; taken when counted.
-    classes: Option<[IntCounter; 4]>,
+    /// Taken when called.
+    then: Option<F>,
 }
 
-impl Counted {
-    fn record(&mut self, code: Option<u32>) {
-        if let Some(classes) = self.classes.take() {
-            let index = match code.map(grpc::status_class) {
-                Some("ok") => 0,
-                Some("client-error") => 1,
-                Some(_) => 2,
-                None => 3,
-            };
-            classes[index].inc();
+impl<F: FnOnce(Ending)> Watched<F> {
+    fn end(&mut self, ending: Ending) {
+        if let Some(then) = self.then.take() {
+            then(ending);
         }
     }
 }
 
-impl Drop for Counted {
+impl<F: FnOnce(Ending)> Drop for Watched<F> {
     fn drop(&mut self) {
-        // Dropped before its end: the caller went away, or the stream was reset.
-        self.record(None);
+        self.end(Ending::Abandoned);
     }
 }
 
-impl http_body::Body for Counted {
+impl<F: FnOnce(Ending) + Unpin> http_body::Body for Watched<F> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -85,11 +109,11 @@ impl http_body::Body for Counted {
         match &polled {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    let code = grpc::status(trailers);
-                    self.record(code);
+                    let ending = grpc::status(trailers).map_or(Ending::Missing, Ending::Status);
+                    self.end(ending);
                 }
             }
-            Some(Err(_)) | None => self.record(None),
+            Some(Err(_)) | None => self.end(Ending::Missing),
         }
         Poll::Ready(polled)
     }

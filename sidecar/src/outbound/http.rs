@@ -19,17 +19,20 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use prometheus::IntCounterVec;
+
 use super::attempt::{Action, Answer, Attempt, Tried};
+use super::grpc_calls::Ending;
 use super::metrics::{NONE, RequestSeries, ZoneLabel};
 use super::services::{Destination, REFUSAL_MEMORY, ServicePolicy, ServiceState};
 use super::{DRAIN_TIMEOUT, MAX_REPLAY_BODY, Shared, lock, stopped};
 use crate::deadline::{self, DeadlineBody};
 use crate::h2client::{Outgoing, SendError, Sender};
 use crate::headers::{self as names, strip_hop_by_hop};
-use crate::lb::Target;
+use crate::lb::{Target, TargetKey};
 use crate::limits::breaker::{Overflow, Permit};
 use crate::limits::idle;
-use crate::outlier::Outcome;
+use crate::outlier::{Ejection, Outcome};
 use crate::pool::{Body, ConnPermit, ConnectError, Lookup};
 use crate::route::{RequestView, Subset};
 use crate::{grpc, to_app};
@@ -129,10 +132,9 @@ async fn handle(
     );
     let service = shared.table.service(key);
     let grpc_call = grpc::is_grpc(request.headers());
-    let (response, zone) =
-        route_request(shared, service.as_deref(), destination, request, grpc_call)
-            .instrument(span.clone())
-            .await;
+    let (response, zone) = route_request(shared, service.as_ref(), destination, request, grpc_call)
+        .instrument(span.clone())
+        .await;
     let status = response.status();
     span.record("status", status.as_u16());
     span.record("zone", zone.as_ref());
@@ -161,7 +163,7 @@ async fn handle(
 /// answered.
 async fn route_request(
     shared: &Shared,
-    service: Option<&ServiceState>,
+    service: Option<&Arc<ServiceState>>,
     destination: &Destination,
     request: Request<Incoming>,
     grpc_call: bool,
@@ -221,6 +223,7 @@ async fn route_request(
         headers_timeout,
         parts,
         body,
+        grpc_call,
     );
     let sent = match headers_timeout {
         Some(limit) => tokio::time::timeout(limit, sent).await,
@@ -419,17 +422,19 @@ struct Scope<'a> {
 
 /// The tries of one request, as the [`Attempt`] machine decides them. The request times out
 /// `timeout` from now: the machine answers `request-timeout` rather than back off past it, and
-/// the caller holds the whole of it to the same limit.
+/// the caller holds the whole of it to the same limit. `grpc_call`: the outcome of an answer
+/// whose status comes in trailers is recorded for outlier detection when they arrive.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     shared: &Shared,
-    service: &ServiceState,
+    service: &Arc<ServiceState>,
     policy: &ServicePolicy,
     scope: Scope<'_>,
     port: u16,
     timeout: Option<Duration>,
     parts: http::request::Parts,
     mut body: RequestBody,
+    grpc_call: bool,
 ) -> (Response<Body>, ZoneLabel) {
     let metrics = &shared.ctx.metrics;
     let now = Instant::now();
@@ -475,23 +480,23 @@ async fn send(
                             gateway_id: &gateway_id,
                             per_try_timeout,
                         };
-                        let (outcome, response) =
+                        let (outcome, mut response) =
                             try_once(shared, service, policy, try_, admitted, &parts, &mut body)
                                 .await;
                         let now = Instant::now();
                         if let Some(key) = attempt.current() {
-                            let ejection = lock(&service.balancer).on_complete(
-                                key,
-                                now,
-                                now.duration_since(started),
-                                outcome,
-                            );
-                            if let Some(ejection) = ejection {
-                                metrics
-                                    .ejections
-                                    .with_label_values(&[service.name.as_str()])
-                                    .inc();
-                                tracing::info!(service = %service.name, target = ?key, times = ejection.times, cause = ?ejection.cause, "target ejected");
+                            let latency = now.duration_since(started);
+                            let mut balancer = lock(&service.balancer);
+                            if grpc_call && outcome == Outcome::Response(200) {
+                                // A gRPC answer with its status still to come: `UNAVAILABLE`
+                                // in the trailers is a failure, like a 503.
+                                balancer.on_answered(key, now, latency);
+                                response =
+                                    response.map(|r| outcome_by_trailers(shared, service, key, r));
+                            } else if let Some(ejection) =
+                                balancer.on_complete(key, now, latency, outcome)
+                            {
+                                ejected(&metrics.ejections, &service.name, key, &ejection);
                             }
                         }
                         let tried = Tried {
@@ -549,6 +554,36 @@ fn respond(
             NONE,
         ),
     }
+}
+
+/// `response` (to a gRPC call, from `key`) with its outcome recorded for outlier detection
+/// when its trailers say it: nothing if the caller goes away first.
+fn outcome_by_trailers(
+    shared: &Shared,
+    service: &Arc<ServiceState>,
+    key: &TargetKey,
+    response: Response<Body>,
+) -> Response<Body> {
+    let service = service.clone();
+    let key = key.clone();
+    let ejections = shared.ctx.metrics.ejections.clone();
+    super::grpc_calls::on_end(response, move |ending| {
+        let outcome = match ending {
+            Ending::Status(code) => Outcome::Grpc(code),
+            Ending::Missing => Outcome::Reset,
+            Ending::Abandoned => return,
+        };
+        let ejection = lock(&service.balancer).on_outcome(&key, outcome, Instant::now());
+        if let Some(ejection) = ejection {
+            ejected(&ejections, &service.name, &key, &ejection);
+        }
+    })
+}
+
+/// Counts and logs that outlier detection ejected `key`, a target of `service`.
+fn ejected(ejections: &IntCounterVec, service: &str, key: &TargetKey, ejection: &Ejection) {
+    ejections.with_label_values(&[service]).inc();
+    tracing::info!(service, target = ?key, times = ejection.times, cause = ?ejection.cause, "target ejected");
 }
 
 /// Where one try goes.

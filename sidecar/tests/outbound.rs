@@ -1113,3 +1113,70 @@ async fn a_grpc_failure_in_trailers_counts_for_outlier_detection() {
         3.0
     );
 }
+
+#[tokio::test]
+async fn a_websocket_over_http2_extended_connect_reaches_an_http1_websocket_app() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let pki = Pki::new(&[ZONE]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let app_task = tokio::spawn(strait_sidecar::demo_ws::run_demo_ws(
+        listener,
+        "demo/wsecho".into(),
+        "a".into(),
+        "ws-1".into(),
+        std::future::pending::<()>(),
+    ));
+    let upstream = Upstream::in_front_of(&pki, "ws-1", "v1", app, app_task).await;
+    let vip = free_vip();
+    let svc = service(vip, pb::Protocol::Http, vec![upstream.endpoint()], None);
+    let client = Client::start(&pki, config(1, vec![svc])).await;
+    listening(vip).await;
+    let tcp = TcpStream::connect(vip).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+
+    // RFC 8441: CONNECT with `:protocol websocket`, no Sec-WebSocket-Key.
+    let mut request = http::Request::connect(format!("http://{vip}/"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert!(!response.headers().contains_key("sec-websocket-accept"));
+    assert_eq!(response.headers()["x-strait-instance"], "ws-1");
+    let upgraded = hyper::upgrade::on(&mut response).await.unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    let hello = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    let hello: serde_json::Value = serde_json::from_str(&hello).unwrap();
+    assert_eq!(hello["peer_identity"], WEB, "{hello}");
+    let big = vec![7u8; 1 << 20];
+    ws.send(Message::text("over one HTTP/2 stream"))
+        .await
+        .unwrap();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("over one HTTP/2 stream")
+    );
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+    ws.close(None).await.unwrap();
+    drop(client);
+}

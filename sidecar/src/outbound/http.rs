@@ -56,7 +56,11 @@ pub(super) async fn serve_connection(
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    // Extended CONNECT (RFC 8441): WebSocket over HTTP/2 from the app (`super::upgrade`).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
     let activity = idle::Activity::new();
     let io = idle::Tracked::new(tcp, activity.clone());
     // With upgrades: an HTTP/1.1 `Upgrade` (WebSocket) becomes a byte pipe (`super::upgrade`).
@@ -198,7 +202,12 @@ async fn route_request(
         return (overflow(shared, service, Overflow::Requests), NONE);
     };
     let zone = shared.table.zone_header();
-    if request.version() == Version::HTTP_11 && to_app::is_upgrade(request.headers()) {
+    let upgrade = if request.version() == Version::HTTP_11 {
+        to_app::is_upgrade(request.headers())
+    } else {
+        super::upgrade::extended_connect(&request).is_some()
+    };
+    if upgrade {
         return super::upgrade::forward(shared, service, destination, request, zone).await;
     }
     let call_deadline = grpc_call

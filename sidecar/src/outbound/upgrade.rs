@@ -10,9 +10,16 @@
 //! one byte pipe, closed after the service's `Timeout.idle` without a byte either way; any
 //! other answer is an ordinary response. The connection holds a place in `maxConnections`
 //! for its life, as a TCP connection does.
+//!
+//! An HTTP/2 extended CONNECT from the app (RFC 8441: `:protocol websocket`, WebSocket over one
+//! HTTP/2 stream) goes the same way, as the HTTP/1.1 handshake every WebSocket server speaks:
+//! `GET` with `Upgrade: websocket` and a `Sec-WebSocket-Key` of the sidecar's making, whose
+//! `Sec-WebSocket-Accept` it checks. The app gets `200` and its stream becomes the pipe, as
+//! Envoy converts between the two.
 
-use http::header::HeaderValue;
-use http::{Request, Response, StatusCode, Uri};
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -26,6 +33,17 @@ use crate::headers::{self as names, ALPN_HTTP1};
 use crate::limits::breaker::Overflow;
 use crate::pool::Body;
 use crate::to_app::{keep_upgrade_headers, splice_upgraded};
+
+/// The protocol an HTTP/2 extended CONNECT (RFC 8441) of the app opens, if it is one.
+pub(super) fn extended_connect<B>(request: &Request<B>) -> Option<&str> {
+    if request.method() != Method::CONNECT {
+        return None;
+    }
+    request
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(hyper::ext::Protocol::as_str)
+}
 
 /// Forwards the upgrade `request` of the app to `destination`; the `101` (or whatever the
 /// destination answered) and the zone that answered.
@@ -83,7 +101,13 @@ pub(super) async fn forward(
             tracing::debug!(%err, "upgrade connection upstream ended with an error");
         }
     });
+    let extended = extended_connect(&request).map(str::to_owned);
     let (mut parts, body) = request.into_parts();
+    let (body, websocket_key) = match &extended {
+        // The stream itself is the pipe: the handshake has no body.
+        Some(protocol) => (Body::default(), as_http1_upgrade(&mut parts, protocol)),
+        None => (body.map_err(Into::into).boxed(), None),
+    };
     parts.uri = Uri::from(names::path_and_query(&parts.uri));
     keep_upgrade_headers(&mut parts.headers);
     parts.headers.remove(names::PEER_IDENTITY);
@@ -108,10 +132,60 @@ pub(super) async fn forward(
             zone_answered,
         );
     }
+    if let Some(key) = &websocket_key
+        && !accepts(response.headers(), key)
+    {
+        tracing::debug!("extended CONNECT: the upstream's Sec-WebSocket-Accept does not match");
+        return (
+            error_response(StatusCode::BAD_GATEWAY, "upstream-bad-handshake"),
+            zone_answered,
+        );
+    }
     let upstream = hyper::upgrade::on(&mut response);
     // The upstream connection keeps its place in `maxConnections` while the pipe lasts.
     splice_upgraded(downstream, upstream, policy.idle_timeout, connection);
     let (mut parts, _) = response.into_parts();
-    keep_upgrade_headers(&mut parts.headers);
+    if extended.is_some() {
+        // RFC 8441: a 2xx opens the stream; the HTTP/1.1 handshake's own headers stay here.
+        parts.status = StatusCode::OK;
+        crate::headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    } else {
+        keep_upgrade_headers(&mut parts.headers);
+    }
     (Response::from_parts(parts, Body::default()), zone_answered)
+}
+
+/// Makes an extended CONNECT opening `protocol` into the HTTP/1.1 handshake for it (RFC 8441
+/// section 5 and RFC 6455); the `Sec-WebSocket-Key` it sent, for a WebSocket.
+fn as_http1_upgrade(parts: &mut Parts, protocol: &str) -> Option<String> {
+    parts.method = Method::GET;
+    parts.version = Version::HTTP_11;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    let upgrade = HeaderValue::from_str(protocol).ok()?;
+    parts.headers.insert(header::UPGRADE, upgrade);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if !protocol.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let value = HeaderValue::from_str(&key).ok()?;
+    parts.headers.insert(header::SEC_WEBSOCKET_KEY, value);
+    Some(key)
+}
+
+/// Whether a `101` with `headers` accepts the WebSocket handshake that sent `key`.
+fn accepts(headers: &http::HeaderMap, key: &str) -> bool {
+    let expected = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    headers
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(HeaderValue::as_bytes)
+        == Some(expected.as_bytes())
 }

@@ -11,7 +11,9 @@
 #
 # Also written to $STRAIT_CACHE/peers.env. STRAIT_CACHE defaults to ~/.cache/strait.
 #
-#   go/grpc-interop-v1.85.0/bin/grpc-interop-{server,client}  grpc-go's interop programs
+#   go/grpc-interop-v1.85.0/bin/grpc-interop-client  grpc-go's interop client
+#   go/grpc-interop-server-HASH/bin/grpc-interop-server  grpc-go's interop server on one
+#                                      address (tests/peers/interop-server), HASH of its source
 #   go/grpc-load-HASH/bin/grpc-load    our fixed-rate load generator (bench/grpc-load), HASH of
 #                                      its source and the Go version
 #   py/HASH/bin/python                 a venv with tests/peers/requirements.txt, HASH of that file
@@ -53,24 +55,41 @@ export GOTOOLCHAIN=local
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
-# --- grpc-go interop server and client ---------------------------------------------------------
+# --- grpc-go interop client, and its server bound to one address ------------------------------
 interop_dir=$cache/go/grpc-interop-$GRPC_GO_VERSION/bin
-interop_server=$interop_dir/grpc-interop-server
 interop_client=$interop_dir/grpc-interop-client
-if [ -x "$interop_server" ] && [ -x "$interop_client" ]; then
-  cached "grpc-go interop $GRPC_GO_VERSION cached in $interop_dir"
+if [ -x "$interop_client" ]; then
+  cached "grpc-go interop client $GRPC_GO_VERSION cached in $interop_dir"
 else
-  say "building grpc-go interop server and client $GRPC_GO_VERSION ..."
+  say "building grpc-go interop client $GRPC_GO_VERSION ..."
   t=$(now)
   tmp=$(mktemp -d "$cache/.build.XXXXXX")
   (cd "$tmp" && GOBIN=$tmp/bin GOFLAGS=-mod=mod go install \
-    "google.golang.org/grpc/interop/server@$GRPC_GO_VERSION" \
     "google.golang.org/grpc/interop/client@$GRPC_GO_VERSION")
   mkdir -p "$interop_dir"
-  mv "$tmp/bin/server" "$interop_server"
   mv "$tmp/bin/client" "$interop_client"
   rm -rf "$tmp"
-  say "built grpc-go interop in $(took "$t") -> $interop_dir"
+  say "built grpc-go interop client in $(took "$t") -> $interop_dir"
+fi
+# grpc-go's own server program takes only -port and listens on every address: the client
+# sidecar could then not bind VIP:PORT (a service's VIP port is its app's port), and calls to
+# the VIP would reach the server directly, past the mesh. tests/peers/interop-server is the same
+# server (grpc-go's TestService) with a -listen HOST:PORT.
+server_src=$root/tests/peers/interop-server
+server_hash=$( (cd "$server_src" && cat go.mod go.sum ./*.go; go version) | sha256sum | cut -c1-16)
+server_dir=$cache/go/grpc-interop-server-$server_hash/bin
+interop_server=$server_dir/grpc-interop-server
+if [ -x "$interop_server" ]; then
+  cached "grpc-go interop server cached in $server_dir"
+else
+  say "building the grpc-go interop server (tests/peers/interop-server) ..."
+  t=$(now)
+  tmp=$(mktemp -d "$cache/.build.XXXXXX")
+  (cd "$server_src" && go build -mod=readonly -o "$tmp/grpc-interop-server" .)
+  mkdir -p "$server_dir"
+  mv "$tmp/grpc-interop-server" "$interop_server"
+  rm -rf "$tmp"
+  say "built the interop server in $(took "$t") -> $server_dir"
 fi
 
 # --- the fixed-rate load generator (our source, bench/grpc-load) -------------------------------
@@ -91,7 +110,7 @@ else
   say "built grpc-load in $(took "$t") -> $load_bin"
 fi
 
-# --- Python venv: grpcio, grpcio-health-checking, websockets -----------------------------------
+# --- Python venv: grpcio, grpcio-health-checking, websockets, h2, wsproto ----------------------
 requirements=$root/tests/peers/requirements.txt
 py_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 py_hash=$( (cat "$requirements"; echo "python $py_version") | sha256sum | cut -c1-16)
@@ -99,7 +118,7 @@ venv=$cache/py/$py_hash
 peers_python=$venv/bin/python
 # A venv cannot be moved, so it is built in place; .complete is written last, and a venv
 # without it (an interrupted build) is built again.
-if [ -f "$venv/.complete" ] && "$peers_python" -c 'import grpc, grpc_health.v1, websockets' 2>/dev/null; then
+if [ -f "$venv/.complete" ] && "$peers_python" -c 'import grpc, grpc_health.v1, websockets, h2, wsproto' 2>/dev/null; then
   cached "Python peers venv cached in $venv"
 else
   say "building the Python peers venv (Python $py_version) ..."

@@ -61,7 +61,9 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
     .start(
         &mut fed,
         &peers::peer("STRAIT_GRPC_INTEROP_SERVER"),
-        &own(&["--port", port_of(&interop_app)]),
+        // On its address only: on every address it would hold the VIP's port too, and a call
+        // to the VIP would reach it past the mesh (tests/peers/interop-server).
+        &own(&["-listen", &interop_app]),
     );
     // Python grpcio servers in both zones, each naming its zone in `x-server-name`, on one
     // port (a service's port is the same in every zone; its VIPs carry that port).
@@ -157,6 +159,17 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
         "interop cases failed across zones:\n{}",
         failed.join("\n")
     );
+    // Through the mesh, not around it: zone a's client sidecar carried the calls to zone b.
+    let page = strait_test_support::metrics::scrape(&fed.address("client-a-sidecar", "admin"))
+        .await
+        .expect("client-a-sidecar /metrics");
+    let interop_calls = strait_test_support::metrics::sample(
+        &page,
+        "strait_sidecar_outbound_grpc_calls_total",
+        &[("service", "demo/interop"), ("zone", "b"), ("class", "ok")],
+    )
+    .unwrap_or(0.0);
+    assert!(interop_calls >= 8.0, "{page}");
 
     // Python grpcio, in the same zone and across zones: health, metadata and trailers,
     // streaming both ways, a status and message set by the server.
@@ -243,6 +256,25 @@ async fn grpc_interop_and_python_grpc_and_websocket_across_zones() {
         Duration::from_secs(60),
     );
     assert!(ok, "websocket a→b via {ws}: {output}");
+
+    // The same over HTTP/2: RFC 8441 extended CONNECT from the client (Python h2 and wsproto),
+    // the HTTP/1.1 handshake `websockets` serves at the other end.
+    let (ok, output) = run(
+        &python,
+        &own(&[
+            &script("h2_ws_client.py"),
+            "--addr",
+            &ws,
+            "--count",
+            "200",
+            "--idle",
+            "3",
+            "--expect-server",
+            "b",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "websocket over HTTP/2 a→b via {ws}: {output}");
 }
 
 /// Resident memory of `pid` in KiB (`VmRSS`), or 0 once it is gone.

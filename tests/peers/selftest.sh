@@ -83,7 +83,7 @@ started=$(now)
 
 # --- grpc-go interop --------------------------------------------------------------------------
 interop_port=$(free_port)
-"$STRAIT_GRPC_INTEROP_SERVER" --port "$interop_port" >"$logs/interop-server.log" 2>&1 &
+"$STRAIT_GRPC_INTEROP_SERVER" -listen "127.0.0.1:$interop_port" >"$logs/interop-server.log" 2>&1 &
 pids+=($!)
 wait_listening "$interop_port"
 for case in empty_unary large_unary client_streaming server_streaming ping_pong empty_stream \

@@ -19,8 +19,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use prometheus::IntCounterVec;
-
 use super::attempt::{Action, Answer, Attempt, Tried};
 use super::grpc_calls::Ending;
 use super::metrics::{NONE, RequestSeries, ZoneLabel};
@@ -32,7 +30,7 @@ use crate::headers::{self as names, strip_hop_by_hop};
 use crate::lb::{Target, TargetKey};
 use crate::limits::breaker::{Overflow, Permit};
 use crate::limits::idle;
-use crate::outlier::{Ejection, Outcome};
+use crate::outlier::Outcome;
 use crate::pool::{Body, ConnPermit, ConnectError, Lookup};
 use crate::route::{RequestView, Subset};
 use crate::{grpc, to_app};
@@ -505,7 +503,12 @@ async fn send(
                             } else if let Some(ejection) =
                                 balancer.on_complete(key, now, latency, outcome)
                             {
-                                ejected(&metrics.ejections, &service.name, key, &ejection);
+                                super::metrics::ejected(
+                                    &metrics.ejections,
+                                    &service.name,
+                                    key,
+                                    &ejection,
+                                );
                             }
                         }
                         let tried = Tried {
@@ -584,15 +587,9 @@ fn outcome_by_trailers(
         };
         let ejection = lock(&service.balancer).on_outcome(&key, outcome, Instant::now());
         if let Some(ejection) = ejection {
-            ejected(&ejections, &service.name, &key, &ejection);
+            super::metrics::ejected(&ejections, &service.name, &key, &ejection);
         }
     })
-}
-
-/// Counts and logs that outlier detection ejected `key`, a target of `service`.
-fn ejected(ejections: &IntCounterVec, service: &str, key: &TargetKey, ejection: &Ejection) {
-    ejections.with_label_values(&[service]).inc();
-    tracing::info!(service, target = ?key, times = ejection.times, cause = ?ejection.cause, "target ejected");
 }
 
 /// Where one try goes.

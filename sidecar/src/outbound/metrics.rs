@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::lb::TargetKey;
+use crate::outlier::Ejection;
 use crate::status_class::{STATUS_CLASSES, status_class_index};
 
 /// The outbound side's metrics.
@@ -168,6 +169,17 @@ pub(super) fn zone_label(target: &TargetKey) -> ZoneLabel {
         TargetKey::Endpoint(_) => Cow::Borrowed(LOCAL_ZONE),
         TargetKey::Zone(zone) => Cow::Owned(zone.clone()),
     }
+}
+
+/// Counts and logs that outlier detection ejected `key`, a target of `service`.
+pub(super) fn ejected(
+    ejections: &IntCounterVec,
+    service: &str,
+    key: &TargetKey,
+    ejection: &Ejection,
+) {
+    ejections.with_label_values(&[service]).inc();
+    tracing::info!(service, target = ?key, times = ejection.times, cause = ?ejection.cause, "target ejected");
 }
 
 #[cfg(test)]

@@ -164,14 +164,14 @@ pub(super) async fn connect(
                     Outcome::ConnectFailure
                 };
                 if let Some(key) = attempt.current()
-                    && lock(&service.balancer)
-                        .on_complete(key, now, now.duration_since(started), result)
-                        .is_some()
+                    && let Some(ejection) = lock(&service.balancer).on_complete(
+                        key,
+                        now,
+                        now.duration_since(started),
+                        result,
+                    )
                 {
-                    metrics
-                        .ejections
-                        .with_label_values(&[service.name.as_str()])
-                        .inc();
+                    super::metrics::ejected(&metrics.ejections, &service.name, key, &ejection);
                 }
                 if let Some(stream) = connected {
                     return Ok((stream, target));

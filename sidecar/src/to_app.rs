@@ -160,7 +160,11 @@ impl App {
                 strip_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(parts, body.boxed()))
             }
-            AppProtocol::Upgrade => self.upgrade(request, app, identity, idle_timeout).await,
+            // Boxed: the rare upgrade's state would otherwise enlarge every request's future
+            // (moved several times per request).
+            AppProtocol::Upgrade => {
+                Box::pin(self.upgrade(request, app, identity, idle_timeout)).await
+            }
         }
     }
 

@@ -206,7 +206,15 @@ async fn route_request(
         super::upgrade::extended_connect(&request).is_some()
     };
     if upgrade {
-        return super::upgrade::forward(shared, service, destination, request, zone).await;
+        // Boxed, as the rare path it is: its state stays out of every request's future.
+        return Box::pin(super::upgrade::forward(
+            shared,
+            service,
+            destination,
+            request,
+            zone,
+        ))
+        .await;
     }
     let call_deadline = grpc_call
         .then(|| request.headers().get(grpc::TIMEOUT))

@@ -9,6 +9,8 @@
 //! - [`failover`]: the drill itself — preflight, load, take out, guardrail, restore, report;
 //! - [`probe`]: a call through a VIP, a client sidecar's pinned VIPs, a DNS query (what
 //!   `strait demo` checks a federation with);
+//! - [`tour`]: `strait demo`'s plan — the calls from zone a's client and the zone each must be
+//!   answered in, the DNS names, the greeter `Retry`, the drills;
 //! - [`admin`]: what a drill needs from the control plane, as a trait (the real
 //!   `AdminClient`, or a fake in tests).
 //!
@@ -21,3 +23,4 @@ pub mod load;
 pub mod outage;
 pub mod probe;
 pub mod timeline;
+pub mod tour;

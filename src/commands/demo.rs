@@ -6,6 +6,7 @@
 //! It drives the same binary as a user would (`strait up`, `strait down` as subprocesses), so
 //! what it shows is what a user gets.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,13 +14,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hickory_proto::op::ResponseCode;
-use strait_proto as pb;
+use strait_drill::probe::{pinned_vips, resolve};
+use strait_drill::tour::{self, Check, DnsExpect, Outcome, Section, WebSocketError, WebSocketTrip};
+use strait_local::processes;
 
 use crate::cli::{ClientArgs, Format};
-use crate::commands::drill::{self, FailoverArgs, ModeArg, ProtocolArg};
-use strait_drill::probe::{call, pinned_vips, resolve, until};
-use strait_local::processes;
+use crate::commands::drill;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -105,53 +105,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// The steps between up and down; `Ok(false)` when an objective was missed.
 async fn tour(dir: &Path) -> anyhow::Result<bool> {
-    let config = dir.join("config.yaml");
     let client_args = ClientArgs {
-        config: Some(config.clone()),
+        config: Some(dir.join("config.yaml")),
     };
     let admin = crate::commands::admin::client(&client_args)?;
-    // The workloads started last may not be exported yet: wait (a while) until every demo
-    // service has a VIP in zone a.
-    let listed = until(
-        Duration::from_secs(30),
-        |e: &Result<_, _>| e.is_ok(),
-        async || {
-            let services = admin
-                .call(|mut c| async move { c.list_services(pb::ListServicesRequest {}).await })
-                .await
-                .map(|reply| reply.services);
-            match services {
-                Ok(services) => {
-                    let all_there = ["echo", "ledger", "greeter", "wsecho"].iter().all(|name| {
-                        services.iter().any(|s| {
-                            s.service.as_ref().is_some_and(|r| r.name == *name)
-                                && s.vips.contains_key("a")
-                        })
-                    });
-                    if all_there {
-                        Ok(services)
-                    } else {
-                        Err(Ok(services))
-                    }
-                }
-                Err(err) => Err(Err(err)),
-            }
-        },
-    )
-    .await;
-    // After 30 s, go on with what is there: the checks below say what is missing.
-    let services = match listed {
-        Ok(services) | Err(Ok(services)) => services,
-        Err(Err(err)) => return Err(err.into()),
-    };
-    let vip = |name: &str, zone: &str| -> Option<String> {
-        services
-            .iter()
-            .find(|s| s.service.as_ref().is_some_and(|r| r.name == name))
-            .and_then(|s| s.vips.get(zone).cloned())
-    };
+    let services = tour::listed_services(&admin, Duration::from_secs(30)).await?;
+    let vip = |name: &str| tour::vip(&services, name, "a");
     heading("A Retry for greeter (a gRPC call is a POST: only named failures are retried)");
-    apply_greeter_retry(&admin)
+    let yaml = tour::greeter_retry();
+    eprintln!("  strait apply -f - <<EOF\n{}  EOF", indent(&yaml));
+    tour::apply(&admin, yaml, "strait demo")
         .await
         .context("applying greeter's Retry")?;
     let records = processes::read(dir)?;
@@ -163,111 +126,28 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
             .map(str::to_owned)
     };
 
-    heading("Calls from zone a's client (through its sidecar; other zones through the gateways)");
     let mut ok = true;
-    let mut calls: Vec<(String, String, String)> = Vec::new();
-    if let Some(v) = vip("echo", "a") {
-        calls.push(("echo".into(), format!("{v}:8080"), "a".into()));
-    }
-    if let Some(v) = vip("ledger", "a") {
-        calls.push((
-            "ledger (runs only in zone c)".into(),
-            format!("{v}:8080"),
-            "c".into(),
-        ));
-    }
     let client_admin = address("client-a-sidecar", "admin");
-    let pinned = pinned_vips(client_admin.as_deref(), "echo").await;
-    for zone in ["b", "c"] {
-        if let Some(v) = pinned.get(zone) {
-            calls.push((
-                format!("echo pinned to zone {zone}"),
-                format!("{v}:8080"),
-                zone.to_owned(),
-            ));
+    let mut echo_pinned = BTreeMap::new();
+    for section in Section::ALL {
+        heading(match section {
+            Section::Http => {
+                "Calls from zone a's client (through its sidecar; other zones through the gateways)"
+            }
+            Section::Grpc => {
+                "gRPC from zone a's client: strait.demo.v1.Greeter (HTTP/2 end to end, sidecar to sidecar)"
+            }
+            Section::WebSocket => {
+                "WebSocket from zone a's client: wsecho (an HTTP/1.1 Upgrade through both sidecars)"
+            }
+        });
+        let pinned = pinned_vips(client_admin.as_deref(), section.pinned_service()).await;
+        for check in tour::plan(section, &services, &pinned) {
+            ok &= show(&check, &check.run(&WebSocket).await);
         }
-    }
-    for (what, target, expected) in &calls {
-        let answer = call(target).await;
-        match &answer {
-            Ok(body) => {
-                let zone = body["zone"].as_str().unwrap_or("?");
-                eprintln!(
-                    "  curl http://{target}/   {what}: answered by {} in zone {zone}, caller {}",
-                    body["instance"].as_str().unwrap_or("?"),
-                    body["peer_identity"].as_str().unwrap_or("?"),
-                );
-                if zone != expected {
-                    eprintln!("    expected zone {expected}");
-                    ok = false;
-                }
-            }
-            Err(err) => {
-                eprintln!("  curl http://{target}/   {what}: FAILED: {err:#}");
-                ok = false;
-            }
+        if section == Section::Http {
+            echo_pinned = pinned;
         }
-    }
-
-    heading(
-        "gRPC from zone a's client: strait.demo.v1.Greeter (HTTP/2 end to end, sidecar to sidecar)",
-    );
-    let greeter_pinned = pinned_vips(client_admin.as_deref(), "greeter").await;
-    let mut grpc_targets: Vec<(String, Option<String>, &str)> =
-        vec![("greeter".into(), vip("greeter", "a"), "a")];
-    for zone in ["b", "c"] {
-        grpc_targets.push((
-            format!("greeter pinned to zone {zone}"),
-            greeter_pinned.get(zone).cloned(),
-            zone,
-        ));
-    }
-    for (what, v, expected) in &grpc_targets {
-        let Some(target) = v.as_deref().and_then(|v| format!("{v}:8080").parse().ok()) else {
-            eprintln!("  {what}: FAILED: no VIP in zone a's client");
-            ok = false;
-            continue;
-        };
-        ok &= grpc_check(what, target, expected).await;
-    }
-    if let Some(target) = greeter_pinned
-        .get("b")
-        .and_then(|v| format!("{v}:8080").parse().ok())
-    {
-        match strait_drill::grpc::count_once(target, 5, Duration::from_secs(5)).await {
-            Ok((numbers, zone)) if numbers == [1, 2, 3, 4, 5] && zone == "b" => eprintln!(
-                "  grpc {target} Greeter/Count(5)   greeter pinned to zone b: a stream of {numbers:?} from zone {zone}"
-            ),
-            Ok((numbers, zone)) => {
-                eprintln!(
-                    "  grpc {target} Greeter/Count(5)   FAILED: got {numbers:?} from zone {zone:?}"
-                );
-                ok = false;
-            }
-            Err(status) => {
-                eprintln!("  grpc {target} Greeter/Count(5)   FAILED: {status}");
-                ok = false;
-            }
-        }
-    }
-
-    heading("WebSocket from zone a's client: wsecho (an HTTP/1.1 Upgrade through both sidecars)");
-    let wsecho_pinned = pinned_vips(client_admin.as_deref(), "wsecho").await;
-    let ws_targets = [
-        ("wsecho".to_owned(), vip("wsecho", "a"), "a"),
-        (
-            "wsecho pinned to zone b".to_owned(),
-            wsecho_pinned.get("b").cloned(),
-            "b",
-        ),
-    ];
-    for (what, v, expected) in &ws_targets {
-        let Some(target) = v.as_deref().and_then(|v| format!("{v}:8080").parse().ok()) else {
-            eprintln!("  {what}: FAILED: no VIP in zone a's client");
-            ok = false;
-            continue;
-        };
-        ok &= websocket_check(what, target, expected).await;
     }
 
     heading("DNS (zone a's server: the names sidecars and apps resolve)");
@@ -277,16 +157,8 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
             ok = false;
         }
         Some(dns) => {
-            let expected_echo = vip("echo", "a");
-            let mut names = vec![
-                "echo.demo.svc.clusterset.local".to_owned(),
-                "ledger.demo.svc.clusterset.local".to_owned(),
-            ];
-            if !pinned.is_empty() {
-                names.push("echo.demo.svc.b.mesh.local".to_owned());
-            }
-            names.push("nope.demo.svc.clusterset.local".to_owned());
-            for name in &names {
+            for check in tour::dns_checks(vip("echo"), !echo_pinned.is_empty()) {
+                let name = &check.name;
                 match resolve(dns, name).await {
                     Ok((code, addresses)) => {
                         eprintln!(
@@ -299,15 +171,10 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
                                 format!(" {}", addresses.join(", "))
                             }
                         );
-                        if name.starts_with("echo.demo.svc.clusterset")
-                            && expected_echo
-                                .as_ref()
-                                .is_none_or(|v| !addresses.contains(v))
-                        {
-                            eprintln!("    expected echo's VIP {expected_echo:?}");
-                            ok = false;
-                        }
-                        if name.starts_with("nope") && code != ResponseCode::NXDomain {
+                        if !check.met(code, &addresses) {
+                            if let DnsExpect::Address(expected) = &check.expect {
+                                eprintln!("    expected echo's VIP {expected:?}");
+                            }
                             ok = false;
                         }
                     }
@@ -320,187 +187,102 @@ async fn tour(dir: &Path) -> anyhow::Result<bool> {
         }
     }
 
-    heading("Failover drill: echo drained in zone a while zone a's client calls it");
-    let drill_args = FailoverArgs {
-        client: client_args.clone(),
-        service: "echo".into(),
-        namespace: "demo".into(),
-        zone: "a".into(),
-        from: Some("a".into()),
-        mode: ModeArg::Drain,
-        protocol: ProtocolArg::Http,
-        rate: 50,
-        duration: Duration::from_secs(3),
-        max_errors: 50,
-        objective_rto: Duration::from_secs(1),
-        objective_errors: 0,
-        dir: Some(dir.to_path_buf()),
-        format: Format::Table,
-    };
-    let report = drill::run_failover(&drill_args).await?;
-    drill::print(&report, Format::Table)?;
-    ok &= report.objectives_met;
-    let moved_to_b = report
-        .analysis
-        .answers_by_zone
-        .get("b")
-        .copied()
-        .unwrap_or(0);
-    if moved_to_b == 0 {
-        eprintln!("  expected traffic to move to zone b (same region as a)");
-        ok = false;
+    for step in tour::drills(dir) {
+        heading(&step.title);
+        if let Some(note) = &step.note {
+            eprintln!("  {note}");
+        }
+        let report = drill::run_drill(&admin, step.spec).await?;
+        drill::print(&report, Format::Table)?;
+        ok &= report.objectives_met;
+        if let Some(zone) = step.moves_to
+            && report
+                .analysis
+                .answers_by_zone
+                .get(zone)
+                .copied()
+                .unwrap_or(0)
+                == 0
+        {
+            eprintln!("  expected traffic to move to zone {zone} (same region as a)");
+            ok = false;
+        }
     }
-
-    heading("Failover drill: echo's processes in zone a SIGKILLed, then restarted");
-    let report = drill::run_failover(&FailoverArgs {
-        mode: ModeArg::Kill,
-        duration: Duration::from_secs(2),
-        ..drill_args.clone()
-    })
-    .await?;
-    drill::print(&report, Format::Table)?;
-    ok &= report.objectives_met;
-
-    heading(&format!(
-        "Failover drill under gRPC load: greeter drained in zone a (Retry: {GREETER_RETRY_ON})"
-    ));
-    let grpc_drill = FailoverArgs {
-        service: "greeter".into(),
-        protocol: ProtocolArg::Grpc,
-        mode: ModeArg::Drain,
-        duration: Duration::from_secs(3),
-        ..drill_args
-    };
-    let report = drill::run_failover(&grpc_drill).await?;
-    drill::print(&report, Format::Table)?;
-    ok &= report.objectives_met;
-
-    heading(
-        "Failover drill under gRPC load: greeter's processes in zone a SIGKILLed, then restarted",
-    );
-    // A call in flight on the instance at the moment it is killed is reset mid-call, and a
-    // reset POST is not retried (the app may have run it): at 50 calls/s that is rarely more
-    // than one call. The report names them; more than this many is a real failure.
-    eprintln!(
-        "  (calls in flight on the killed instance are lost: at most {KILL_IN_FLIGHT} allowed)"
-    );
-    let report = drill::run_failover(&FailoverArgs {
-        mode: ModeArg::Kill,
-        duration: Duration::from_secs(2),
-        objective_errors: KILL_IN_FLIGHT,
-        ..grpc_drill
-    })
-    .await?;
-    drill::print(&report, Format::Table)?;
-    ok &= report.objectives_met;
     Ok(ok)
-}
-
-/// gRPC calls the kill drill may lose: those in flight on the killed instance.
-const KILL_IN_FLIGHT: u64 = 3;
-
-/// What the demo's `Retry` for `greeter` retries.
-const GREETER_RETRY_ON: &str = "connect-failure, unavailable";
-
-/// The demo's `Retry` for `greeter`: a gRPC call is a `POST`, which the mesh retries only on a
-/// connect failure unless `retryOn` names gRPC statuses; `unavailable` also retries a call
-/// answered trailers-only `UNAVAILABLE` (nothing reached the caller yet).
-fn greeter_retry() -> String {
-    format!(
-        "apiVersion: strait.dev/v1alpha1
-kind: Retry
-metadata:
-  name: greeter-retries
-  namespace: demo
-spec:
-  targetRef: {{service: greeter}}
-  attempts: 2
-  retryOn: [{GREETER_RETRY_ON}]
-  backoff: {{base: 25ms, max: 250ms}}
-"
-    )
-}
-
-/// Applies [`greeter_retry`] (printed, as `strait apply -f` would take it).
-async fn apply_greeter_retry(
-    admin: &strait_global::admin_client::AdminClient,
-) -> anyhow::Result<()> {
-    let yaml = greeter_retry();
-    eprintln!("  strait apply -f - <<EOF\n{}  EOF", indent(&yaml));
-    let request = pb::ApplyPoliciesRequest {
-        yaml,
-        source: "strait demo".into(),
-        dry_run: false,
-    };
-    admin
-        .call(|mut c| {
-            let r = request.clone();
-            async move { c.apply_policies(r).await }
-        })
-        .await?;
-    Ok(())
 }
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
-/// A `Greeter/Hello` through `target`, retried for a while (right after `strait up` the zones
-/// are still learning about each other); prints it and says whether zone `expected` answered.
-async fn grpc_check(what: &str, target: SocketAddr, expected: &str) -> bool {
-    let reply = until(
-        Duration::from_secs(30),
-        |_| true,
-        async || strait_drill::grpc::hello_once(target, Duration::from_secs(5)).await,
-    )
-    .await;
-    match reply {
-        Ok(reply) => {
-            eprintln!(
-                "  grpc {target} Greeter/Hello   {what}: {:?} from {} in zone {}, caller {}",
-                reply.message, reply.instance, reply.zone, reply.peer_identity
-            );
-            if reply.zone != expected {
-                eprintln!("    expected zone {expected}");
-                return false;
-            }
-            true
+/// Prints what a check got; whether it met its objective.
+fn show(check: &Check, outcome: &Outcome) -> bool {
+    let (what, expected) = (&check.what, &check.expected);
+    let target = check.target.as_deref().unwrap_or_default();
+    let field = tour::answer_field;
+    match outcome {
+        Outcome::NoVip => eprintln!("  {what}: FAILED: no VIP in zone a's client"),
+        Outcome::Http(Ok(body)) => eprintln!(
+            "  curl http://{target}/   {what}: answered by {} in zone {}, caller {}",
+            field(body, "instance"),
+            field(body, "zone"),
+            field(body, "peer_identity"),
+        ),
+        Outcome::Http(Err(err)) => eprintln!("  curl http://{target}/   {what}: FAILED: {err:#}"),
+        Outcome::Hello(Ok(reply)) => eprintln!(
+            "  grpc {target} Greeter/Hello   {what}: {:?} from {} in zone {}, caller {}",
+            reply.message, reply.instance, reply.zone, reply.peer_identity
+        ),
+        Outcome::Hello(Err(status)) => {
+            eprintln!("  grpc {target} Greeter/Hello   {what}: FAILED: {status}")
         }
-        Err(status) => {
-            eprintln!("  grpc {target} Greeter/Hello   {what}: FAILED: {status}");
-            false
+        Outcome::Count(Ok((numbers, zone))) if outcome.met(expected) => eprintln!(
+            "  grpc {target} Greeter/Count(5)   {what}: a stream of {numbers:?} from zone {zone}"
+        ),
+        Outcome::Count(Ok((numbers, zone))) => {
+            eprintln!(
+                "  grpc {target} Greeter/Count(5)   FAILED: got {numbers:?} from zone {zone:?}"
+            );
+            return false;
+        }
+        Outcome::Count(Err(status)) => {
+            eprintln!("  grpc {target} Greeter/Count(5)   FAILED: {status}")
+        }
+        Outcome::WebSocket(Ok(trip)) => eprintln!(
+            "  websocket ws://{target}/   {what}: echoed {:?}, answered by {} in zone {}, caller {}",
+            trip.echoed,
+            field(&trip.hello, "instance"),
+            field(&trip.hello, "zone"),
+            field(&trip.hello, "peer_identity"),
+        ),
+        Outcome::WebSocket(Err(err)) => {
+            eprintln!("  websocket ws://{target}/   {what}: FAILED: {err}")
         }
     }
+    let met = outcome.met(expected);
+    if outcome.answered() && !met {
+        eprintln!("    expected zone {expected}");
+    }
+    met
 }
 
-/// A WebSocket round trip through `target` (retried for a few seconds while the VIP is not
-/// listening yet); prints it and says whether zone `expected` answered and echoed. A refused
-/// upgrade is a failure, reported as such.
-async fn websocket_check(what: &str, target: SocketAddr, expected: &str) -> bool {
-    use strait_sidecar::demo_ws::{RoundTripError, round_trip};
-    let not_listening = |err: &RoundTripError| matches!(err, RoundTripError::Connect { .. });
-    let result = until(Duration::from_secs(10), not_listening, async || {
-        round_trip(target, "hello over the mesh", Duration::from_secs(5)).await
-    })
-    .await;
-    match result {
-        Ok(trip) => {
-            let zone = trip.hello["zone"].as_str().unwrap_or("?");
-            eprintln!(
-                "  websocket ws://{target}/   {what}: echoed {:?}, answered by {} in zone {zone}, caller {}",
-                trip.echoed,
-                trip.hello["instance"].as_str().unwrap_or("?"),
-                trip.hello["peer_identity"].as_str().unwrap_or("?"),
-            );
-            if zone != expected || trip.zone.as_deref() != Some(expected) {
-                eprintln!("    expected zone {expected}");
-                return false;
-            }
-            true
-        }
-        Err(err) => {
-            eprintln!("  websocket ws://{target}/   {what}: FAILED: {err}");
-            false
+/// The tour's WebSocket client: the demo app's own (`strait_sidecar::demo_ws`).
+struct WebSocket;
+
+impl tour::WebSocketClient for WebSocket {
+    async fn round_trip(&self, target: SocketAddr) -> Result<WebSocketTrip, WebSocketError> {
+        use strait_sidecar::demo_ws::{RoundTripError, round_trip};
+        let timeout = Duration::from_secs(5);
+        match round_trip(target, tour::WEBSOCKET_MESSAGE, timeout).await {
+            Ok(trip) => Ok(WebSocketTrip {
+                zone: trip.zone,
+                hello: trip.hello,
+                echoed: trip.echoed,
+            }),
+            Err(err) => Err(WebSocketError {
+                not_listening: matches!(err, RoundTripError::Connect { .. }),
+                message: err.to_string(),
+            }),
         }
     }
 }

@@ -11,6 +11,7 @@ use strait_drill::admin::Admin;
 use strait_drill::failover::{self, DrillEvent, DrillSpec, Report, Timings};
 use strait_drill::load::Protocol;
 use strait_drill::outage::Mode;
+use strait_global::admin_client::AdminClient;
 
 use crate::cli::{ClientArgs, Format};
 use crate::commands::admin::{client, print_structured};
@@ -158,11 +159,15 @@ pub async fn failover(args: FailoverArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a drill with a live progress line and returns its report (`strait demo` prints it).
-pub async fn run_failover(args: &FailoverArgs) -> anyhow::Result<Report> {
-    let admin = client(&args.client)?;
-    let label = format!("drill {}/{} in {}", args.namespace, args.service, args.zone);
+async fn run_failover(args: &FailoverArgs) -> anyhow::Result<Report> {
+    run_drill(&client(&args.client)?, args.spec()).await
+}
+
+/// Runs the drill `spec` with a live progress line and returns its report.
+pub async fn run_drill(admin: &AdminClient, spec: DrillSpec) -> anyhow::Result<Report> {
+    let label = format!("drill {}/{} in {}", spec.namespace, spec.service, spec.zone);
     let live = std::io::stderr().is_terminal();
-    let report = failover::run_failover(&admin, args.spec(), Timings::default(), &|event| {
+    let report = failover::run_failover(admin, spec, Timings::default(), &|event| {
         show(event, &label, live)
     })
     .await?;

@@ -6,10 +6,12 @@
 //! - [`network`], [`raft_service`]: Raft RPCs between nodes over gRPC with mutual TLS;
 //! - [`cluster`]: the write path (forwarded to the leader) and linearizable reads;
 //! - [`admin_service`], [`join_service`], [`zone_sync`]: the gRPC APIs;
-//! - [`node`]: running one node; [`admin_client`]: the client the CLI uses.
+//! - [`node`]: running one node; [`admin_client`]: the client the CLI uses, [`admin_view`]: the
+//!   JSON values and table rows the CLI prints of its replies.
 
 pub mod admin_client;
 pub mod admin_service;
+pub mod admin_view;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use strait_global::admin_client::{AdminClient, ClientConfig};
+use strait_global::admin_view::{self as view, Table};
 use strait_proto as pb;
 
 use crate::cli::{ClientArgs, Format, OutputArgs};
@@ -17,21 +18,6 @@ pub(crate) fn client(args: &ClientArgs) -> anyhow::Result<AdminClient> {
         .context("no client config: pass --config FILE or set STRAIT_CONFIG (strait up writes DIR/config.yaml)")?;
     let config = ClientConfig::load(&path)?;
     Ok(AdminClient::new(&config)?)
-}
-
-/// Unix milliseconds as RFC 3339, `None` for 0 (never).
-fn rfc3339(ms: i64) -> Option<String> {
-    if ms <= 0 {
-        return None;
-    }
-    let secs = ms / 1000;
-    let nanos = u32::try_from((ms % 1000) * 1_000_000).unwrap_or(0);
-    let t = time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()?
-        .replace_nanosecond(nanos)
-        .ok()?;
-    t.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
@@ -50,8 +36,9 @@ pub(crate) fn print_structured(format: Format, value: &serde_json::Value) -> any
     Ok(())
 }
 
-/// Prints rows as aligned columns.
-pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
+/// Prints a table as aligned columns.
+pub(crate) fn print_table(table: &Table) {
+    let Table { header, rows } = table;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -74,107 +61,20 @@ pub(crate) fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn role_name(role: i32) -> &'static str {
-    match pb::NodeRole::try_from(role).unwrap_or(pb::NodeRole::Unspecified) {
-        pb::NodeRole::Leader => "leader",
-        pb::NodeRole::Follower => "follower",
-        pb::NodeRole::Learner => "learner",
-        pb::NodeRole::Candidate => "candidate",
-        pb::NodeRole::Unreachable | pb::NodeRole::Unspecified => "unreachable",
-    }
-}
-
-fn zone_json(z: &pb::Zone) -> serde_json::Value {
-    json!({
-        "name": z.name,
-        "region": z.region,
-        "labels": z.labels,
-        "removed": z.removed,
-        "connected": z.connected,
-        "last_seen": rfc3339(z.last_seen_unix_ms),
-        "created": rfc3339(z.created_unix_ms),
-    })
-}
-
 pub async fn status(args: OutputArgs) -> anyhow::Result<()> {
     let client = client(&args.client)?;
     let status = client
         .call(|mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
         .await?;
     if args.format != Format::Table {
-        let nodes: Vec<_> = status
-            .nodes
-            .iter()
-            .map(|n| {
-                json!({
-                    "id": n.id, "address": n.address, "admin_address": n.admin_address,
-                    "role": role_name(n.role), "term": n.term,
-                    "commit_index": n.commit_index, "applied_index": n.applied_index,
-                })
-            })
-            .collect();
-        let zones: Vec<_> = status
-            .zones
-            .iter()
-            .filter(|z| !z.removed)
-            .map(zone_json)
-            .collect();
-        let leader = if status.leader_id == 0 {
-            None
-        } else {
-            Some(status.leader_id)
-        };
-        let value = json!({
-            "trust_domain": status.trust_domain,
-            "global": {"leader": leader, "term": status.term, "nodes": nodes},
-            "zones": zones,
-        });
-        return print_structured(args.format, &value);
+        return print_structured(args.format, &view::status_json(&status));
     }
     outln!("Trust domain: {}", status.trust_domain);
     outln!("\nGlobal nodes");
-    let rows: Vec<Vec<String>> = status
-        .nodes
-        .iter()
-        .map(|n| {
-            vec![
-                n.id.to_string(),
-                n.address.clone(),
-                role_name(n.role).to_owned(),
-                n.term.to_string(),
-                n.commit_index.to_string(),
-                n.applied_index.to_string(),
-            ]
-        })
-        .collect();
-    print_table(
-        &["ID", "ADDRESS", "ROLE", "TERM", "LOG INDEX", "APPLIED"],
-        &rows,
-    );
+    print_table(&view::node_table(&status.nodes));
     outln!("\nZones");
-    zone_table(&status.zones);
+    print_table(&view::zone_table(&status.zones));
     Ok(())
-}
-
-fn zone_table(zones: &[pb::Zone]) {
-    let rows: Vec<Vec<String>> = zones
-        .iter()
-        .map(|z| {
-            vec![
-                z.name.clone(),
-                z.region.clone(),
-                if z.removed {
-                    "removed".into()
-                } else if z.connected {
-                    "connected".into()
-                } else {
-                    "disconnected".into()
-                },
-                rfc3339(z.last_seen_unix_ms).unwrap_or_else(|| "never".into()),
-            ]
-        })
-        .collect();
-    print_table(&["NAME", "REGION", "STATUS", "LAST SEEN"], &rows);
 }
 
 #[derive(Debug, Args)]
@@ -208,7 +108,7 @@ pub async fn zone_create(args: ZoneCreateArgs) -> anyhow::Result<()> {
     eprintln!(
         "zone {} created; its join token (single use, expires {}):",
         args.name,
-        rfc3339(reply.token_expires_unix_ms).unwrap_or_default()
+        view::rfc3339(reply.token_expires_unix_ms).unwrap_or_default()
     );
     outln!("{}", reply.join_token);
     Ok(())
@@ -220,12 +120,12 @@ pub async fn zone_list(args: OutputArgs) -> anyhow::Result<()> {
         .call(|mut c| async move { c.list_zones(pb::ListZonesRequest {}).await })
         .await?;
     if args.format == Format::Table {
-        zone_table(&reply.zones);
+        print_table(&view::zone_table(&reply.zones));
         return Ok(());
     }
     print_structured(
         args.format,
-        &json!(reply.zones.iter().map(zone_json).collect::<Vec<_>>()),
+        &json!(reply.zones.iter().map(view::zone_json).collect::<Vec<_>>()),
     )
 }
 
@@ -352,7 +252,7 @@ pub async fn workload_token(args: WorkloadTokenArgs) -> anyhow::Result<()> {
     eprintln!(
         "bootstrap token for {} (expires {}):",
         reply.spiffe_id,
-        rfc3339(reply.expires_unix_ms).unwrap_or_default()
+        view::rfc3339(reply.expires_unix_ms).unwrap_or_default()
     );
     outln!("{}", reply.token);
     Ok(())
@@ -469,21 +369,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                 .collect::<Result<Vec<_>, _>>()?;
             print_json(&json!(values))?;
         }
-        Format::Table => {
-            let rows: Vec<Vec<String>> = reply
-                .resources
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.kind.clone(),
-                        r.namespace.clone(),
-                        r.name.clone(),
-                        r.revision.to_string(),
-                    ]
-                })
-                .collect();
-            print_table(&["KIND", "NAMESPACE", "NAME", "REVISION"], &rows);
-        }
+        Format::Table => print_table(&view::policy_table(&reply.resources)),
     }
     Ok(())
 }
@@ -522,55 +408,8 @@ pub async fn services(args: OutputArgs) -> anyhow::Result<()> {
         .call(|mut c| async move { c.list_services(pb::ListServicesRequest {}).await })
         .await?;
     if args.format != Format::Table {
-        let services: Vec<_> = reply
-            .services
-            .iter()
-            .map(|s| {
-                let service = s.service.clone().unwrap_or_default();
-                json!({
-                    "name": service.name,
-                    "namespace": service.namespace,
-                    "vip_index": s.vip_index,
-                    "vips": s.vips,
-                    "ports": s.ports.iter().map(|p| json!({"name": p.name, "port": p.port})).collect::<Vec<_>>(),
-                    "zones": s.zones.iter().map(|z| json!({
-                        "zone": z.zone, "healthy": z.healthy, "total": z.total,
-                        "drained": z.drained, "stale": z.stale,
-                        "pinned_vip_index": z.pinned_vip_index,
-                        "pinned_vips": z.pinned_vips,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        return print_structured(args.format, &json!(services));
+        return print_structured(args.format, &view::services_json(&reply.services));
     }
-    let rows: Vec<Vec<String>> = reply
-        .services
-        .iter()
-        .map(|s| {
-            let service = s.service.clone().unwrap_or_default();
-            let zones: Vec<String> = s
-                .zones
-                .iter()
-                .map(|z| format!("{}({}/{})", z.zone, z.healthy, z.total))
-                .collect();
-            let mut vips: Vec<String> = s
-                .vips
-                .iter()
-                .map(|(zone, vip)| format!("{zone}={vip}"))
-                .collect();
-            vips.sort();
-            vec![
-                service.namespace,
-                service.name,
-                zones.join(" "),
-                vips.join(" "),
-            ]
-        })
-        .collect();
-    print_table(
-        &["NAMESPACE", "NAME", "ZONES (HEALTHY/TOTAL)", "VIPS"],
-        &rows,
-    );
+    print_table(&view::services_table(&reply.services));
     Ok(())
 }

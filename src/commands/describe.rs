@@ -4,6 +4,7 @@
 
 use clap::Args;
 use serde_json::json;
+use strait_global::admin_view as view;
 use strait_proto as pb;
 
 use crate::cli::{ClientArgs, Format};
@@ -65,35 +66,14 @@ pub async fn describe(args: DescribeArgs) -> anyhow::Result<()> {
     if args.format != Format::Table {
         return print_structured(args.format, &json!(descriptions));
     }
-    let rows: Vec<Vec<String>> = descriptions
-        .iter()
-        .flat_map(|d| {
-            let port = d.port.map_or_else(|| "*".to_owned(), |p| p.to_string());
-            d.resources.iter().map(move |r| {
-                let status = match (&r.overridden_by, &r.reason) {
-                    (Some(by), Some(reason)) => format!("overridden by {by}: {reason}"),
-                    _ => serde_json::to_value(r.status)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                };
-                vec![
-                    port.clone(),
-                    r.kind.as_str().to_owned(),
-                    format!("{}/{}", r.namespace, r.name),
-                    r.scope.as_str().to_owned(),
-                    status,
-                ]
-            })
-        })
-        .collect();
-    if rows.is_empty() {
+    let table = view::description_table(&descriptions);
+    if table.rows.is_empty() {
         eprintln!(
             "no policy applies to {}/{}: every default is in force",
             args.namespace, args.service
         );
         return Ok(());
     }
-    print_table(&["PORT", "KIND", "RESOURCE", "SCOPE", "STATUS"], &rows);
+    print_table(&table);
     Ok(())
 }

@@ -348,6 +348,35 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CredentialsError> {
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// The join token a node must wait for before it starts (a StatefulSet pod whose key in an
+/// optional Secret volume is not there yet: it appears within a minute of being added): a first
+/// start that joins, with a token file that does not exist yet. A node that has its
+/// credentials already needs no token.
+pub fn awaited_join_token(config: &GlobalConfig) -> Option<&Path> {
+    let path = config.token_file.as_deref()?;
+    let started_before = paths(&config.data_dir).0.exists();
+    (!config.join.is_empty() && !started_before && !path.exists()).then_some(path)
+}
+
+/// Waits for [`awaited_join_token`] to appear instead of crash-looping, saying so every 30 s.
+pub async fn wait_for_join_token(config: &GlobalConfig) {
+    let Some(path) = awaited_join_token(config) else {
+        return;
+    };
+    let mut last_log: Option<std::time::Instant> = None;
+    while !path.exists() {
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            tracing::warn!(
+                token_file = %path.display(),
+                "waiting for this node's join token: create it with `strait token node --node-id {}` and add it to the Secret",
+                config.node_id
+            );
+            last_log = Some(std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 #[cfg(test)]
 mod check_inputs_tests {
     use std::net::SocketAddr;
@@ -405,6 +434,30 @@ mod check_inputs_tests {
         check_inputs(&joining)?;
         joining.token_file = Some(garbage);
         assert!(check_inputs(&joining).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn only_a_first_start_that_joins_waits_for_its_token() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("global-2");
+        let token = dir.path().join("token");
+        let mut node = config(&data);
+        node.token_file = Some(token.clone());
+        // Founding (no --join): nothing to wait for.
+        assert_eq!(awaited_join_token(&node), None);
+        node.join = vec!["127.0.0.1:7400".to_owned()];
+        assert_eq!(awaited_join_token(&node), Some(token.as_path()));
+        // The token arrived.
+        std::fs::write(&token, "t")?;
+        assert_eq!(awaited_join_token(&node), None);
+        // Started before: no token needed, even without one.
+        std::fs::remove_file(&token)?;
+        std::fs::create_dir_all(&data)?;
+        std::fs::write(data.join("node.json"), "{}")?;
+        assert_eq!(awaited_join_token(&node), None);
+        node.token_file = None;
+        assert_eq!(awaited_join_token(&node), None);
         Ok(())
     }
 }

@@ -169,7 +169,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     if statefulset {
         tracing::info!(node_id = config.node_id, join = ?config.join, "StatefulSet pod");
-        wait_for_join_token(&config).await;
+        // A joining pod whose token is not there yet waits for it instead of crash-looping.
+        strait_global::credentials::wait_for_join_token(&config).await;
     }
     // Every input is checked before a port is bound or the data directory written.
     strait_global::credentials::check_inputs(&config)?;
@@ -181,30 +182,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.admin_listen))?;
     strait_global::node::run(config, api, admin, shutdown_signal()).await?;
     Ok(())
-}
-
-/// A joining pod whose token is not there yet waits for it (a key added to an optional Secret
-/// volume appears in the pod within a minute) instead of crash-looping. A node that has its
-/// credentials already needs no token.
-async fn wait_for_join_token(config: &GlobalConfig) {
-    let Some(path) = &config.token_file else {
-        return;
-    };
-    if config.join.is_empty() || config.data_dir.join("node.json").exists() {
-        return;
-    }
-    let mut last_log: Option<std::time::Instant> = None;
-    while !path.exists() {
-        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-            tracing::warn!(
-                token_file = %path.display(),
-                "waiting for this node's join token: create it with `strait token node --node-id {}` and add it to the Secret",
-                config.node_id
-            );
-            last_log = Some(std::time::Instant::now());
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -75,40 +75,32 @@ fi
 # sidecar could then not bind VIP:PORT (a service's VIP port is its app's port), and calls to
 # the VIP would reach the server directly, past the mesh. tests/peers/interop-server is the same
 # server (grpc-go's TestService) with a -listen HOST:PORT.
-server_src=$root/tests/peers/interop-server
-server_hash=$( (cd "$server_src" && cat go.mod go.sum ./*.go; go version) | sha256sum | cut -c1-16)
-server_dir=$cache/go/grpc-interop-server-$server_hash/bin
-interop_server=$server_dir/grpc-interop-server
-if [ -x "$interop_server" ]; then
-  cached "grpc-go interop server cached in $server_dir"
-else
-  say "building the grpc-go interop server (tests/peers/interop-server) ..."
+# A Go program of this checkout (DIR, a module of its own) built once per hash of its source and
+# the Go version, into $cache/go/NAME-HASH/bin/NAME; sets $built to that path.
+go_program() {
+  local name=$1 src=$root/$2 hash dir tmp t
+  hash=$( (cd "$src" && cat go.mod go.sum ./*.go; go version) | sha256sum | cut -c1-16)
+  dir=$cache/go/$name-$hash/bin
+  built=$dir/$name
+  if [ -x "$built" ]; then
+    cached "$name cached in $dir"
+    return
+  fi
+  say "building $name ($2) ..."
   t=$(now)
   tmp=$(mktemp -d "$cache/.build.XXXXXX")
-  (cd "$server_src" && go build -mod=readonly -o "$tmp/grpc-interop-server" .)
-  mkdir -p "$server_dir"
-  mv "$tmp/grpc-interop-server" "$interop_server"
+  (cd "$src" && go build -mod=readonly -o "$tmp/$name" .)
+  mkdir -p "$dir"
+  mv "$tmp/$name" "$built"
   rm -rf "$tmp"
-  say "built the interop server in $(took "$t") -> $server_dir"
-fi
+  say "built $name in $(took "$t") -> $dir"
+}
+go_program grpc-interop-server tests/peers/interop-server
+interop_server=$built
 
 # --- the fixed-rate load generator (our source, bench/grpc-load) -------------------------------
-load_src=$root/bench/grpc-load
-load_hash=$( (cd "$load_src" && cat go.mod go.sum ./*.go; go version) | sha256sum | cut -c1-16)
-load_dir=$cache/go/grpc-load-$load_hash/bin
-load_bin=$load_dir/grpc-load
-if [ -x "$load_bin" ]; then
-  cached "grpc-load cached in $load_dir"
-else
-  say "building grpc-load (bench/grpc-load) ..."
-  t=$(now)
-  tmp=$(mktemp -d "$cache/.build.XXXXXX")
-  (cd "$load_src" && go build -mod=readonly -o "$tmp/grpc-load" .)
-  mkdir -p "$load_dir"
-  mv "$tmp/grpc-load" "$load_bin"
-  rm -rf "$tmp"
-  say "built grpc-load in $(took "$t") -> $load_bin"
-fi
+go_program grpc-load bench/grpc-load
+load_bin=$built
 
 # --- Python venv: grpcio, grpcio-health-checking, websockets, h2, wsproto ----------------------
 requirements=$root/tests/peers/requirements.txt

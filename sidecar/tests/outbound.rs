@@ -225,6 +225,24 @@ async fn plain(vip: SocketAddr) -> Http {
     Http::One(send)
 }
 
+/// An HTTP/2 connection to `vip` without TLS (prior knowledge), as an app opens one.
+async fn h2c<B>(vip: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(vip).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 async fn get(http: &mut Http, path: &str, headers: &[(&str, &str)]) -> Got {
     http.get(path, headers).await.unwrap()
 }
@@ -264,15 +282,7 @@ async fn calls_reach_the_destination_over_mtls_and_survive_an_instance_dying() {
         *seen.entry(instance(&got)).or_insert(0) += 1;
     }
     // An app speaking HTTP/2 without TLS (prior knowledge) is served too.
-    let tcp = TcpStream::connect(vip).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let got = get(&mut Http::Two(send), "/h2c", &[]).await;
+    let got = get(&mut Http::Two(h2c(vip).await), "/h2c", &[]).await;
     assert_eq!(got.status, 200, "{got:?}");
     assert_eq!(got.json()["peer_identity"], WEB);
 
@@ -1086,14 +1096,7 @@ async fn a_grpc_failure_in_trailers_counts_for_outlier_detection() {
     let svc = service(vip, pb::Protocol::Http, vec![bad.endpoint()], Some(policy));
     let client = Client::start(&pki, config(1, vec![svc])).await;
     listening(vip).await;
-    let tcp = TcpStream::connect(vip).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(vip).await;
 
     // HTTP says 200 every time; the trailers say UNAVAILABLE, three times in a row.
     for _ in 0..3 {
@@ -1136,14 +1139,7 @@ async fn a_websocket_over_http2_extended_connect_reaches_an_http1_websocket_app(
     let svc = service(vip, pb::Protocol::Http, vec![upstream.endpoint()], None);
     let client = Client::start(&pki, config(1, vec![svc])).await;
     listening(vip).await;
-    let tcp = TcpStream::connect(vip).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(vip).await;
 
     // RFC 8441: CONNECT with `:protocol websocket`, no Sec-WebSocket-Key.
     let mut request = http::Request::connect(format!("http://{vip}/"))

@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+source "$root/bench/lib/common.sh"
 
 duration=10 rounds=3 rate=10000 keep=0
 args_given="$*"
@@ -35,12 +36,7 @@ fi
 
 # --- Tools (idempotent) ---------------------------------------------------------------------
 if ! command -v dnsperf >/dev/null || ! command -v nsd >/dev/null; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "dnsperf/nsd missing: run as root, or apt-get install dnsperf nsd" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf nsd
+  apt_install "dnsperf/nsd missing" dnsperf nsd
 fi
 NSD=$(command -v nsd || echo /usr/sbin/nsd)
 cargo build --release -p strait
@@ -187,8 +183,8 @@ zone_rss=$(awk '/VmRSS/ {print $2 " " $3}' "/proc/$zone_pid/status")
   echo "  servers: strait zone run (zone a of strait up --demo), nsd $("$NSD" -v 2>&1 | head -1 | awk '{print $NF}') server-count 1   (taskset -c 1)"
   echo '```'
   echo
-  echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
-  echo "Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' plus the working tree')"
+  echo "Machine: $(nproc) CPUs, $(cpu_model), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+  echo "Commit: $(head_commit)$(git diff --quiet 2>/dev/null || echo ' plus the working tree')"
   echo
   echo "Queries (cycled): $(wc -l <"$work/queries.txt") — $(paste -sd, "$work/queries.txt" | sed 's/,/; /g')"
   echo

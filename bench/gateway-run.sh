@@ -24,6 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+source "$root/bench/lib/common.sh"
 
 rounds=3 bulk_secs=8 duration=15s warmup=3s rate=1000 connections=8 ttfb_samples=200 keep=0
 args_given="$*"
@@ -50,12 +51,8 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
-export PATH="$HOME/.cargo/bin:$PATH"
-oha --version >/dev/null 2>&1 || cargo install oha --locked
+if [ ${#need[@]} -gt 0 ]; then apt_install "${need[*]} missing" "${need[@]}"; fi
+ensure_oha
 export CARGO_INCREMENTAL=0
 cargo build --release -p strait -p strait-bench-gateway
 helper="python3 $root/bench/gateway/gateway_bench.py"
@@ -81,107 +78,28 @@ started=()
 load_pid=""
 status_ok=0
 
-stop_everything() {
-  local status=$?
-  trap - EXIT INT TERM
-  if [ -n "$load_pid" ]; then
-    pkill -TERM -P "$load_pid" 2>/dev/null || true
-    kill -TERM "$load_pid" 2>/dev/null || true
-  fi
-  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 30); do
-    local alive=0
-    for pid in "${started[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${started[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  if [ -f "$fed/processes.json" ]; then
-    "$strait" down --dir "$fed" >/dev/null 2>&1 || true
-    for pid in $(grep -o '"pid": *[0-9]*' "$fed/processes.json" | grep -o '[0-9]*$'); do
-      kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
-    done
-  fi
+# The link of step 3, after the federation is down (stop_everything runs this).
+remove_namespaces() {
   ip netns del "$ns_a" 2>/dev/null || true
   ip netns del "$ns_b" 2>/dev/null || true
-  if [ "$keep" = 1 ] || [ "$status_ok" = 0 ]; then
-    echo "data and logs kept in $run_dir" >&2
-  else
-    rm -rf "$run_dir"
-  fi
-  exit "$status"
 }
-trap stop_everything EXIT
-trap 'echo "bench/gateway-run.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_stop=remove_namespaces
+install_traps stop_everything   # stops all of the above, load step and federation included
 
 for ns in $ns_a $ns_b; do
   if ip netns list | grep -qw "$ns"; then echo "namespace $ns exists (another run?)" >&2; exit 1; fi
 done
-for addr in $web_addr $bulk_addr $web_inbound $web_admin $bulk_inbound $bulk_admin \
-  $client_inbound $client_admin \
-  ${hap_ip[0]}:$web_port ${hap_ip[0]}:$bulk_port; do
-  if ss -Htln "sport = :${addr##*:}" | grep -q "${addr%:*}:${addr##*:}"; then
-    echo "$addr is already in use" >&2
-    exit 1
-  fi
-done
-
-wait_for() {
-  local secs=$1; shift
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then echo "timed out waiting for: $*" >&2; return 1; fi
-    sleep 0.2
-  done
-}
+require_free_addresses "$web_addr" "$bulk_addr" "$web_inbound" "$web_admin" "$bulk_inbound" \
+  "$bulk_admin" "$client_inbound" "$client_admin" "${hap_ip[0]}:$web_port" "${hap_ip[0]}:$bulk_port"
 
 # --- Apps: nginx (1 KB answer) and the bulk source ------------------------------------------
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
-mkdir -p "$run_dir/nginx"
-cat > "$run_dir/nginx/nginx.conf" <<NGINX
-daemon off;
-master_process off;
-worker_processes 1;
-pid $run_dir/nginx/nginx.pid;
-error_log $run_dir/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $run_dir/nginx;
-  proxy_temp_path $run_dir/nginx;
-  fastcgi_temp_path $run_dir/nginx;
-  uwsgi_temp_path $run_dir/nginx;
-  scgi_temp_path $run_dir/nginx;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  server {
-    listen $web_addr;
-    location / { default_type text/plain; return 200 "$body"; }
-  }
-}
-NGINX
-nginx -c "$run_dir/nginx/nginx.conf" -p "$run_dir/nginx" > "$run_dir/nginx/stdout.log" 2>&1 &
-nginx_pid=$!; started+=("$nginx_pid")
+start_nginx_1kb "$web_addr"
 "$bench" blast-server --listen "$bulk_addr" > "$run_dir/blast-server.log" 2>&1 &
 blast_pid=$!; started+=("$blast_pid")
 
 # --- haproxy chain: 1 plain→TLS, 2 and 3 TLS→TLS, 4 TLS→plain (mutual TLS on every TLS leg) --
 certs=$run_dir/certs
-mkdir -p "$certs"
-(
-  cd "$certs"
-  ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-  openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=bench-ca 2>/dev/null
-  for i in 1 2 3 4; do
-    openssl req $ec -keyout h$i.key -out h$i.csr -subj "/CN=haproxy-$i" 2>/dev/null
-    printf 'subjectAltName=DNS:haproxy-%s\n' $i > h$i.ext
-    openssl x509 -req -in h$i.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile h$i.ext -out h$i.crt 2>/dev/null
-    cat h$i.crt h$i.key > h$i.pem
-  done
-)
+make_haproxy_certs "$certs" h 1 2 3 4
 hap_global="global
   maxconn 4096
 defaults
@@ -231,14 +149,7 @@ done
 # --- Strait: global + zones a, b (a gateway each); client sidecar in a, web and bulk in b ---
 "$strait" up --dir "$fed" --zones a,b > "$run_dir/up.log" 2>&1
 export STRAIT_CONFIG=$fed/config.yaml
-zone_api() {
-  python3 -c '
-import json, sys
-for p in json.load(open(sys.argv[1])):
-    if p.get("kind") == "zone" and p.get("zone") == sys.argv[2]:
-        print(p["addresses"]["api"])' "$fed/processes.json" "$1"
-}
-zone_a_api=$(zone_api a) zone_b_api=$(zone_api b)
+zone_a_api=$(fed_field zone a api) zone_b_api=$(fed_field zone b api)
 for svc in web bulk; do
   "$strait" token workload --zone b --namespace demo --service $svc > "$run_dir/$svc.token"
 done
@@ -277,20 +188,15 @@ have_vips() { [ -n "$(vip_in_a web)" ] && [ -n "$(vip_in_a bulk)" ]; }
 wait_for 60 have_vips
 web_vip=$(vip_in_a web):$web_port bulk_vip=$(vip_in_a bulk):$bulk_port
 
-check() { [ "$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://$1/")" = "200 1024" ]; }
-wait_for 10 check "$web_addr"
-wait_for 10 check "${hap_ip[0]}:$web_port"
-wait_for 60 check "$web_vip"
+wait_for 10 serves_1kb "$web_addr"
+wait_for 10 serves_1kb "${hap_ip[0]}:$web_port"
+wait_for 60 serves_1kb "$web_vip"
 blast_ok() { "$bench" blast-client --connect "$1" --seconds 0.2; }
 wait_for 10 blast_ok "$bulk_addr"
 wait_for 10 blast_ok "${hap_ip[0]}:$bulk_port"
 wait_for 60 blast_ok "$bulk_vip"
 echo "paths: direct $web_addr/$bulk_addr, strait $web_vip/$bulk_vip, haproxy ${hap_ip[0]}" >&2
-gateway_a_admin=$(python3 -c '
-import json, sys
-for p in json.load(open(sys.argv[1])):
-    if p.get("kind") == "gateway" and p.get("zone") == "a":
-        print(p["addresses"]["admin"]); break' "$fed/processes.json")
+gateway_a_admin=$(fed_field gateway a admin)
 
 fedprocs=$($helper pids --processes "$fed/processes.json")
 procs="$fedprocs,client-a-sidecar=$client_sc_pid,web-sidecar=$web_sc_pid,bulk-sidecar=$bulk_sc_pid,haproxy-1=${hap_pid[1]},haproxy-2=${hap_pid[2]},haproxy-3=${hap_pid[3]},haproxy-4=${hap_pid[4]},nginx=$nginx_pid,blast-server=$blast_pid"
@@ -300,11 +206,8 @@ declare -A bulk_target=([direct]=$bulk_addr [strait]=$bulk_vip [haproxy]=${hap_i
 
 step() { # kind phase round path -- command...
   local kind=$1 phase=$2 round=$3 path=$4; shift 5
-  $helper sample --procs "$procs" --record "$records" --kind "$kind" --phase "$phase" \
-    --round "$round" --path "$path" --out "$run_dir/$kind-$phase-$round-$path.out" -- "$@" &
-  load_pid=$!
-  wait "$load_pid"
-  load_pid=""
+  run_load $helper sample --procs "$procs" --record "$records" --kind "$kind" --phase "$phase" \
+    --round "$round" --path "$path" --out "$run_dir/$kind-$phase-$round-$path.out" -- "$@"
 }
 
 # --- 1 + 2: bulk and latency, paths rotated each round ---------------------------------------
@@ -349,24 +252,19 @@ python3 "$root/bench/gateway/wan_link.py" --ns-a $ns_a --tun-a sgwb-ta --ns-b $n
 started+=("$!")
 sleep 0.5
 echo "time to first byte: $ttfb_samples samples per way over 20 ms RTT" >&2
-"$bench" ttfb --ns-a $ns_a --ns-b $ns_b --addr-a $link_a --addr-b $link_b \
-  --samples "$ttfb_samples" --json "$run_dir/ttfb.json" > "$run_dir/ttfb.txt" 2> "$run_dir/ttfb.log" &
-load_pid=$!
-wait "$load_pid"
-load_pid=""
+run_load "$bench" ttfb --ns-a $ns_a --ns-b $ns_b --addr-a $link_a --addr-b $link_b \
+  --samples "$ttfb_samples" --json "$run_dir/ttfb.json" > "$run_dir/ttfb.txt" 2> "$run_dir/ttfb.log"
 
 mkdir -p target/bench
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=target/bench/gateway-$stamp.md
 {
-  echo "Run $stamp, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "Run $stamp, commit $(head_commit)"
   echo
   echo '```'
   echo "\$ bench/gateway-run.sh $args_given"
-  echo "nproc: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
-  echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; kernel $(uname -r)"
-  echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "$(oha --version); $(haproxy -v | head -1); $(nginx -v 2>&1)"
+  machine_lines "; kernel $(uname -r)"
+  echo "$(oha --version); $(haproxy_version); $(nginx -v 2>&1)"
   echo "bulk: ${bulk_secs}s per step; latency: oha -z $duration -q $rate -c $connections --latency-correction; $rounds rounds"
   echo "zone a's gateway after the Strait steps:"
   cat "$run_dir/gateway-a-tunnels.txt"

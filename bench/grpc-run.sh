@@ -30,6 +30,7 @@ set -euo pipefail
 start_dir=$PWD
 cd "$(dirname "$0")/.."
 root=$PWD
+source "$root/bench/lib/common.sh"
 
 duration=20s warmup=5s rounds=3 rate=1000 keep=0 hold=0 binary="" commit=""
 args_given="$*"
@@ -41,9 +42,7 @@ while [ $# -gt 0 ]; do
     --warmup) warmup=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --rate) rate=$2; shift 2 ;;
-    --binary) binary=$(cd "$start_dir" && realpath -e -- "$2") \
-                || { echo "--binary: no such file: $2" >&2; exit 2; }
-              shift 2 ;;
+    --binary) binary=$(binary_path "$start_dir" "$2") || exit 2; shift 2 ;;
     --commit) commit=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --hold) hold=1; shift ;;
@@ -55,27 +54,12 @@ done
 # --- Validate, then act -----------------------------------------------------------------------
 # Durations go to grpc-load as Go durations; whole seconds or milliseconds keep the arithmetic
 # below (timeouts, warm-up call counts) simple.
-for v in duration warmup; do
-  if ! [[ ${!v} =~ ^[1-9][0-9]*(s|ms)$ ]]; then echo "--$v must look like 20s or 500ms, got '${!v}'" >&2; exit 2; fi
-done
-for v in rounds rate; do
-  if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then echo "--$v must be a positive integer, got '${!v}'" >&2; exit 2; fi
-done
-if [ -n "$binary" ] && ! [ -x "$binary" ]; then echo "--binary $binary is not executable" >&2; exit 2; fi
-secs() { case $1 in *ms) echo $(( (${1%ms} + 999) / 1000 )) ;; *s) echo "${1%s}" ;; esac; }
+require_durations duration warmup
+require_positive_ints rounds rate
 
 # --- Tools (idempotent) ---------------------------------------------------------------------
-for tool in go python3 openssl curl ss; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing" >&2; exit 1; }
-done
-if ! command -v haproxy >/dev/null; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "haproxy is missing: run as root, or apt-get install haproxy" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
-fi
+require_tools "" go python3 openssl curl ss
+command -v haproxy >/dev/null || apt_install "haproxy is missing" haproxy
 # grpc-load (and grpc-go's interop programs, the Python venv) from the shared peers cache.
 # (Assigned first: a failure of peers.sh inside `eval "$(...)"` would go unnoticed.)
 peers_env=$(bash scripts/peers.sh --print-env --quiet)
@@ -85,16 +69,7 @@ grpc_load=$STRAIT_GRPC_LOAD
 # grpc-go's interop server bound to one address (tests/peers/interop-server; peers.sh).
 interop_server=$STRAIT_GRPC_INTEROP_SERVER
 
-script_commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -z "$binary" ]; then
-  cargo build --release -p strait
-  binary=$root/target/release/strait
-  if [ -z "$commit" ]; then
-    commit=$script_commit
-    git diff --quiet HEAD -- 2>/dev/null || commit="$commit plus the working tree"
-  fi
-fi
-[ -n "$commit" ] || commit=unknown
+resolve_binary -p strait
 helper="python3 $root/bench/grpc/grpc_bench.py"
 
 # --- Addresses (loopback only; out of the way of `strait up`'s ports, 20000-32000 on
@@ -121,58 +96,10 @@ started=()        # pids of what this script started (not the federation: `strai
 load_pid=""
 status_ok=0
 
-stop_everything() {
-  local status=$?
-  trap - EXIT INT TERM
-  if [ -n "$load_pid" ]; then   # a load step in progress: grpc-load (its child), then the sampler
-    pkill -TERM -P "$load_pid" 2>/dev/null || true
-    kill -TERM "$load_pid" 2>/dev/null || true
-  fi
-  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 30); do
-    local alive=0
-    for pid in "${started[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${started[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  if [ -f "$fed/processes.json" ]; then
-    "$strait" down --dir "$fed" >/dev/null 2>&1 || true
-    for pid in $(grep -o '"pid": *[0-9]*' "$fed/processes.json" | grep -o '[0-9]*$'); do
-      kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
-    done
-  fi
-  if [ "$keep" = 1 ] || [ "$status_ok" = 0 ]; then
-    echo "data and logs kept in $run_dir" >&2
-  else
-    rm -rf "$run_dir"
-  fi
-  exit "$status"
-}
-trap stop_everything EXIT
-trap 'echo "bench/grpc-run.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_traps stop_everything   # stops all of the above, load step and federation included
 
-for addr in $interop_a $interop_b $interop_a_inbound $interop_a_admin $interop_b_inbound \
-  $interop_b_admin $client_inbound $client_admin $hap_a_addr $hap_b_addr; do
-  # A wildcard listener on the port counts too (it would take the VIPs' port). Not grep -q:
-  # it may close the pipe before ss is done, and pipefail would turn a match into "free".
-  if ss -Htln "sport = :${addr##*:}" | grep -E "(${addr%:*}|\*|0\.0\.0\.0|\[::\]):${addr##*:}" >/dev/null; then
-    echo "$addr is already in use (another run of this script?)" >&2
-    exit 1
-  fi
-done
-
-# Polls a command until it succeeds, at most $1 seconds.
-wait_for() {
-  local secs=$1; shift
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then echo "timed out waiting for: $*" >&2; return 1; fi
-    sleep 0.2
-  done
-}
+require_free_addresses "$interop_a" "$interop_b" "$interop_a_inbound" "$interop_a_admin" \
+  "$interop_b_inbound" "$interop_b_admin" "$client_inbound" "$client_admin" "$hap_a_addr" "$hap_b_addr"
 
 # --- The interop servers (zone a's and zone b's) --------------------------------------------
 "$interop_server" -listen "$interop_a" > "$run_dir/interop-a.log" 2>&1 &
@@ -182,40 +109,17 @@ started+=("$interop_a_pid")
 interop_b_pid=$!
 started+=("$interop_b_pid")
 
-# --- Certificates for the haproxy pair (own CA, ECDSA P-256 like Strait's) ------------------
+# --- Certificates for the haproxy pair (own CA) -----------------------------------------------
 certs=$run_dir/certs
-mkdir -p "$certs"
-(
-  cd "$certs"
-  ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-  openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=bench-ca 2>/dev/null
-  for who in a b; do
-    openssl req $ec -keyout $who.key -out $who.csr -subj "/CN=haproxy-$who" 2>/dev/null
-    printf 'subjectAltName=DNS:haproxy-%s\n' $who > $who.ext
-    openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile $who.ext -out $who.crt 2>/dev/null
-    cat $who.crt $who.key > $who.pem
-  done
-)
+make_haproxy_certs "$certs" "" a b
 
 # --- haproxy pair -----------------------------------------------------------------------------
 # Two processes, like the two sidecars. HTTP/2 on every leg, as gRPC needs it and as the
 # sidecars speak it: h2c from grpc-load (`proto h2`), h2 over mutual TLS between them (`alpn
 # h2`), h2c to the interop server (`proto h2`); upstream connections pooled (`http-reuse
 # always`), so a call is a stream on a connection already open, as through the sidecars.
-hap_common="global
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-keep-alive 300s
-  option http-keep-alive
-  http-reuse always
-"
 cat > "$run_dir/haproxy-a.cfg" <<EOF
-$hap_common
+$haproxy_http_defaults
 frontend a_in
   bind $hap_a_addr proto h2
   default_backend to_b
@@ -223,7 +127,7 @@ backend to_b
   server b $hap_b_addr ssl alpn h2 crt $certs/a.pem ca-file $certs/ca.pem verify required verifyhost haproxy-b sni str(haproxy-b)
 EOF
 cat > "$run_dir/haproxy-b.cfg" <<EOF
-$hap_common
+$haproxy_http_defaults
 frontend b_in
   bind $hap_b_addr ssl crt $certs/b.pem ca-file $certs/ca.pem verify required alpn h2
   default_backend to_app
@@ -240,14 +144,6 @@ started+=("$hap_a_pid")
 # --- Strait: global + zones a and b (a gateway each), three sidecars -------------------------
 "$strait" up --dir "$fed" --zones a,b > "$run_dir/up.log" 2>&1
 export STRAIT_CONFIG=$fed/config.yaml
-fed_field() { # kind zone-or-"-" field: from processes.json
-  python3 -c '
-import json, sys
-for p in json.load(open(sys.argv[1])):
-    if p.get("kind") == sys.argv[2] and sys.argv[3] in ("-", p.get("zone")):
-        print(p[sys.argv[4]] if sys.argv[4] == "pid" else p["addresses"][sys.argv[4]]); break' \
-    "$fed/processes.json" "$@"
-}
 zone_a_api=$(fed_field zone a api) zone_b_api=$(fed_field zone b api)
 "$strait" token workload --zone a --namespace demo --service interop > "$run_dir/interop-a.token"
 "$strait" token workload --zone b --namespace demo --service interop > "$run_dir/interop-b.token"
@@ -311,12 +207,7 @@ procs="client-sidecar=$client_sc_pid,interop-a-sidecar=$interop_a_sc_pid,interop
 procs+=",gateway-a=$gw_a_pid,gateway-b=$gw_b_pid,haproxy-a=$hap_a_pid,haproxy-b=$hap_b_pid"
 # The control planes too: not on any path, but their CPU is not "other work" either.
 procs+=",interop-a=$interop_a_pid,interop-b=$interop_b_pid,zone-a=$zone_a_pid,zone-b=$zone_b_pid,global=$global_pid"
-if [ "$hold" = 1 ]; then
-  echo "holding (Ctrl-C stops everything); pids: $procs" >&2
-  sleep infinity &
-  started+=($!)
-  wait $!
-fi
+if [ "$hold" = 1 ]; then hold_until_interrupted "$procs"; fi
 
 records=$run_dir/records.jsonl
 declare -A target=([direct]=$interop_a [strait]=$strait_addr [cross-zone]=$cross_addr [haproxy]=$hap_a_addr)
@@ -326,21 +217,17 @@ declare -A expect=([direct]=none [strait]=local [cross-zone]=b [haproxy]=none)
 # (made before the clock starts) and 1 s of calls at the rate, not reported, warm it up.
 step_warmup=1s
 
-# In the background and waited for, so that a signal stops the run at once, not after the step.
 load() { # phase round path duration
   local phase=$1 round=$2 path=$3 length=$4
   local in_step_warmup=$step_warmup
   [ "$phase" = warmup ] && in_step_warmup=0s
   local warmup_calls=$(( rate * $(secs "$in_step_warmup") ))
-  $helper sample --procs "$procs" --record "$records" --out "$run_dir/load-$phase-$round-$path.json" \
+  run_load $helper sample --procs "$procs" --record "$records" --out "$run_dir/load-$phase-$round-$path.json" \
     --round "$round" --path "$path" --phase "$phase" --warmup-calls "$warmup_calls" \
     --metrics "http://$client_admin/metrics" --expect-zone "${expect[$path]}" -- \
     timeout $(( $(secs "$length") + $(secs "$in_step_warmup") + 60 )) \
     "$grpc_load" -target "${target[$path]}" -rate "$rate" -duration "$length" \
-    -warmup "$in_step_warmup" -allow-errors &
-  load_pid=$!
-  wait "$load_pid"
-  load_pid=""
+    -warmup "$in_step_warmup" -allow-errors
 }
 
 for path in direct strait cross-zone haproxy; do
@@ -360,17 +247,13 @@ mkdir -p target/bench
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=target/bench/grpc-$stamp
 load_desc="grpc-load -rate $rate -duration $duration (+ $step_warmup unreported warm-up per step), unary grpc.testing.TestService/UnaryCall with empty payloads, one HTTP/2 connection, open loop; warm-up $warmup per path"
-# sed, not head: head exits after one line, and haproxy writing the rest into the closed pipe
-# would fail the pipeline (SIGPIPE, pipefail) and the run with it, after all the measuring.
-haproxy_version=$(haproxy -v | sed -n 1p)
+haproxy_version=$(haproxy_version)
 {
   echo "Run $stamp, \`bench/grpc-run.sh\`: binary \`$binary\` (commit $commit, sha256 ${binary_sha256:0:12}), script at commit $script_commit."
   echo
   echo '```'
   echo "\$ bench/grpc-run.sh $args_given"
-  echo "nproc: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
-  echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
-  echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  machine_lines
   echo "$haproxy_version; $(GOTOOLCHAIN=local go version); grpc-go v1.85.0 (interop server and grpc-load)"
   echo "load: $load_desc"
   echo "paths: direct $interop_a; strait $strait_addr; cross-zone $cross_addr; haproxy $hap_a_addr"
@@ -383,7 +266,7 @@ haproxy_version=$(haproxy -v | sed -n 1p)
     --meta "target.direct=$interop_a" --meta "target.strait=$strait_addr" \
     --meta "target.cross-zone=$cross_addr" --meta "target.haproxy=$hap_a_addr" \
     --meta "tool.command=bench/grpc-run.sh $args_given" \
-    --meta "tool.machine=nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)" \
+    --meta "tool.machine=nproc $(nproc), $(cpu_model), load average at the end $(load_average)" \
     --meta "tool.haproxy=$haproxy_version" --meta "tool.go=$(GOTOOLCHAIN=local go version)" \
     --meta "tool.grpc-load=$grpc_load" --meta "tool.interop-server=$interop_server"
 } > "$out.md"

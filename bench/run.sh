@@ -10,15 +10,9 @@
 # `--duration 10s --warmup 3s --writers 1,16,64 --dir /var/tmp` (see `--help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib/common.sh
 
-if ! [ -x /usr/bin/etcd ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "etcd is missing: run as root, or apt-get install etcd-server" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server
-fi
+[ -x /usr/bin/etcd ] || apt_install "etcd is missing" etcd-server
 
 cargo build --release -p strait -p strait-bench-raft
 
@@ -40,11 +34,11 @@ done
 target/release/strait-bench-raft --strait-bin target/release/strait --out "$table" "$@"
 
 {
-  echo "Run $stamp, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "Run $stamp, commit $(head_commit)"
   echo
   echo '```'
   echo "\$ bench/run.sh $*"
-  echo "nproc: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
+  echo "nproc: $(nproc); $(cpu_model)"
   echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
   echo "data disk ($data_dir):"
   df -h "$data_dir"

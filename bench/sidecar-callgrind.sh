@@ -34,15 +34,14 @@ set -Eeuo pipefail
 start_dir=$PWD
 cd "$(dirname "$0")/.."
 root=$PWD
+source "$root/bench/lib/common.sh"
 
 binary="" commit="" warmup=300 requests=1000 rate=50 connections=8 keep=0
 args_given="$*"
 while [ $# -gt 0 ]; do
   case $1 in
     --binary) [ $# -ge 2 ] || { echo "--binary needs a path" >&2; exit 2; }
-              binary=$(cd "$start_dir" && realpath -e -- "$2") \
-                || { echo "--binary: no such file: $2" >&2; exit 2; }
-              shift 2 ;;
+              binary=$(binary_path "$start_dir" "$2") || exit 2; shift 2 ;;
     --commit) commit=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --requests) requests=$2; shift 2 ;;
@@ -55,23 +54,9 @@ while [ $# -gt 0 ]; do
 done
 
 # --- Validate, then act -----------------------------------------------------------------------
-for v in warmup requests rate connections; do
-  if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then echo "--$v must be a positive integer, got '${!v}'" >&2; exit 2; fi
-done
-for tool in valgrind callgrind_control callgrind_annotate curl python3 sha256sum; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing (apt-get install valgrind curl python3)" >&2; exit 1; }
-done
-if [ -n "$binary" ] && ! [ -x "$binary" ]; then echo "--binary $binary is not executable" >&2; exit 2; fi
-script_commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -z "$binary" ]; then
-  cargo build --release --bin strait
-  binary=$root/target/release/strait
-  if [ -z "$commit" ]; then
-    commit=$script_commit
-    git diff --quiet HEAD -- 2>/dev/null || commit="$commit plus the working tree"
-  fi
-fi
-[ -n "$commit" ] || commit=unknown
+require_positive_ints warmup requests rate connections
+require_tools "(apt-get install valgrind curl python3)" valgrind callgrind_control callgrind_annotate curl python3 sha256sum
+resolve_binary --bin strait
 helper="python3 $root/bench/sidecar/callgrind_report.py"
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -79,7 +64,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/strait-sidecar-callgrind-XXXXXX")
 hold_pid="" run_dir="" status_ok=0
 declare -A vg_pid=()     # name -> pid of the process this script runs under valgrind
 
-stop_everything() {
+stop_valgrind_and_hold() {
   local status=$?
   trap - EXIT INT TERM ERR
   # Our valgrind processes first (a sidecar stops on SIGTERM, callgrind writes its last dump).
@@ -107,20 +92,9 @@ stop_everything() {
   exit "$status"
 }
 exec 3>&2   # stderr for messages from inside wait_for, whose output goes to /dev/null
-trap stop_everything EXIT
-trap 'echo "bench/sidecar-callgrind.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Polls a command until it succeeds, at most $1 seconds.
-wait_for() {
-  local secs=$1; shift
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then echo "timed out after ${secs}s waiting for: $*" >&2; return 1; fi
-    sleep 0.5
-  done
-}
+install_traps stop_valgrind_and_hold
+# wait_for's poll: each check costs the processes under valgrind far more than it does natively.
+wait_for_poll=0.5
 
 # --- 1. Setup: sidecar-run.sh --hold ------------------------------------------------------------
 echo "setting up with bench/sidecar-run.sh --hold --binary $binary" >&2
@@ -138,7 +112,7 @@ until holding; do
   if [ $SECONDS -ge $deadline ]; then echo "bench/sidecar-run.sh --hold not ready after 1200 s" >&2; exit 1; fi
   sleep 1
 done
-command -v oha >/dev/null || { echo "oha is missing (cargo install oha --locked)" >&2; exit 1; }
+require_tools "(cargo install oha --locked)" oha
 
 declare -A pid=() addr=()
 for kv in $(sed -n 's/^holding .*pids: //p' "$work/sidecar-run.log" | tr ',' ' '); do
@@ -184,15 +158,14 @@ client_admin=$(arg_of "${pid[client-sidecar]}" --admin)
 for name in echo-sidecar client-sidecar haproxy-b haproxy-a; do
   restart_under_callgrind "$name" "${pid[$name]}"
 done
-check() { [ "$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://$1/")" = "200 1024" ]; }
 alive() { for name in "${!vg_pid[@]}"; do
   running "${vg_pid[$name]}" || { echo "$name exited under valgrind: $(tail -n 5 "$work/$name.log")" >&3; exit 1; }
 done; }
 ready_under_valgrind() { alive; "$@"; }
 wait_for 180 ready_under_valgrind curl -fsS "http://$echo_admin/ready"
 wait_for 180 ready_under_valgrind curl -fsS "http://$client_admin/ready"
-wait_for 180 ready_under_valgrind check "${addr[strait]}"
-wait_for 60 ready_under_valgrind check "${addr[haproxy]}"
+wait_for 180 ready_under_valgrind serves_1kb "${addr[strait]}"
+wait_for 60 ready_under_valgrind serves_1kb "${addr[haproxy]}"
 echo "all four proxies answer under callgrind" >&2
 
 # --- 3. Count -----------------------------------------------------------------------------------
@@ -256,7 +229,7 @@ $helper report "${count_args[@]}" --requests "$requests" --warmup "$warmup" --st
   --script-commit "$script_commit" \
   --meta "load=oha -n N -q $rate -c $connections, HTTP/1.1 keep-alive, 1 KB answers" \
   --meta "command=bench/sidecar-callgrind.sh $args_given" \
-  --meta "machine=nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)" \
+  --meta "machine=nproc $(nproc), $(cpu_model), load average at the end $(load_average)" \
   --meta "valgrind=$(valgrind --version)" \
   --meta "haproxy=$(haproxy -v | head -1 | awk '{print $1, $3}')" \
   --meta "oha=$(oha --version)" \

@@ -22,6 +22,7 @@ set -euo pipefail
 start_dir=$PWD
 cd "$(dirname "$0")/.."
 root=$PWD
+source "$root/bench/lib/common.sh"
 
 duration=20s warmup=5s rounds=3 rate=1000 connections=8 perf_secs=0 keep=0 hold=0 binary=""
 args_given="$*"
@@ -43,17 +44,9 @@ done
 
 # --- Tools (idempotent) ---------------------------------------------------------------------
 if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "haproxy/nginx missing: run as root, or apt-get install haproxy nginx" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy nginx
+  apt_install "haproxy/nginx missing" haproxy nginx
 fi
-export PATH="$HOME/.cargo/bin:$PATH"
-if ! oha --version >/dev/null 2>&1; then
-  cargo install oha --locked
-fi
+ensure_oha
 if [ -z "$binary" ]; then
   cargo build --release -p strait
   binary=target/release/strait
@@ -77,117 +70,23 @@ started=()        # pids of what this script started (not the federation: `strai
 load_pid=""
 status_ok=0
 
-stop_everything() {
-  local status=$?
-  trap - EXIT INT TERM
-  if [ -n "$load_pid" ]; then   # a load step in progress: oha (its child), then the sampler
-    pkill -TERM -P "$load_pid" 2>/dev/null || true
-    kill -TERM "$load_pid" 2>/dev/null || true
-  fi
-  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 30); do
-    local alive=0
-    for pid in "${started[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.1
-  done
-  for pid in "${started[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  if [ -f "$fed/processes.json" ]; then
-    "$strait" down --dir "$fed" >/dev/null 2>&1 || true
-    for pid in $(grep -o '"pid": *[0-9]*' "$fed/processes.json" | grep -o '[0-9]*$'); do
-      kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
-    done
-  fi
-  if [ "$keep" = 1 ] || [ "$status_ok" = 0 ]; then
-    echo "data and logs kept in $run_dir" >&2
-  else
-    rm -rf "$run_dir"
-  fi
-  exit "$status"
-}
-trap stop_everything EXIT
-trap 'echo "bench/sidecar-run.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_traps stop_everything   # stops all of the above, load step and federation included
 
-for addr in $nginx_addr $echo_inbound $echo_admin $client_inbound $client_admin $hap_a_addr $hap_b_addr; do
-  if ss -Htln "sport = :${addr##*:}" | grep -q "${addr%:*}:${addr##*:}"; then
-    echo "$addr is already in use" >&2
-    exit 1
-  fi
-done
+require_free_addresses "$nginx_addr" "$echo_inbound" "$echo_admin" "$client_inbound" \
+  "$client_admin" "$hap_a_addr" "$hap_b_addr"
 
-# Polls a command until it succeeds, at most $1 seconds.
-wait_for() {
-  local secs=$1; shift
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then echo "timed out waiting for: $*" >&2; return 1; fi
-    sleep 0.2
-  done
-}
-
-# --- Certificates for the haproxy pair (own CA, ECDSA P-256 like Strait's) ------------------
+# --- Certificates for the haproxy pair (own CA) -----------------------------------------------
 certs=$run_dir/certs
-mkdir -p "$certs"
-(
-  cd "$certs"
-  ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-  openssl req -x509 $ec -keyout ca.key -out ca.pem -days 2 -subj /CN=bench-ca 2>/dev/null
-  for who in a b; do
-    openssl req $ec -keyout $who.key -out $who.csr -subj "/CN=haproxy-$who" 2>/dev/null
-    printf 'subjectAltName=DNS:haproxy-%s\n' $who > $who.ext
-    openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-      -extfile $who.ext -out $who.crt 2>/dev/null
-    cat $who.crt $who.key > $who.pem
-  done
-)
+make_haproxy_certs "$certs" "" a b
 
 # --- nginx: 1 KB answer -----------------------------------------------------------------------
-body=$(head -c 1024 /dev/zero | tr '\0' 'x')
-mkdir -p "$run_dir/nginx"
-cat > "$run_dir/nginx/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $run_dir/nginx/nginx.pid;
-error_log $run_dir/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $run_dir/nginx;
-  proxy_temp_path $run_dir/nginx;
-  fastcgi_temp_path $run_dir/nginx;
-  uwsgi_temp_path $run_dir/nginx;
-  scgi_temp_path $run_dir/nginx;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  server {
-    listen $nginx_addr;
-    location / { default_type text/plain; return 200 "$body"; }
-  }
-}
-EOF
-nginx -c "$run_dir/nginx/nginx.conf" -p "$run_dir/nginx" > "$run_dir/nginx/stdout.log" 2>&1 &
-nginx_pid=$!
-started+=("$nginx_pid")
+start_nginx_1kb "$nginx_addr"
 
 # --- haproxy pair -----------------------------------------------------------------------------
 # Two processes, like the two sidecars. Between them HTTP/2 over mutual TLS (as between Strait
 # sidecars), upstream connections pooled (`http-reuse always`); HTTP/1.1 keep-alive to nginx.
-hap_common="global
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 300s
-  timeout server 300s
-  timeout http-keep-alive 300s
-  option http-keep-alive
-  http-reuse always
-"
 cat > "$run_dir/haproxy-a.cfg" <<EOF
-$hap_common
+$haproxy_http_defaults
 frontend a_in
   bind $hap_a_addr
   default_backend to_b
@@ -195,7 +94,7 @@ backend to_b
   server b $hap_b_addr ssl alpn h2 crt $certs/a.pem ca-file $certs/ca.pem verify required verifyhost haproxy-b sni str(haproxy-b)
 EOF
 cat > "$run_dir/haproxy-b.cfg" <<EOF
-$hap_common
+$haproxy_http_defaults
 frontend b_in
   bind $hap_b_addr ssl crt $certs/b.pem ca-file $certs/ca.pem verify required alpn h2,http/1.1
   default_backend to_app
@@ -212,11 +111,7 @@ started+=("$hap_a_pid")
 # --- Strait: global + zone a, two sidecars ----------------------------------------------------
 "$strait" up --dir "$fed" --zones a > "$run_dir/up.log" 2>&1
 export STRAIT_CONFIG=$fed/config.yaml
-zone_api=$(python3 -c '
-import json, sys
-for p in json.load(open(sys.argv[1])):
-    if p.get("kind") == "zone" and p.get("zone") == "a":
-        print(p["addresses"]["api"])' "$fed/processes.json")
+zone_api=$(fed_field zone a api)
 "$strait" token workload --zone a --namespace demo --service echo > "$run_dir/echo.token"
 "$strait" token workload --zone a --namespace demo --service client > "$run_dir/client.token"
 "$strait" sidecar run --zone-cp "$zone_api" --zone a --token-file "$run_dir/echo.token" \
@@ -251,19 +146,13 @@ vip=${vip%%/*}
 strait_addr=$vip:$app_port
 
 # Each path must answer 200 with the 1,024-byte body before anything is measured.
-check() { [ "$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://$1/")" = "200 1024" ]; }
-wait_for 10 check "$nginx_addr"
-wait_for 10 check "$hap_a_addr"
-wait_for 30 check "$strait_addr"
+wait_for 10 serves_1kb "$nginx_addr"
+wait_for 10 serves_1kb "$hap_a_addr"
+wait_for 30 serves_1kb "$strait_addr"
 echo "paths: direct $nginx_addr, strait $strait_addr (VIP of demo/echo), haproxy $hap_a_addr" >&2
 
 procs="client-sidecar=$client_pid,echo-sidecar=$echo_pid,haproxy-a=$hap_a_pid,haproxy-b=$hap_b_pid,nginx=$nginx_pid"
-if [ "$hold" = 1 ]; then
-  echo "holding (Ctrl-C stops everything); pids: $procs" >&2
-  sleep infinity &
-  started+=($!)
-  wait $!
-fi
+if [ "$hold" = 1 ]; then hold_until_interrupted "$procs"; fi
 records=$run_dir/records.jsonl
 declare -A target=([direct]=$nginx_addr [strait]=$strait_addr [haproxy]=$hap_a_addr)
 
@@ -271,15 +160,11 @@ declare -A target=([direct]=$nginx_addr [strait]=$strait_addr [haproxy]=$hap_a_a
 sleep 3
 $helper rss --procs "$procs" > "$run_dir/idle-rss.json"
 
-# In the background and waited for, so that a signal stops the run at once, not after the step.
 load() { # phase round path duration
-  $helper sample --procs "$procs" --record "$records" --oha-json "$run_dir/oha-$1-$2-$3.json" \
+  run_load $helper sample --procs "$procs" --record "$records" --oha-json "$run_dir/oha-$1-$2-$3.json" \
     --round "$2" --path "$3" --phase "$1" -- \
     oha -z "$4" -q "$rate" -c "$connections" --latency-correction --no-tui \
-    --output-format json "http://${target[$3]}/" &
-  load_pid=$!
-  wait "$load_pid"
-  load_pid=""
+    --output-format json "http://${target[$3]}/"
 }
 
 for path in direct strait haproxy; do
@@ -329,14 +214,12 @@ mkdir -p target/bench
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=target/bench/sidecar-$stamp.md
 {
-  echo "Run $stamp, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), binary $binary"
+  echo "Run $stamp, commit $(head_commit), binary $binary"
   echo
   echo '```'
   echo "\$ bench/sidecar-run.sh $args_given"
-  echo "nproc: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
-  echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB"
-  echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "$(oha --version); $(haproxy -v | head -1); $(nginx -v 2>&1)"
+  machine_lines
+  echo "$(oha --version); $(haproxy_version); $(nginx -v 2>&1)"
   echo "oha -z $duration -q $rate -c $connections --latency-correction, keep-alive; warm-up $warmup per path"
   echo '```'
   echo

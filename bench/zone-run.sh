@@ -16,6 +16,7 @@
 # benchmark itself was killed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib/common.sh
 
 cargo build --release -p strait -p strait-bench-zone
 
@@ -41,11 +42,7 @@ stop_everything() {
     kill -KILL "$bench_pid" 2>/dev/null || true
   fi
   while IFS= read -r procs; do
-    dir=$(dirname "$procs")
-    target/release/strait down --dir "$dir" >/dev/null 2>&1 || true
-    for pid in $(grep -o '"pid": *[0-9]*' "$procs" | grep -o '[0-9]*$'); do
-      kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
-    done
+    stop_federation target/release/strait "$(dirname "$procs")"
   done < <(find "$run_dir" -name processes.json 2>/dev/null)
   rm -f "$table"
   rmdir "$run_dir" 2>/dev/null || echo "data and logs kept in $run_dir" >&2
@@ -62,13 +59,11 @@ wait "$bench_pid"
 bench_pid=""
 
 {
-  echo "Run $stamp, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "Run $stamp, commit $(head_commit)"
   echo
   echo '```'
   echo "\$ bench/zone-run.sh $*"
-  echo "nproc: $(nproc); $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
-  echo "memory: $(free -g | awk '/^Mem:/ {print $2}') GiB; open files: $(ulimit -n)"
-  echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  machine_lines "; open files: $(ulimit -n)"
   echo '```'
   echo
   cat "$table"

@@ -18,41 +18,18 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
-import time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from benchlib import CpuWindow, drop_separator, fmt, med, oha_summary, parse_procs, span  # noqa: E402
+
 PATHS = ["direct", "strait", "haproxy"]
 PATH_NAMES = {
     "direct": "direct (client → app)",
     "strait": "Strait: sidecar → gateway a → QUIC → gateway b → sidecar",
     "haproxy": "haproxy chain: 4 haproxy, 3 TLS legs",
 }
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_ticks():
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + parts[4]
-    total = sum(parts[:8])
-    return total - idle, total
-
-
-def parse_procs(spec):
-    procs = {}
-    for item in filter(None, spec.split(",")):
-        name, pid = item.split("=")
-        procs[name] = int(pid)
-    return procs
 
 
 def cmd_pids(args):
@@ -70,13 +47,8 @@ def cmd_pids(args):
 
 def cmd_sample(args):
     procs = parse_procs(args.procs)
-    cpu0 = {n: cpu_seconds(p) for n, p in procs.items()}
-    busy0, total0 = machine_ticks()
-    t0 = time.monotonic()
-    with open(args.out, "w") as out:
+    with CpuWindow(procs) as window, open(args.out, "w") as out:
         status = subprocess.call(args.command, stdout=out)
-    elapsed = time.monotonic() - t0
-    busy1, total1 = machine_ticks()
     record = {
         "kind": args.kind,
         "round": args.round,
@@ -84,9 +56,9 @@ def cmd_sample(args):
         "phase": args.phase,
         "out": args.out,
         "exit": status,
-        "elapsed_s": elapsed,
-        "cpu_s": {n: cpu_seconds(p) - cpu0[n] for n, p in procs.items()},
-        "machine_cores_busy": (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1),
+        "elapsed_s": window.elapsed_s,
+        "cpu_s": window.cpu_s,
+        "machine_cores_busy": window.machine_cores_busy,
     }
     with open(args.record, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -95,43 +67,6 @@ def cmd_sample(args):
 
 
 # === report ===
-
-
-def fmt(v, digits=3):
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def span(values, digits=3):
-    values = [v for v in values if v is not None]
-    return "–" if not values else f"{fmt(min(values), digits)}–{fmt(max(values), digits)}"
-
-
-def oha_summary(path):
-    data = json.load(open(path))
-    pct = data.get("latencyPercentiles", {})
-    codes = data.get("statusCodeDistribution", {})
-    ok = sum(int(v) for k, v in codes.items() if str(k) == "200")
-    other = sum(int(v) for k, v in codes.items() if str(k) != "200")
-    errors = sum(int(v) for v in data.get("errorDistribution", {}).values())
-
-    def ms(key):
-        v = pct.get(key)
-        return None if v is None else v * 1000.0
-
-    return {
-        "ok": ok,
-        "non200": other,
-        "errors": errors,
-        "rps": data.get("summary", {}).get("requestsPerSec"),
-        "p50": ms("p50"),
-        "p99": ms("p99"),
-        "p999": ms("p99.9"),
-    }
 
 
 def ratio_row(label, by, rounds, value, num, den, digits=2):
@@ -311,9 +246,7 @@ def main():
     r.add_argument("--records")
     r.add_argument("--ttfb")
     r.set_defaults(func=cmd_report)
-    args = parser.parse_args()
-    if getattr(args, "command", None) and args.command[:1] == ["--"]:
-        args.command = args.command[1:]
+    args = drop_separator(parser.parse_args())
     args.func(args)
 
 

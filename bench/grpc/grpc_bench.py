@@ -23,10 +23,11 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 import urllib.request
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from benchlib import CpuWindow, drop_separator, fmt, med, parse_meta, parse_procs, summary_header  # noqa: E402
+
 PATHS = ["direct", "strait", "cross-zone", "haproxy"]
 PATH_NAMES = {
     "direct": "direct (grpc-load → interop server)",
@@ -49,35 +50,7 @@ TARGET_ADDED_P99_MS = 0.25
 NOISY_OTHER_CORES = 0.25
 
 
-# === /proc and metrics readers ===
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    # The command name may contain spaces or parentheses: split after the last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_ticks():
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + parts[4]  # idle + iowait
-    total = sum(parts[:8])  # without guest, already counted in user
-    return total - idle, total
-
-
-def parse_procs(spec):
-    """'name=pid,name=pid' → {name: pid}."""
-    procs = {}
-    for item in filter(None, spec.split(",")):
-        name, pid = item.split("=")
-        procs[name] = int(pid)
-    return procs
+# === metrics reader ===
 
 
 # Every request, whatever its status: a failed call must be counted where it went too. (The
@@ -110,22 +83,16 @@ def cmd_sample(args):
     procs = parse_procs(args.procs)
     record = {"round": args.round, "path": args.path, "phase": args.phase, "out": args.out}
     calls0 = grpc_calls(args.metrics, args.service) if args.metrics else {}
-    cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
-    busy0, total0 = machine_ticks()
-    t0 = time.monotonic()
-    with open(args.out, "w") as out:
+    with CpuWindow(procs) as window, open(args.out, "w") as out:
         child = subprocess.Popen(args.command, stdout=out)
         # wait4 rather than wait: the load generator's own CPU comes with its exit status.
         _, raw_status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(raw_status)
-    elapsed = time.monotonic() - t0
-    busy1, total1 = machine_ticks()
-    record["elapsed_s"] = elapsed
+    record["elapsed_s"] = window.elapsed_s
     record["exit"] = child.returncode
-    record["cpu_s"] = {name: cpu_seconds(pid) - cpu0[name] for name, pid in procs.items()}
+    record["cpu_s"] = window.cpu_s
     record["load_cpu_s"] = usage.ru_utime + usage.ru_stime
-    ncpu = os.cpu_count() or 1
-    record["machine_cores_busy"] = (busy1 - busy0) / max(total1 - total0, 1) * ncpu
+    record["machine_cores_busy"] = window.machine_cores_busy
     try:
         with open(args.out) as f:
             record["load"] = json.loads(f.read().strip().splitlines()[-1])
@@ -157,15 +124,6 @@ def cmd_sample(args):
 
 
 # === report ===
-
-
-def fmt(v, digits=3):
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def spread(values):
@@ -392,7 +350,7 @@ def cmd_report(args):
     print("\n".join(out))
 
     if args.json:
-        meta = dict(kv.partition("=")[::2] for kv in args.meta)
+        meta = parse_meta(args.meta)
         paths = {}
         for path in PATHS:
             rs = [by[(k, path)] for k in rounds if (k, path) in by]
@@ -407,12 +365,14 @@ def cmd_report(args):
                 "cpu_s_per_1000_calls": cpu_json[path],
             }
         summary = {
-            "benchmark": "grpc",
-            "stamp": meta.get("stamp", ""),
-            "commit": meta.get("commit", ""),
-            "binary": meta.get("binary", ""),
-            "binary_sha256": meta.get("binary_sha256", ""),
-            "script_commit": meta.get("script_commit", ""),
+            **summary_header(
+                "grpc",
+                stamp=meta.get("stamp", ""),
+                commit=meta.get("commit", ""),
+                binary=meta.get("binary", ""),
+                binary_sha256=meta.get("binary_sha256", ""),
+                script_commit=meta.get("script_commit", ""),
+            ),
             "rate": args.rate,
             "duration": meta.get("duration", ""),
             "warmup": meta.get("warmup", ""),
@@ -477,9 +437,7 @@ def main():
     r.add_argument("--json", help="where to write the JSON summary")
     r.add_argument("--meta", action="append", default=[], help="KEY=VALUE for the JSON summary")
     r.set_defaults(func=cmd_report)
-    args = parser.parse_args()
-    if getattr(args, "command", None) and args.command[:1] == ["--"]:
-        args.command = args.command[1:]
+    args = drop_separator(parser.parse_args())
     args.func(args)
 
 

@@ -13,8 +13,12 @@ The script owns the processes and valgrind; this file only reads files and write
 
 import argparse
 import json
+import os
 import re
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from benchlib import parse_meta, summary_header  # noqa: E402
 
 # The two proxies of each pair, in the order of the tables in docs/benchmarks.md.
 PAIRS = {
@@ -88,14 +92,11 @@ def report(args):
             "per_request": round(counts[first]["per_request"] + counts[second]["per_request"], 1),
         }
     ratio = pairs["strait"]["per_request"] / pairs["haproxy"]["per_request"]
-    meta = dict(kv.partition("=")[::2] for kv in args.meta)
+    meta = parse_meta(args.meta)
     out = {
-        "benchmark": "sidecar-callgrind",
-        "stamp": args.stamp,
-        "commit": args.commit,
-        "binary": args.binary,
-        "binary_sha256": args.binary_sha256,
-        "script_commit": args.script_commit,
+        **summary_header(
+            "sidecar-callgrind", args.stamp, args.commit, args.binary, args.binary_sha256, args.script_commit
+        ),
         "requests": args.requests,
         "warmup_requests": args.warmup,
         "load": meta.get("load", ""),

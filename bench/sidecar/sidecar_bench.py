@@ -19,9 +19,10 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from benchlib import CpuWindow, drop_separator, fmt, med, oha_summary, parse_procs, span  # noqa: E402
+
 PATHS = ["direct", "strait", "haproxy"]
 PATH_NAMES = {
     "direct": "direct (oha → nginx)",
@@ -30,17 +31,7 @@ PATH_NAMES = {
 }
 
 
-# === /proc readers ===
-
-
-def cpu_seconds(pid):
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    # The command name may contain spaces or parentheses: split after the last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+# === /proc reader ===
 
 
 def memory_kib(pid):
@@ -53,24 +44,6 @@ def memory_kib(pid):
             if key in values:
                 values[key] = int(rest.split()[0])
     return values
-
-
-def machine_ticks():
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + parts[4]  # idle + iowait
-    total = sum(parts[:8])  # without guest, already counted in user
-    return total - idle, total
-
-
-def parse_procs(spec):
-    """'name=pid,name=pid' → {name: pid}."""
-    procs = {}
-    for item in filter(None, spec.split(",")):
-        name, pid = item.split("=")
-        procs[name] = int(pid)
-    return procs
 
 
 # === sample ===
@@ -90,20 +63,17 @@ def cmd_sample(args):
                 except OSError:
                     pass
 
-    cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
-    busy0, total0 = machine_ticks()
-    t0 = time.monotonic()
-    thread = threading.Thread(target=sampler, daemon=True)
-    thread.start()
-    with open(args.oha_json, "w") as out:
-        status = subprocess.call(args.command, stdout=out)
-    stop.set()
-    thread.join()
-    elapsed = time.monotonic() - t0
-    busy1, total1 = machine_ticks()
-    record["elapsed_s"] = elapsed
+    with CpuWindow(procs) as window:
+        thread = threading.Thread(target=sampler, daemon=True)
+        thread.start()
+        with open(args.oha_json, "w") as out:
+            status = subprocess.call(args.command, stdout=out)
+        stop.set()
+        thread.join()
+    record["elapsed_s"] = window.elapsed_s
     record["exit"] = status
-    record["cpu_s"] = {name: cpu_seconds(pid) - cpu0[name] for name, pid in procs.items()}
+    record["cpu_s"] = window.cpu_s
+
     def summary(s):
         rss = [m["VmRSS"] for m in s]
         # Anon and file parts of the sample with the highest VmRSS.
@@ -117,8 +87,7 @@ def cmd_sample(args):
         }
 
     record["rss_kib"] = {name: summary(s) for name, s in samples.items()}
-    ncpu = os.cpu_count() or 1
-    record["machine_cores_busy"] = (busy1 - busy0) / max(total1 - total0, 1) * ncpu
+    record["machine_cores_busy"] = window.machine_cores_busy
     with open(args.record, "a") as f:
         f.write(json.dumps(record) + "\n")
     if status != 0:
@@ -138,51 +107,6 @@ def cmd_rss(args):
 
 
 # === report ===
-
-
-def oha_summary(path):
-    """Requests, successes, errors and latency percentiles (ms) from oha's JSON output."""
-    with open(path) as f:
-        data = json.load(f)
-    pct = data.get("latencyPercentiles", {})
-    codes = data.get("statusCodeDistribution", {})
-    ok = sum(int(v) for k, v in codes.items() if str(k) == "200")
-    other = sum(int(v) for k, v in codes.items() if str(k) != "200")
-    errors = sum(int(v) for v in data.get("errorDistribution", {}).values())
-    summary = data.get("summary", {})
-
-    def ms(key):
-        v = pct.get(key)
-        return None if v is None else v * 1000.0
-
-    return {
-        "ok": ok,
-        "non200": other,
-        "errors": errors,
-        "error_kinds": sorted(data.get("errorDistribution", {}).keys()),
-        "rps": summary.get("requestsPerSec"),
-        "mean": (summary.get("average") or 0) * 1000.0,
-        "p50": ms("p50"),
-        "p99": ms("p99"),
-        "p999": ms("p99.9"),
-        "max": (summary.get("slowest") or 0) * 1000.0,
-    }
-
-
-def fmt(v, digits=3):
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def span(values, digits=3):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    return f"{fmt(min(values), digits)}–{fmt(max(values), digits)}"
 
 
 def cmd_report(args):
@@ -370,9 +294,7 @@ def main():
     r.add_argument("--idle-rss")
     r.add_argument("--idle-rss-after")
     r.set_defaults(func=cmd_report)
-    args = parser.parse_args()
-    if getattr(args, "command", None) and args.command[:1] == ["--"]:
-        args.command = args.command[1:]
+    args = drop_separator(parser.parse_args())
     args.func(args)
 
 

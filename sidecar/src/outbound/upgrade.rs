@@ -54,6 +54,15 @@ pub(super) async fn forward(
     mut request: Request<Incoming>,
     zone: Option<HeaderValue>,
 ) -> (Response<Body>, ZoneLabel) {
+    // An extended CONNECT's protocol becomes an `Upgrade` header: checked before any
+    // connection is made.
+    let extended = match extended_connect(&request).map(HeaderValue::from_str) {
+        None => None,
+        Some(Ok(protocol)) => Some(protocol),
+        Some(Err(_)) => {
+            return (error_response(StatusCode::BAD_REQUEST, "bad-request"), NONE);
+        }
+    };
     let policy = service.policy_for(destination.port);
     let metrics = &shared.ctx.metrics;
     let over = |limit: Overflow| {
@@ -101,9 +110,9 @@ pub(super) async fn forward(
             tracing::debug!(%err, "upgrade connection upstream ended with an error");
         }
     });
-    let extended = extended_connect(&request).map(str::to_owned);
     let (mut parts, body) = request.into_parts();
-    let (body, websocket_key) = match &extended {
+    let converted = extended.is_some();
+    let (body, websocket_key) = match extended {
         // The stream itself is the pipe: the handshake has no body.
         Some(protocol) => (Body::default(), as_http1_upgrade(&mut parts, protocol)),
         None => (body.map_err(Into::into).boxed(), None),
@@ -145,7 +154,7 @@ pub(super) async fn forward(
     // The upstream connection keeps its place in `maxConnections` while the pipe lasts.
     splice_upgraded(downstream, upstream, policy.idle_timeout, connection);
     let (mut parts, _) = response.into_parts();
-    if extended.is_some() {
+    if converted {
         // RFC 8441: a 2xx opens the stream; the HTTP/1.1 handshake's own headers stay here.
         parts.status = StatusCode::OK;
         crate::headers::strip_hop_by_hop(&mut parts.headers);
@@ -158,7 +167,7 @@ pub(super) async fn forward(
 
 /// Makes an extended CONNECT opening `protocol` into the HTTP/1.1 handshake for it (RFC 8441
 /// section 5 and RFC 6455); the `Sec-WebSocket-Key` it sent, for a WebSocket.
-fn as_http1_upgrade(parts: &mut Parts, protocol: &str) -> Option<String> {
+fn as_http1_upgrade(parts: &mut Parts, protocol: HeaderValue) -> Option<String> {
     parts.method = Method::GET;
     parts.version = Version::HTTP_11;
     parts.extensions.remove::<hyper::ext::Protocol>();
@@ -167,14 +176,15 @@ fn as_http1_upgrade(parts: &mut Parts, protocol: &str) -> Option<String> {
     {
         parts.headers.insert(header::HOST, host);
     }
-    let upgrade = HeaderValue::from_str(protocol).ok()?;
-    parts.headers.insert(header::UPGRADE, upgrade);
+    let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
+    parts.headers.insert(header::UPGRADE, protocol);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if !protocol.eq_ignore_ascii_case("websocket") {
+    if !websocket {
         return None;
     }
+    // Base64: always a valid header value.
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
     let value = HeaderValue::from_str(&key).ok()?;
     parts.headers.insert(header::SEC_WEBSOCKET_KEY, value);

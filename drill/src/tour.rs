@@ -100,11 +100,9 @@ pub fn vip(services: &[pb::ServiceStatus], name: &str, zone: &str) -> Option<Str
 
 /// Whether every one of [`SERVICES`] has a VIP in zone a.
 pub fn all_listed(services: &[pb::ServiceStatus]) -> bool {
-    SERVICES.iter().all(|name| {
-        services.iter().any(|s| {
-            s.service.as_ref().is_some_and(|r| r.name == *name) && s.vips.contains_key("a")
-        })
-    })
+    SERVICES
+        .iter()
+        .all(|name| vip(services, name, "a").is_some())
 }
 
 /// The checks of `section`, from the exported services and the zone-pinned VIPs (zone → VIP)
